@@ -1,0 +1,208 @@
+"""Loader for the xlsa17 "proposed split" format (Xian et al., TPAMI 2018).
+
+A dataset folder holds ``att_splits.mat`` (class semantics and split indices) and a feature
+file laid out like ``res101.mat`` (``features`` D x N, ``labels`` N x 1, ``image_files``).
+All MATLAB indices are 1-based; everything returned here is 0-based.
+
+Only the split keys of the requested protocol are read: the ``val`` protocol never touches
+``trainval_loc``/``test_seen_loc``/``test_unseen_loc`` and the ``test`` protocol never needs
+``train_loc``/``val_loc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import scipy.io
+
+from zsl.data.errors import DataError
+
+Protocol = Literal["val", "test"]
+PROTOCOL_KEYS: dict[str, tuple[str, ...]] = {
+    "val": ("train_loc", "val_loc"),
+    "test": ("trainval_loc", "test_seen_loc", "test_unseen_loc"),
+}
+
+
+@dataclass(frozen=True)
+class ZSLData:
+    """One benchmark in memory: 0-based labels/locs, features as rows, semantics as rows."""
+
+    name: str
+    features: np.ndarray  # [N, D] float32
+    labels: np.ndarray  # [N] int64, global class ids in [0, C)
+    semantics: np.ndarray  # [C, A] float32, one row per class
+    class_names: tuple[str, ...]
+    locs: Mapping[str, np.ndarray] = field(repr=False)  # 0-based image indices per split key
+    image_files: tuple[str, ...] | None = field(default=None, repr=False)
+    source: str = ""
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.semantics.shape[0])
+
+    def classes_of(self, key: str) -> np.ndarray:
+        """Sorted global class ids that occur among the images of split ``key``."""
+        return np.unique(self.labels[self.locs[key]])
+
+
+def _read_mat(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(str(path), "file not found")
+    try:
+        return scipy.io.loadmat(str(path))
+    except NotImplementedError as err:  # MATLAB v7.3 (HDF5)
+        raise DataError(str(path), f"MATLAB v7.3 files are not supported, re-save as v7: {err}")
+    except Exception as err:  # noqa: BLE001 - scipy raises many types for corrupt files
+        raise DataError(str(path), f"cannot read MATLAB file ({type(err).__name__}: {err})")
+
+
+def _get(mat: Mapping[str, Any], key: str, path: Path) -> Any:
+    if key not in mat:
+        present = sorted(k for k in mat if not k.startswith("__"))
+        raise DataError(f"{path}[{key!r}]", f"missing key; the file has {present}")
+    return mat[key]
+
+
+def _strings(cell: Any) -> tuple[str, ...]:
+    out = []
+    for item in np.asarray(cell, dtype=object).ravel():
+        while isinstance(item, np.ndarray):
+            item = item.ravel()[0] if item.size else ""
+        out.append(str(item))
+    return tuple(out)
+
+
+def _finite(array: np.ndarray, where: str) -> None:
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(where, f"{int(bad.sum())} non-finite values (first at index {first})")
+
+
+def _index_vector(raw: Any, where: str, upper: int) -> np.ndarray:
+    """1-based MATLAB index column -> 0-based int64 vector, checked against [1, upper]."""
+    arr = np.asarray(raw).ravel()
+    if arr.size == 0:
+        raise DataError(where, "is empty")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataError(where, f"expected numeric indices, got dtype {arr.dtype}")
+    as_int = arr.astype(np.int64)
+    if not np.array_equal(as_int, arr):
+        raise DataError(where, "indices are not integers")
+    lo, hi = int(as_int.min()), int(as_int.max())
+    if lo < 1 or hi > upper:
+        raise DataError(where, f"1-based indices must lie in [1, {upper}], found range [{lo}, {hi}]")
+    return as_int - 1
+
+
+def load_xlsa17(
+    root: str | Path,
+    dataset: str,
+    feature_file: str = "res101.mat",
+    protocol: Protocol = "test",
+    semantics_key: str = "att",
+    split_file: str = "att_splits.mat",
+) -> ZSLData:
+    """Read and validate ``<root>/<dataset>/{split_file, feature_file}`` for one protocol."""
+    if protocol not in PROTOCOL_KEYS:
+        raise DataError("data.protocol", f"unknown protocol {protocol!r}; use 'val' or 'test'")
+    folder = Path(root) / dataset
+    if not folder.is_dir():
+        raise DataError(str(folder), "dataset folder not found (check data.root and data.name)")
+    split_path = folder / split_file
+    feat_path = Path(feature_file) if Path(feature_file).is_absolute() else folder / feature_file
+    splits = _read_mat(split_path)
+    feats = _read_mat(feat_path)
+
+    att = np.asarray(_get(splits, semantics_key, split_path), dtype=np.float64)
+    if att.ndim != 2:
+        raise DataError(f"{split_path}[{semantics_key!r}]", f"expected a 2-D matrix, got {att.shape}")
+    _finite(att, f"{split_path}[{semantics_key!r}]")
+    n_classes = att.shape[1]
+    if "allclasses_names" in splits:
+        names = _strings(splits["allclasses_names"])
+        if len(names) != n_classes:
+            raise DataError(
+                f"{split_path}[{semantics_key!r}]",
+                f"attribute matrix has {n_classes} class columns but allclasses_names lists "
+                f"{len(names)} classes",
+            )
+    else:  # FLO ships without names
+        names = tuple(f"class_{i + 1:03d}" for i in range(n_classes))
+
+    features = np.asarray(_get(feats, "features", feat_path))
+    if features.ndim != 2:
+        raise DataError(f"{feat_path}['features']", f"expected D x N, got shape {features.shape}")
+    raw_labels = _get(feats, "labels", feat_path)
+    n_images = features.shape[1]
+    if np.asarray(raw_labels).size != n_images:
+        raise DataError(
+            f"{feat_path}['labels']",
+            f"{np.asarray(raw_labels).size} labels but 'features' has {n_images} columns (images)",
+        )
+    labels = _index_vector(raw_labels, f"{feat_path}['labels']", n_classes)
+    features = np.ascontiguousarray(features.T, dtype=np.float32)
+    _finite(features, f"{feat_path}['features']")
+
+    locs = {
+        key: _index_vector(_get(splits, key, split_path), f"{split_path}[{key!r}]", n_images)
+        for key in PROTOCOL_KEYS[protocol]
+    }
+    image_files = _strings(feats["image_files"]) if "image_files" in feats else None
+    data = ZSLData(
+        name=dataset,
+        features=features,
+        labels=labels,
+        semantics=np.ascontiguousarray(att.T, dtype=np.float32),
+        class_names=names,
+        locs=locs,
+        image_files=image_files,
+        source=str(split_path),
+    )
+    check_split_integrity(data, protocol)
+    return data
+
+
+def _overlap(data: ZSLData, a: str, b: str) -> None:
+    common = np.intersect1d(data.locs[a], data.locs[b])
+    if common.size:
+        raise DataError(
+            f"{data.source}[{a!r}, {b!r}]",
+            f"{common.size} images appear in both splits (first 1-based index {common[0] + 1})",
+        )
+
+
+def _class_leak(data: ZSLData, key: str, forbidden: np.ndarray, what: str) -> None:
+    leaked = np.intersect1d(data.classes_of(key), forbidden)
+    if leaked.size:
+        shown = ", ".join(data.class_names[c] for c in leaked[:5])
+        raise DataError(
+            f"{data.source}[{key!r}]",
+            f"{leaked.size} {what} class(es) present: {shown}",
+        )
+
+
+def check_split_integrity(data: ZSLData, protocol: Protocol) -> None:
+    """Raise :class:`DataError` on any seen/unseen leakage between the protocol's splits."""
+    if protocol == "test":
+        _overlap(data, "trainval_loc", "test_seen_loc")
+        _overlap(data, "trainval_loc", "test_unseen_loc")
+        _overlap(data, "test_seen_loc", "test_unseen_loc")
+        unseen = data.classes_of("test_unseen_loc")
+        _class_leak(data, "trainval_loc", unseen, "unseen (test_unseen_loc)")
+        _class_leak(data, "test_unseen_loc", data.classes_of("test_seen_loc"), "seen (test_seen_loc)")
+        orphan = np.setdiff1d(data.classes_of("test_seen_loc"), data.classes_of("trainval_loc"))
+        if orphan.size:
+            raise DataError(
+                f"{data.source}['test_seen_loc']",
+                f"{orphan.size} class(es) never appear in trainval_loc, so they are not seen",
+            )
+    else:
+        _overlap(data, "train_loc", "val_loc")
+        _class_leak(data, "val_loc", data.classes_of("train_loc"), "training (train_loc)")
+
