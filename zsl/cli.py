@@ -29,6 +29,7 @@ from zsl.data.datamodule import ZSLDataModule
 from zsl.data.xlsa17 import ZSLData, load_xlsa17
 from zsl.models import get_model_class
 from zsl.models.base import ZSLModule
+from zsl.report import write_reports
 from zsl.selection import Selection, select
 
 REPORT_KEYS = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_u_cal", "gzsl_s_cal", "gzsl_h_cal")
@@ -52,8 +53,9 @@ def make_run_dir(cfg: DictConfig) -> Path:
 class Runner:
     """Builds datamodules, models and trainers from one composed config."""
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path | None = None) -> None:
         self.cfg = cfg
+        self.run_dir = run_dir
         self.model_cls = get_model_class(cfg.model.name)
         self._data: dict[str, ZSLData] = {}
 
@@ -66,7 +68,11 @@ class Runner:
                 spec = SyntheticSpec(**OmegaConf.to_container(dcfg.synthetic))  # type: ignore
                 ensure_synthetic(Path(dcfg.root) / dcfg.name, spec, dcfg.feature_file)
             self._data[protocol] = load_xlsa17(
-                dcfg.root, dcfg.name, dcfg.feature_file, protocol, dcfg.semantics_key  # type: ignore
+                dcfg.root,
+                dcfg.name,
+                dcfg.feature_file,
+                protocol,
+                dcfg.semantics_key,  # type: ignore
             )
         return self._data[protocol]
 
@@ -109,6 +115,7 @@ class Runner:
             limit_val_batches=1.0 if validate else 0,
             log_every_n_steps=int(tcfg.log_every_n_steps),
             gradient_clip_val=tcfg.get("gradient_clip_val"),
+            default_root_dir=str(self.run_dir) if self.run_dir else None,
         )
 
     def fit_val(self, params: dict[str, Any], logger: Logger | bool = False) -> ZSLModule:
@@ -130,13 +137,15 @@ class Runner:
         trainer = self.trainer(epochs, logger, validate=False)
         trainer.fit(model, dm)
         trainer.test(model, dm, verbose=False)
+        if self.run_dir is not None:
+            trainer.save_checkpoint(self.run_dir / "model.ckpt")
         return model
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Selection on validation classes, then (test protocol) one final test evaluation."""
     start = time.perf_counter()
-    runner = Runner(cfg)
+    runner = Runner(cfg, run_dir)
     config = to_container(cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     logger = tracking.make_logger(cfg, run_dir, config)
@@ -158,9 +167,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     cols, rows = selection.rows()
     tracking.log_table(logger, "selection/validation", cols, rows)
     (run_dir / "selection.json").write_text(
-        json.dumps({"metric": selection.metric, "best": asdict(best),
-                    "trials": [asdict(t) for t in selection.trials]}, indent=2, default=float)
+        json.dumps(
+            {
+                "metric": selection.metric,
+                "best": asdict(best),
+                "trials": [asdict(t) for t in selection.trials],
+            },
+            indent=2,
+            default=float,
+        )
     )
+    reports: list[Path] = []
     if protocol == "val":
         metrics = dict(best.metrics)
         per_class = None
@@ -168,6 +185,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         model = runner.fit_test(best.params, best.epochs, best.metrics["gamma"], logger)
         metrics = dict(model.last_eval)
         per_class = model.last_per_class
+        reports = write_reports(model, runner.data(protocol).class_names, run_dir, logger, "test")
     metrics.update(
         protocol=protocol,
         dataset=str(cfg.data.name),
@@ -183,8 +201,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             for name, acc in zip(runner.data(protocol).class_names, per_class)
         }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    tracking.log_summary(logger, {f"final/{k}": v for k, v in metrics.items()
-                                  if k in REPORT_KEYS or k in ("ausuc", "gamma", "wall_time_s")})
+    tracking.log_summary(
+        logger,
+        {
+            f"final/{k}": v
+            for k, v in metrics.items()
+            if k in REPORT_KEYS or k in ("ausuc", "gamma", "wall_time_s")
+        },
+    )
+    tracking.attach_files(
+        logger,
+        [run_dir / "config.yaml", run_dir / "metrics.json", run_dir / "selection.json", *reports],
+    )
     tracking.finish(logger)
     print_table(metrics, selection)
     return metrics
@@ -193,13 +221,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def print_table(metrics: dict[str, Any], selection: Selection) -> None:
     """A small human-readable summary of the final numbers."""
     split = "validation classes" if metrics["protocol"] == "val" else "test split"
-    print(f"\n{metrics['model']} on {metrics['dataset']} ({split}); selected "
-          f"{selection.best.params} epochs={selection.best.epochs} by val {selection.metric}")
+    print(
+        f"\n{metrics['model']} on {metrics['dataset']} ({split}); selected "
+        f"{selection.best.params} epochs={selection.best.epochs} by val {selection.metric}"
+    )
     print(f"{'':14}{'ZSL T1':>8}{'u':>8}{'s':>8}{'H':>8}")
-    print(f"{'uncalibrated':14}{metrics['zsl_t1']:8.2f}{metrics['gzsl_u']:8.2f}"
-          f"{metrics['gzsl_s']:8.2f}{metrics['gzsl_h']:8.2f}")
-    print(f"{'calibrated':14}{'':8}{metrics['gzsl_u_cal']:8.2f}{metrics['gzsl_s_cal']:8.2f}"
-          f"{metrics['gzsl_h_cal']:8.2f}   (gamma={metrics['gamma']:.4g})")
+    print(
+        f"{'uncalibrated':14}{metrics['zsl_t1']:8.2f}{metrics['gzsl_u']:8.2f}"
+        f"{metrics['gzsl_s']:8.2f}{metrics['gzsl_h']:8.2f}"
+    )
+    print(
+        f"{'calibrated':14}{'':8}{metrics['gzsl_u_cal']:8.2f}{metrics['gzsl_s_cal']:8.2f}"
+        f"{metrics['gzsl_h_cal']:8.2f}   (gamma={metrics['gamma']:.4g})"
+    )
     print(f"wall time {metrics['wall_time_s']:.1f} s")
 
 

@@ -117,17 +117,21 @@ def validate(cfg: DictConfig) -> None:
     from zsl.models import MODELS
 
     if cfg.model.name not in MODELS:
-        raise ConfigError(f"unknown model {cfg.model.name!r}; available: {', '.join(sorted(MODELS))}")
+        raise ConfigError(
+            f"unknown model {cfg.model.name!r}; available: {', '.join(sorted(MODELS))}"
+        )
     if cfg.data.protocol not in ("val", "test"):
         raise ConfigError(f"data.protocol must be 'val' or 'test', got {cfg.data.protocol!r}")
     if cfg.data.preprocess not in ("none", "l2", "minmax"):
-        raise ConfigError(f"data.preprocess must be none, l2 or minmax, got {cfg.data.preprocess!r}")
+        raise ConfigError(
+            f"data.preprocess must be none, l2 or minmax, got {cfg.data.preprocess!r}"
+        )
     if int(cfg.trainer.max_epochs) < 1:
         raise ConfigError(f"trainer.max_epochs must be >= 1, got {cfg.trainer.max_epochs}")
     search = cfg.model.get("search")
     if search is not None:
         if search.get("metric", "zsl_t1") not in ("zsl_t1", "gzsl_h", "gzsl_h_cal"):
-            raise ConfigError(f"model.search.metric must be zsl_t1, gzsl_h or gzsl_h_cal")
+            raise ConfigError("model.search.metric must be zsl_t1, gzsl_h or gzsl_h_cal")
         for key, values in (search.get("grid") or {}).items():
             if key not in cfg.model.params:
                 raise ConfigError(

@@ -39,7 +39,10 @@ class Selection:
         rows = [
             [t.params[k] for k in keys]
             + [t.epochs]
-            + [t.metrics[c] for c in ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_h_cal", "gamma")]
+            + [
+                t.metrics[c]
+                for c in ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_h_cal", "gamma")
+            ]
             for t in self.trials
         ]
         return cols, rows

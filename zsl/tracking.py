@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,15 @@ def make_logger(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> Logge
         )
         _ = logger.experiment  # start now so failures surface here, not mid-training
         if mode == "offline":
-            print(f"W&B is offline; upload later with: wandb sync {run_dir / 'wandb'}/offline-run-*")
+            print(
+                f"W&B is offline; upload later with: wandb sync {run_dir / 'wandb'}/offline-run-*"
+            )
         return logger
     except Exception as err:  # noqa: BLE001 - any W&B failure must not stop training
-        warnings.warn(f"W&B could not start ({type(err).__name__}: {err}); logging to CSV instead")
+        warnings.warn(
+            f"W&B could not start ({type(err).__name__}: {err}); logging to CSV instead",
+            stacklevel=2,
+        )
         return CSVLogger(save_dir=str(run_dir), name="csv", version="")
 
 
@@ -65,6 +71,20 @@ def log_table(logger: Logger, key: str, columns: list[str], rows: list[list[Any]
     """A table (e.g. validation scores of every selection point) as a W&B Table."""
     if isinstance(logger, WandbLogger):
         logger.log_table(key=key, columns=columns, data=rows)
+
+
+def attach_files(logger: Logger, paths: list[Path]) -> None:
+    """Copy run files (resolved config, metrics, plots) into the W&B run and register them
+    for upload, so an offline run directory is self-contained until ``wandb sync``."""
+    if not isinstance(logger, WandbLogger):
+        return
+    run = logger.experiment
+    files_dir = Path(run.dir)
+    for path in paths:
+        if path.is_file():
+            target = files_dir / path.name
+            shutil.copyfile(path, target)
+            run.save(str(target), base_path=str(files_dir), policy="now")
 
 
 def finish(logger: Logger) -> None:

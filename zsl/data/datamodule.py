@@ -31,7 +31,9 @@ class ZSLBatch:
 class ClassSpace:
     """What a model needs to know about the classes of one protocol (read from data)."""
 
-    semantics: torch.Tensor  # [C, A] all classes of the benchmark (rows outside the universe unused)
+    semantics: (
+        torch.Tensor
+    )  # [C, A] all classes of the benchmark (rows outside the universe unused)
     seen_ids: torch.Tensor  # sorted global ids trained on
     unseen_ids: torch.Tensor  # sorted global ids only evaluated on
     feature_dim: int

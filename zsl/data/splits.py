@@ -108,7 +108,9 @@ class FeatureScaler:
             low = train_features.min(axis=0)
             span = train_features.max(axis=0) - low
             return cls(kind, low, np.where(span > 0, span, 1.0).astype(np.float32))
-        raise DataError("data.preprocess", f"unknown preprocessing {kind!r}; use none, l2 or minmax")
+        raise DataError(
+            "data.preprocess", f"unknown preprocessing {kind!r}; use none, l2 or minmax"
+        )
 
     def transform(self, features: np.ndarray) -> np.ndarray:
         if self.kind == "l2":

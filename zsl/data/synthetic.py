@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,10 @@ SPLIT_FILE = "att_splits.mat"
 SPEC_KEY = "synthetic_spec"
 
 # difficulty knobs of the feature model (calibrated against ESZSL, see the module docstring)
-_NONLINEARITY = 1.5  # gain of the first (tanh) layer: larger = less linear
-_CLASS_OFFSET = 0.7  # class-specific mean shift not explained by the attributes
-_STYLE = 1.0  # shared low-rank within-class variation
-_NOISE = 0.9  # isotropic within-class noise
+_NONLINEARITY = 2.0  # gain of the first (tanh) layer: larger = less linear
+_CLASS_OFFSET = 1.0  # class-specific mean shift not explained by the attributes
+_STYLE = 1.5  # shared low-rank within-class variation
+_NOISE = 2.5  # isotropic within-class noise
 
 
 @dataclass(frozen=True)
@@ -272,19 +272,19 @@ def _build(spec: SyntheticSpec) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _atomic_savemat(path: Path, arrays: dict[str, Any]) -> None:
     """Write a MATLAB v5 file via a temporary file + rename (readers never see half a file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "xb") as handle:
             scipy.io.savemat(handle, arrays, do_compression=False, oned_as="column")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def generate_synthetic(
     out_dir: str | Path,
-    spec: SyntheticSpec = SyntheticSpec(),  # noqa: B008 - frozen, hence immutable, default
+    spec: SyntheticSpec = SyntheticSpec(),
     feature_file: str = "res101.mat",
 ) -> Path:
     """Write ``<out_dir>/att_splits.mat`` and ``<out_dir>/<feature_file>``; return ``out_dir``.
@@ -306,7 +306,7 @@ def _stored_spec(path: Path) -> str | None:
         return None
     try:
         raw = scipy.io.loadmat(str(path), variable_names=[SPEC_KEY]).get(SPEC_KEY)
-    except Exception:  # noqa: BLE001 - any unreadable file just means "regenerate"
+    except Exception:  # any unreadable file just means "regenerate"
         return None
     if raw is None:
         return None
@@ -316,7 +316,7 @@ def _stored_spec(path: Path) -> str | None:
 
 def ensure_synthetic(
     out_dir: str | Path,
-    spec: SyntheticSpec = SyntheticSpec(),  # noqa: B008 - frozen, hence immutable, default
+    spec: SyntheticSpec = SyntheticSpec(),
     feature_file: str = "res101.mat",
 ) -> Path:
     """Return ``out_dir``, (re)generating it only if a file is missing or has another spec.

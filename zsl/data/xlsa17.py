@@ -56,9 +56,13 @@ def _read_mat(path: Path) -> dict[str, Any]:
     try:
         return scipy.io.loadmat(str(path))
     except NotImplementedError as err:  # MATLAB v7.3 (HDF5)
-        raise DataError(str(path), f"MATLAB v7.3 files are not supported, re-save as v7: {err}")
+        raise DataError(
+            str(path), f"MATLAB v7.3 files are not supported, re-save as v7: {err}"
+        ) from None
     except Exception as err:  # noqa: BLE001 - scipy raises many types for corrupt files
-        raise DataError(str(path), f"cannot read MATLAB file ({type(err).__name__}: {err})")
+        raise DataError(
+            str(path), f"cannot read MATLAB file ({type(err).__name__}: {err})"
+        ) from None
 
 
 def _get(mat: Mapping[str, Any], key: str, path: Path) -> Any:
@@ -96,7 +100,9 @@ def _index_vector(raw: Any, where: str, upper: int) -> np.ndarray:
         raise DataError(where, "indices are not integers")
     lo, hi = int(as_int.min()), int(as_int.max())
     if lo < 1 or hi > upper:
-        raise DataError(where, f"1-based indices must lie in [1, {upper}], found range [{lo}, {hi}]")
+        raise DataError(
+            where, f"1-based indices must lie in [1, {upper}], found range [{lo}, {hi}]"
+        )
     return as_int - 1
 
 
@@ -121,7 +127,9 @@ def load_xlsa17(
 
     att = np.asarray(_get(splits, semantics_key, split_path), dtype=np.float64)
     if att.ndim != 2:
-        raise DataError(f"{split_path}[{semantics_key!r}]", f"expected a 2-D matrix, got {att.shape}")
+        raise DataError(
+            f"{split_path}[{semantics_key!r}]", f"expected a 2-D matrix, got {att.shape}"
+        )
     _finite(att, f"{split_path}[{semantics_key!r}]")
     n_classes = att.shape[1]
     if "allclasses_names" in splits:
@@ -146,8 +154,9 @@ def load_xlsa17(
             f"{np.asarray(raw_labels).size} labels but 'features' has {n_images} columns (images)",
         )
     labels = _index_vector(raw_labels, f"{feat_path}['labels']", n_classes)
-    features = np.ascontiguousarray(features.T, dtype=np.float32)
-    _finite(features, f"{feat_path}['features']")
+    features = features.astype(np.float32, copy=False)
+    _finite(features, f"{feat_path}['features']")  # before transposing: index as in the file
+    features = np.ascontiguousarray(features.T)
 
     locs = {
         key: _index_vector(_get(splits, key, split_path), f"{split_path}[{key!r}]", n_images)
@@ -177,13 +186,20 @@ def _overlap(data: ZSLData, a: str, b: str) -> None:
         )
 
 
-def _class_leak(data: ZSLData, key: str, forbidden: np.ndarray, what: str) -> None:
-    leaked = np.intersect1d(data.classes_of(key), forbidden)
+def _class_leak(data: ZSLData, a: str, b: str, why: str) -> None:
+    """Splits ``a`` and ``b`` must not share a class; the error counts each side's images so
+    the misplaced one is easy to spot."""
+    leaked = np.intersect1d(data.classes_of(a), data.classes_of(b))
     if leaked.size:
-        shown = ", ".join(data.class_names[c] for c in leaked[:5])
+        in_a, in_b = data.labels[data.locs[a]], data.labels[data.locs[b]]
+        shown = ", ".join(
+            f"{data.class_names[c]} ({int((in_a == c).sum())} images in {a}, "
+            f"{int((in_b == c).sum())} in {b})"
+            for c in leaked[:5]
+        )
         raise DataError(
-            f"{data.source}[{key!r}]",
-            f"{leaked.size} {what} class(es) present: {shown}",
+            f"{data.source}[{a!r}, {b!r}]",
+            f"{leaked.size} class(es) occur in both splits ({why}): {shown}",
         )
 
 
@@ -193,9 +209,8 @@ def check_split_integrity(data: ZSLData, protocol: Protocol) -> None:
         _overlap(data, "trainval_loc", "test_seen_loc")
         _overlap(data, "trainval_loc", "test_unseen_loc")
         _overlap(data, "test_seen_loc", "test_unseen_loc")
-        unseen = data.classes_of("test_unseen_loc")
-        _class_leak(data, "trainval_loc", unseen, "unseen (test_unseen_loc)")
-        _class_leak(data, "test_unseen_loc", data.classes_of("test_seen_loc"), "seen (test_seen_loc)")
+        _class_leak(data, "trainval_loc", "test_unseen_loc", "unseen classes are never trained on")
+        _class_leak(data, "test_seen_loc", "test_unseen_loc", "a class is either seen or unseen")
         orphan = np.setdiff1d(data.classes_of("test_seen_loc"), data.classes_of("trainval_loc"))
         if orphan.size:
             raise DataError(
@@ -204,5 +219,4 @@ def check_split_integrity(data: ZSLData, protocol: Protocol) -> None:
             )
     else:
         _overlap(data, "train_loc", "val_loc")
-        _class_leak(data, "val_loc", data.classes_of("train_loc"), "training (train_loc)")
-
+        _class_leak(data, "train_loc", "val_loc", "validation classes must not be trained on")

@@ -44,7 +44,9 @@ class ALE(ZSLModule):
     def scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
         return self.net(features, class_semantics)
 
-    def training_loss(self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor) -> Tensor:
+    def training_loss(
+        self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
+    ) -> Tensor:
         scores = self.scores(batch.features, seen_semantics)
         return warp_rank_loss(scores, local_labels, self.hparams.margin)
 

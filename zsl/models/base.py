@@ -44,6 +44,7 @@ class ZSLModule(pl.LightningModule):
         self.eval_history: list[dict[str, float]] = []
         self.last_eval: dict[str, float] = {}
         self.last_per_class: Tensor | None = None
+        self.last_curve: tuple[Tensor, Tensor, Tensor] | None = None
         self.configure_models()
 
     # -- hooks for subclasses ---------------------------------------------------------
@@ -58,11 +59,15 @@ class ZSLModule(pl.LightningModule):
         """Compatibility scores [B, C] of features [B, D] against class semantics [C, A]."""
         raise NotImplementedError
 
-    def training_loss(self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor) -> Tensor:
+    def training_loss(
+        self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
+    ) -> Tensor:
         """Loss of an iterative model on a batch of seen-class images."""
         raise NotImplementedError(f"{type(self).__name__} must implement training_loss")
 
-    def fit_closed_form(self, features: Tensor, local_labels: Tensor, seen_semantics: Tensor) -> None:
+    def fit_closed_form(
+        self, features: Tensor, local_labels: Tensor, seen_semantics: Tensor
+    ) -> None:
         """Closed-form fit on the whole training set (``closed_form = True`` models)."""
         raise NotImplementedError(f"{type(self).__name__} must implement fit_closed_form")
 
@@ -106,7 +111,9 @@ class ZSLModule(pl.LightningModule):
         pos = pos.clamp(max=self.seen_ids.numel() - 1)
         if not torch.equal(self.seen_ids[pos], labels):
             bad = labels[self.seen_ids[pos] != labels][:5].tolist()
-            raise LeakageError(f"{type(self).__name__}: training batch holds non-seen classes {bad}")
+            raise LeakageError(
+                f"{type(self).__name__}: training batch holds non-seen classes {bad}"
+            )
         return pos
 
     # -- training ---------------------------------------------------------------------
@@ -123,8 +130,9 @@ class ZSLModule(pl.LightningModule):
     def check_finite(self, value: Tensor, what: str) -> None:
         if not torch.isfinite(value).all():
             raise FloatingPointError(
-                f"{type(self).__name__}: non-finite {what} ({value.detach().flatten()[:4].tolist()}) "
-                f"at epoch {self.current_epoch}, step {self.global_step}"
+                f"{type(self).__name__}: non-finite {what} "
+                f"({value.detach().flatten()[:4].tolist()}) at epoch {self.current_epoch}, "
+                f"step {self.global_step}"
             )
 
     def configure_optimizers(self) -> Any:
@@ -147,7 +155,9 @@ class ZSLModule(pl.LightningModule):
         seen[self.seen_ids.cpu()] = True
         # kept out of the module tree so checkpoints do not depend on evaluation state
         self._metrics = {
-            "stats": SeenUnseenStats(seen, universe_mask=self.universe_mask().cpu()).to(self.device),
+            "stats": SeenUnseenStats(seen, universe_mask=self.universe_mask().cpu()).to(
+                self.device
+            ),
             "per_class": PerClassAccuracy(self.n_classes).to(self.device),
         }
 
@@ -168,6 +178,7 @@ class ZSLModule(pl.LightningModule):
         cu, cs, ch = stats.gzsl(gamma)
         out.update(gzsl_u_cal=cu, gzsl_s_cal=cs, gzsl_h_cal=ch, gamma=float(gamma))
         self.last_per_class = self._metrics["per_class"].compute().cpu()
+        self.last_curve = stats.curve()
         for key, value in out.items():
             self.log(f"{stage}/{key}", value, prog_bar=key in ("zsl_t1", "gzsl_h"), sync_dist=False)
         self.last_eval = out

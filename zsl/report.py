@@ -1,0 +1,47 @@
+"""End-of-run reports: seen-unseen curve and per-class accuracy, as files and W&B media."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+from zsl import tracking
+from zsl.models.base import ZSLModule
+
+
+def write_reports(
+    model: ZSLModule, class_names: tuple[str, ...], run_dir: Path, logger: Logger, stage: str
+) -> list[Path]:
+    """Save the seen-unseen curve and the per-class accuracy chart; log both and a per-class
+    table to W&B. Returns the files written."""
+    from zsl.plots import plot_per_class_accuracy, plot_seen_unseen_curve
+
+    written: list[Path] = []
+    if model.last_curve is not None:
+        gammas, u, s = model.last_curve
+        path = run_dir / f"{stage}_seen_unseen_curve.png"
+        plot_seen_unseen_curve(gammas, u, s, path, title=f"{stage}: seen-unseen accuracy curve")
+        written.append(path)
+    if model.last_per_class is not None:
+        acc = model.last_per_class
+        seen = set(model.seen_ids.tolist())
+        ids = torch.cat([model.seen_ids, model.unseen_ids]).cpu().tolist()
+        rows = [
+            [class_names[i], "seen" if i in seen else "unseen", round(100 * float(acc[i]), 3)]
+            for i in ids
+            if not torch.isnan(acc[i])
+        ]
+        tracking.log_table(
+            logger, f"{stage}/per_class_accuracy", ["class", "split", "accuracy"], rows
+        )
+        path = run_dir / f"{stage}_per_class_accuracy.png"
+        plot_per_class_accuracy(
+            [r[0] for r in rows], [r[2] for r in rows], [r[1] == "seen" for r in rows], path
+        )
+        written.append(path)
+    if isinstance(logger, WandbLogger):
+        for path in written:
+            logger.log_image(key=f"{stage}/{path.stem}", images=[str(path)])
+    return written
