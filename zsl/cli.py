@@ -26,9 +26,10 @@ from pytorch_lightning.loggers import Logger
 from zsl import tracking
 from zsl.config import ConfigError, compose, to_container
 from zsl.data.datamodule import ZSLDataModule
+from zsl.data.errors import DataError
 from zsl.data.xlsa17 import ZSLData, load_xlsa17
 from zsl.models import get_model_class
-from zsl.models.base import ZSLModule
+from zsl.models.base import LeakageError, ZSLModule
 from zsl.report import write_reports
 from zsl.selection import Selection, select
 
@@ -67,13 +68,18 @@ class Runner:
 
                 spec = SyntheticSpec(**OmegaConf.to_container(dcfg.synthetic))  # type: ignore
                 ensure_synthetic(Path(dcfg.root) / dcfg.name, spec, dcfg.feature_file)
-            self._data[protocol] = load_xlsa17(
+            data = load_xlsa17(
                 dcfg.root,
                 dcfg.name,
                 dcfg.feature_file,
                 protocol,
                 dcfg.semantics_key,  # type: ignore
             )
+            # identity except for models that embed the raw images themselves (CLIP)
+            data = self.model_cls.adapt_data(
+                data, to_container(self.cfg.model.params), to_container(dcfg)
+            )
+            self._data[protocol] = data
         return self._data[protocol]
 
     def datamodule(self, protocol: str) -> ZSLDataModule:
@@ -161,8 +167,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     from zsl.selection import grid_points
 
-    n_points = len(grid_points(cfg.model))
-    selection = select(cfg.model, fit_val, bool(cfg.selection.select_epochs))
+    use_grid = bool(cfg.selection.grid)
+    n_points = len(grid_points(cfg.model, use_grid))
+    selection = select(cfg.model, fit_val, bool(cfg.selection.select_epochs), use_grid)
     best = selection.best
     cols, rows = selection.rows()
     tracking.log_table(logger, "selection/validation", cols, rows)
@@ -246,6 +253,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"config error: {err}") from None
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
-    run_dir = make_run_dir(cfg)
-    print(f"run directory: {run_dir}")
-    return run(cfg, run_dir)
+    try:
+        run_dir = make_run_dir(cfg)
+        print(f"run directory: {run_dir}")
+        return run(cfg, run_dir)
+    except (DataError, FileExistsError, LeakageError, FloatingPointError) as err:
+        raise SystemExit(f"error: {err}") from None

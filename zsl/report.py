@@ -16,7 +16,7 @@ def write_reports(
 ) -> list[Path]:
     """Save the seen-unseen curve and the per-class accuracy chart; log both and a per-class
     table to W&B. Returns the files written."""
-    from zsl.plots import plot_per_class_accuracy, plot_seen_unseen_curve
+    from zsl.plots import plot_seen_unseen_curve
 
     written: list[Path] = []
     if model.last_curve is not None:
@@ -45,3 +45,28 @@ def write_reports(
         for path in written:
             logger.log_image(key=f"{stage}/{path.stem}", images=[str(path)])
     return written
+
+
+def plot_per_class_accuracy(
+    names: list[str], accuracies: list[float], seen: list[bool], path: Path
+) -> Path:
+    """Horizontal bar chart of per-class accuracy (percent), seen and unseen classes coloured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(range(len(names)), key=lambda i: (seen[i], accuracies[i]))
+    height = max(3.0, 0.12 * len(names) + 1.0)
+    fig, ax = plt.subplots(figsize=(6, min(height, 40)), dpi=100)
+    colors = ["tab:blue" if seen[i] else "tab:orange" for i in order]
+    ax.barh(range(len(order)), [accuracies[i] for i in order], color=colors)
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels([names[i] for i in order], fontsize=max(3, min(8, 400 // max(1, len(names)))))
+    ax.set_xlabel("per-class top-1 accuracy, GZSL (%)")
+    ax.set_xlim(0, 100)
+    ax.set_title("per-class accuracy (blue: seen, orange: unseen)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -48,11 +48,12 @@ class Selection:
         return cols, rows
 
 
-def grid_points(model_cfg: DictConfig) -> list[dict[str, Any]]:
-    """Full parameter dicts for every point of the search grid (the defaults if none)."""
+def grid_points(model_cfg: DictConfig, use_grid: bool = True) -> list[dict[str, Any]]:
+    """Full parameter dicts for every point of the search grid (just ``params`` if there is
+    no grid or ``use_grid`` is False)."""
     base: dict[str, Any] = OmegaConf.to_container(model_cfg.params, resolve=True)  # type: ignore
     search = model_cfg.get("search")
-    grid = dict(search.get("grid") or {}) if search is not None else {}
+    grid = dict(search.get("grid") or {}) if (search is not None and use_grid) else {}
     if not grid:
         return [base]
     keys = list(grid)
@@ -71,12 +72,13 @@ def select(
     model_cfg: DictConfig,
     fit_val: Callable[[dict[str, Any]], tuple[list[dict[str, float]], float]],
     select_epochs: bool = True,
+    use_grid: bool = True,
 ) -> Selection:
     """Run ``fit_val(params) -> (history, seconds)`` for every grid point and pick the best."""
     search = model_cfg.get("search")
     metric = str(search.get("metric", "zsl_t1")) if search is not None else "zsl_t1"
     trials = []
-    for params in grid_points(model_cfg):
+    for params in grid_points(model_cfg, use_grid):
         history, seconds = fit_val(params)
         chosen = best_epoch(history, metric) if select_epochs else history[-1]
         metrics = {k: v for k, v in chosen.items() if k != "epoch"}

@@ -82,7 +82,9 @@ def attach_files(logger: Logger, paths: list[Path]) -> None:
     files_dir = Path(run.dir)
     for path in paths:
         if path.is_file():
-            target = files_dir / path.name
+            # W&B keeps its own config.yaml in files/: never overwrite it
+            name = "resolved_config.yaml" if path.name == "config.yaml" else path.name
+            target = files_dir / name
             shutil.copyfile(path, target)
             run.save(str(target), base_path=str(files_dir), policy="now")
 

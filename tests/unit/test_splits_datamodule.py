@@ -231,6 +231,7 @@ def test_training_loss_sees_only_seen_classes(tiny: TinyXlsa17, protocol: str) -
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        limit_val_batches=1.0 if protocol == "val" else 0,  # as the Runner: no test peeking
     )
     trainer.fit(model, dm)
     n_batches = -(-dm.split.train_idx.size // dm.batch_size)  # type: ignore[union-attr]

@@ -396,6 +396,7 @@ def test_unknown_protocol(tiny: TinyXlsa17) -> None:
     expect_error(tiny, "data.protocol", "'trainval'", protocol="trainval")
 
 
+@pytest.mark.realdata
 def test_real_split_files_open(shared_data: Path) -> None:
     """The real CUB att_splits.mat has the documented keys and shapes (no features needed)."""
     import scipy.io

@@ -30,9 +30,10 @@ the AWA2 copy), where the ``n_val`` validation classes are drawn from the seen o
 arrays are 1-based column vectors (``uint16`` when they fit, else ``float64``); images are
 stored in a shuffled order.
 
-With the default spec a tuned ESZSL (closed form, linear) reaches roughly 50% per-class top-1
-on the 10 unseen classes (chance 10%) and shows the usual strong seen-class bias in the
-generalised setting; see ``tests/unit/test_synthetic.py``.
+With the default spec a tuned ESZSL (closed form, linear) reaches about 54% per-class top-1 on
+the 10 unseen classes (chance 10%; 29-55%, mean 47% over seeds 0-9) and shows the usual strong
+seen-class bias in the generalised setting (seed 0: u 28%, s 94%, H 43%); see
+``tests/unit/test_synthetic.py``.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def _features(
     n_signal = dim - n_nuisance
     n_hidden = 2 * n_att
 
-    # class means: random 2-layer tanh network of the (centred) attributes + unexplained offset
+    # class means: random 2-layer tanh network of the standardised attributes + unexplained offset
     a = (att01 - att01.mean(axis=0)) / (att01.std(axis=0) + 1e-6)
     w1 = rng.normal(0.0, _NONLINEARITY / np.sqrt(n_att), (n_att, n_hidden))
     b1 = rng.normal(0.0, 0.5, n_hidden)
@@ -195,9 +196,10 @@ def _loc_column(indices0: np.ndarray, n_images: int) -> np.ndarray:
 
 
 def _cell(strings: list[str]) -> np.ndarray:
+    """Column cell array of strings (each pre-wrapped as a char array: faster ``savemat``)."""
     out = np.empty((len(strings), 1), dtype=object)
     for i, s in enumerate(strings):
-        out[i, 0] = s
+        out[i, 0] = np.array([s])
     return out
 
 

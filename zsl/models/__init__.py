@@ -22,6 +22,7 @@ MODELS: dict[str, str] = {
     "latem": "zsl.models.latem:LATEM",
     "clswgan": "zsl.models.clswgan:CLSWGAN",
     "cadavae": "zsl.models.cadavae:CADAVAE",
+    "clip": "zsl.models.clip:CLIPZeroShot",
 }
 
 

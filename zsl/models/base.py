@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from zsl.data.datamodule import ClassSpace, ZSLBatch
+from zsl.data.xlsa17 import ZSLData
 from zsl.metrics import PerClassAccuracy, SeenUnseenStats
 
 
@@ -48,6 +49,14 @@ class ZSLModule(pl.LightningModule):
         self.configure_models()
 
     # -- hooks for subclasses ---------------------------------------------------------
+    @classmethod
+    def adapt_data(
+        cls, data: ZSLData, params: dict[str, Any], data_cfg: dict[str, Any]
+    ) -> ZSLData:
+        """Transform the loaded benchmark before splitting (default: unchanged). CLIP uses it
+        to replace features and semantics by image/text embeddings of the same images."""
+        return data
+
     def configure_models(self) -> None:
         """Build the networks (``self.feature_dim`` etc. are set)."""
 

@@ -1,0 +1,128 @@
+"""Config composition: groups, dot-list overrides, interpolation and validation."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from zsl.config import CONFIG_DIR, ConfigError, available, compose
+
+
+def test_compose_defaults() -> None:
+    cfg = compose()
+    expected = {"data": "synthetic", "model": "ale", "trainer": "cpu", "logger": "wandb"}
+    assert dict(cfg.choices) == expected
+    assert cfg.data.name == "SYNTHETIC" and cfg.model.name == "ale"
+    assert cfg.trainer.accelerator == "cpu" and cfg.logger.name == "wandb"
+    assert cfg.data.root == "data"  # ${paths.data_dir} resolved
+    assert cfg.seed == 0 and cfg.output_dir is None
+    # the composed config is fully resolved: no interpolation left anywhere
+    assert "${" not in OmegaConf.to_yaml(cfg)
+
+
+def test_group_selection() -> None:
+    cfg = compose(["data=cub", "model=ale", "logger=csv"])
+    assert cfg.data.name == "CUB"
+    assert cfg.data.root == "data/xlsa17"
+    assert cfg.data.synthetic is None
+    assert cfg.model.name == "ale" and cfg.logger.name == "csv"
+    assert cfg.choices.data == "cub" and cfg.choices.logger == "csv"
+
+
+def test_every_config_in_every_group_composes() -> None:
+    for group in ("data", "model", "trainer", "logger"):
+        names = available(group)
+        assert names, f"no configs in {CONFIG_DIR / group}"
+        for name in names:
+            assert compose([f"{group}={name}"]).choices[group] == name
+
+
+def test_dotlist_override_changes_value() -> None:
+    cfg = compose(["model.params.lr=0.05", "data.batch_size=7", "seed=3", "data.protocol=val"])
+    assert cfg.model.params.lr == 0.05
+    assert cfg.data.batch_size == 7 and cfg.seed == 3 and cfg.data.protocol == "val"
+    assert compose().model.params.lr == 0.001  # nothing global was changed
+
+
+def test_override_of_interpolation_source_propagates() -> None:
+    cfg = compose(["data=cub", "paths.data_dir=/datasets"])
+    assert cfg.data.root == "/datasets/xlsa17"
+
+
+def test_unknown_key_lists_valid_keys() -> None:
+    with pytest.raises(ConfigError) as info:
+        compose(["model.params.lrr=0.1"])
+    message = str(info.value)
+    assert "'model.params.lrr'" in message
+    for valid in ("lr", "margin", "weight_decay"):
+        assert valid in message
+    assert "+model.params.lrr=" in message  # says how to add a key on purpose
+
+
+def test_unknown_top_level_key() -> None:
+    with pytest.raises(ConfigError, match="<top level> has no 'sed'.*seed"):
+        compose(["sed=1"])
+
+
+@pytest.mark.parametrize("group", ["data", "model", "trainer", "logger", "experiment"])
+def test_unknown_group_name_lists_available(group: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        compose([f"{group}=nope"])
+    message = str(info.value)
+    assert f"unknown {group} config 'nope'" in message
+    assert f"available: {', '.join(available(group))}" in message
+    if group == "data":
+        assert "cub" in message and "synthetic" in message
+
+
+def test_plus_adds_new_key() -> None:
+    cfg = compose(["+new.key=1", "+model.params.extra=abc"])
+    assert cfg.new.key == 1
+    assert cfg.model.params.extra == "abc"
+
+
+def test_override_without_equals_fails() -> None:
+    with pytest.raises(ConfigError, match="bad override 'model.params.lr'.*key=value"):
+        compose(["model.params.lr"])
+
+
+def test_trainer_max_epochs_follows_model() -> None:
+    assert compose().trainer.max_epochs == compose().model.max_epochs
+    cfg = compose(["model.max_epochs=7"])
+    assert cfg.trainer.max_epochs == 7
+    cfg = compose(["model.max_epochs=7", "trainer.max_epochs=3"])  # explicit value wins
+    assert cfg.trainer.max_epochs == 3 and cfg.model.max_epochs == 7
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.protocol=foo", "data.protocol must be 'val' or 'test', got 'foo'"),
+        ("data.preprocess=zscore", "data.preprocess must be none, l2 or minmax"),
+        ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1"),
+        ("model.search.metric=acc", "model.search.metric must be"),
+    ],
+)
+def test_bad_values_fail(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compose([override])
+
+
+def test_unknown_model_name_lists_registry() -> None:
+    with pytest.raises(ConfigError, match="unknown model 'nope'; available: .*ale"):
+        compose(["model.name=nope"])
+
+
+def test_search_grid_key_must_be_a_model_param() -> None:
+    with pytest.raises(ConfigError) as info:
+        compose(["+model.search.grid.momentum=[0.9,0.99]"])
+    message = str(info.value)
+    assert "model.search.grid.momentum is not a parameter of ale" in message
+    assert "lr" in message and "margin" in message
+
+
+def test_search_grid_over_model_params() -> None:
+    cfg = compose(["+model.search.grid.lr=[0.1,0.01]", "+model.search.grid.margin=[0.5]"])
+    assert list(cfg.model.search.grid.lr) == [0.1, 0.01]
+    with pytest.raises(ConfigError, match="model.search.grid.lr must be a non-empty list"):
+        compose(["+model.search.grid.lr=0.1"])

@@ -1,0 +1,206 @@
+"""f-CLSWGAN: Feature Generating Networks for Zero-Shot Learning (Xian, Lorenz, Schiele, Akata,
+CVPR 2018, https://arxiv.org/abs/1712.00981).
+
+A conditional Wasserstein GAN with gradient penalty (Gulrajani et al., NeurIPS 2017) generates
+image features from class semantics, G(z, a); the generator also minimises the cross-entropy of
+a softmax classifier pre-trained (and frozen) on the seen classes, weighted by ``cls_weight``
+(beta in the paper). The GZSL classifier of :class:`~zsl.models.generative.GenerativeZSL` is
+then trained on real seen + generated unseen features.
+
+Training uses Lightning's manual optimisation: every batch of real seen features is split into
+``n_critic`` critic mini-batches (one critic step each, as the reference code draws ``n_critic``
+fresh mini-batches per generator step), followed by one generator step on the whole batch's
+classes. With ``data.batch_size=320`` the critic batch is the paper's 64.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zsl.data.datamodule import ZSLBatch
+from zsl.models.gen_nets import FeatureCritic, FeatureGenerator, randn
+from zsl.models.generative import GenerativeZSL, check_positive, fit_softmax_classifier
+
+
+def gradient_penalty(
+    critic: nn.Module, real: Tensor, fake: Tensor, semantics: Tensor, alpha: Tensor | None = None
+) -> Tensor:
+    """WGAN-GP penalty ``E[(||grad_x D(x_hat, a)||_2 - 1)^2]`` on interpolates
+    ``x_hat = alpha * real + (1 - alpha) * fake`` (one alpha ~ U(0, 1) per row unless given).
+
+    Vectorised over the batch and differentiable w.r.t. the critic's parameters
+    (``create_graph=True``), so it can be back-propagated as part of the critic loss."""
+    if alpha is None:
+        alpha = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype)
+    interpolates = (alpha * real + (1.0 - alpha) * fake).detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = critic(interpolates, semantics)
+        (grad,) = torch.autograd.grad(out.sum(), interpolates, create_graph=True)
+    return ((grad.norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+def critic_loss(
+    critic: nn.Module, real: Tensor, fake: Tensor, semantics: Tensor, gp_weight: float
+) -> tuple[Tensor, Tensor]:
+    """WGAN-GP critic loss ``D(fake) - D(real) + gp_weight * GP`` and the Wasserstein estimate
+    ``D(real) - D(fake)`` (detached)."""
+    wasserstein = critic(real, semantics).mean() - critic(fake, semantics).mean()
+    loss = -wasserstein + gp_weight * gradient_penalty(critic, real, fake, semantics)
+    return loss, wasserstein.detach()
+
+
+class CLSWGAN(GenerativeZSL):
+    """f-CLSWGAN (Xian et al., CVPR 2018): WGAN-GP feature generator + classification loss.
+
+    Defaults are the paper's (4096 hidden units, Adam 1e-4 / betas (0.5, 0.999), 5 critic
+    steps, lambda 10, beta 0.01, noise size = number of attributes, 300 synthetic features per
+    unseen class, final classifier 25 epochs at 1e-3); ``configs/model/clswgan.yaml`` shrinks
+    the networks for CPU budgets.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        n_attributes: int,
+        n_classes: int,
+        gen_hidden: int = 4096,
+        critic_hidden: int = 4096,
+        noise_dim: int | None = None,
+        lr: float = 1e-4,
+        beta1: float = 0.5,
+        n_critic: int = 5,
+        gp_weight: float = 10.0,
+        cls_weight: float = 0.01,
+        pretrain_epochs: int = 50,
+        pretrain_lr: float = 1e-3,
+        n_synth: int = 300,
+        cls_epochs: int = 25,
+        cls_lr: float = 1e-3,
+        cls_batch_size: int = 64,
+        cls_weight_decay: float = 0.0,
+        eval_seed: int = 0,
+        projection_plot: bool = True,
+    ) -> None:
+        check_positive(
+            gen_hidden=gen_hidden,
+            critic_hidden=critic_hidden,
+            lr=lr,
+            n_critic=n_critic,
+            n_synth=n_synth,
+            cls_epochs=cls_epochs,
+            cls_lr=cls_lr,
+            cls_batch_size=cls_batch_size,
+        )
+        super().__init__(feature_dim, n_attributes, n_classes)
+        self.automatic_optimization = False
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        noise_dim = int(hp.noise_dim or self.n_attributes)
+        self.generator = FeatureGenerator(
+            self.n_attributes, noise_dim, hp.gen_hidden, self.feature_dim
+        )
+        self.critic = FeatureCritic(self.feature_dim, self.n_attributes, hp.critic_hidden)
+        # softmax classifier over global ids, used on the seen columns only; pre-trained in
+        # on_fit_start and frozen (not in any optimizer)
+        self.seen_classifier = nn.Linear(self.feature_dim, self.n_classes)
+        nn.init.zeros_(self.seen_classifier.weight)
+        nn.init.zeros_(self.seen_classifier.bias)
+        self.seen_classifier.requires_grad_(False)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        betas = (float(self.hparams.beta1), 0.999)
+        lr = float(self.hparams.lr)
+        return [
+            torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas),
+            torch.optim.Adam(self.critic.parameters(), lr=lr, betas=betas),
+        ]
+
+    # -- training -----------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        """Pre-train the frozen seen-class classifier of the classification loss."""
+        x, y = self.seen_training_data()
+        if bool((x < 0).any()):
+            warnings.warn(
+                f"{type(self).__name__}: training features have negative values, but the "
+                "generator ends in a ReLU (CNN features are non-negative); use non-negative "
+                "preprocessing (l2 / minmax of ReLU features)",
+                stacklevel=2,
+            )
+        gen = torch.Generator().manual_seed(int(self.hparams.eval_seed))
+        weight, bias = fit_softmax_classifier(
+            x,
+            self.to_local(y),
+            self.seen_ids.numel(),
+            int(self.hparams.pretrain_epochs),
+            float(self.hparams.pretrain_lr),
+            512,
+            0.0,
+            gen,
+        )
+        with torch.no_grad():
+            self.seen_classifier.weight.zero_()
+            self.seen_classifier.bias.zero_()
+            self.seen_classifier.weight[self.seen_ids] = weight.T
+            self.seen_classifier.bias[self.seen_ids] = bias
+
+    def seen_logits(self, features: Tensor) -> Tensor:
+        """Logits of the pre-trained classifier over the seen classes (local order)."""
+        return self.seen_classifier(features)[:, self.seen_ids]
+
+    def training_loss(
+        self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
+    ) -> Tensor:
+        """One f-CLSWGAN iteration (manual optimisation): ``n_critic`` critic steps on chunks of
+        the batch, then one generator step. Returns the generator loss for logging."""
+        hp = self.hparams
+        opt_g, opt_d = self.optimizers()  # type: ignore[misc]
+        real = batch.features
+        semantics = seen_semantics[local_labels]
+        noise_dim = self.generator.noise_dim
+
+        self.critic.requires_grad_(True)
+        for real_k, sem_k in zip(real.chunk(int(hp.n_critic)), semantics.chunk(int(hp.n_critic))):
+            with torch.no_grad():
+                fake_k = self.generator(randn((real_k.shape[0], noise_dim), None, real_k), sem_k)
+            loss_d, wasserstein = critic_loss(
+                self.critic, real_k, fake_k, sem_k, float(hp.gp_weight)
+            )
+            self.check_finite(loss_d, "critic loss")
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            opt_d.step()
+
+        self.critic.requires_grad_(False)  # generator step: no critic gradients
+        fake = self.generator(randn((real.shape[0], noise_dim), None, real), semantics)
+        loss_adv = -self.critic(fake, semantics).mean()
+        loss_cls = F.cross_entropy(self.seen_logits(fake), local_labels)
+        loss_g = loss_adv + float(hp.cls_weight) * loss_cls
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss_g)
+        opt_g.step()
+        self.critic.requires_grad_(True)
+
+        self.log_dict(
+            {
+                "train/critic_loss": loss_d.detach(),
+                "train/wasserstein": wasserstein,
+                "train/cls_loss": loss_cls.detach(),
+            },
+            on_step=False,
+            on_epoch=True,
+        )
+        return loss_g.detach()
+
+    # -- generation ---------------------------------------------------------------------
+    def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        return self.generator.sample(class_semantics, n, generator)[0]
+
+    def generate_features(
+        self, attributes: Tensor, n: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        return self.generator.sample(attributes, n, generator)[0]

@@ -1,0 +1,256 @@
+"""The shared second stage of feature-generating GZSL models.
+
+A generative model (f-CLSWGAN, CADA-VAE) learns, on seen classes only, to produce examples of
+a class from its semantic vector. Before every validation/test pass
+(:meth:`GenerativeZSL.on_eval_start`) it synthesises ``n_synth`` examples per unseen class
+and trains a fresh softmax classifier over the protocol's universe (seen + unseen, global
+class ids) on real seen + synthetic unseen examples. ``scores`` returns that classifier's
+log-probabilities, so GZSL needs no calibration trick to reach unseen classes.
+
+"Examples" live in the model's *classifier space*: image features for f-CLSWGAN, latent codes
+for CADA-VAE (:meth:`GenerativeZSL.embed`, :meth:`GenerativeZSL.embed_seen`,
+:meth:`GenerativeZSL.synthesize`).
+
+ZSL (unseen classes only) uses the same GZSL classifier: the base takes the arg-max of its
+scores among the unseen classes. No second, unseen-only classifier is trained; the softmax
+over the universe, restricted to unseen classes, ranks them exactly as a classifier whose
+seen logits were removed, and training one more classifier per evaluation would double the
+evaluation cost for a number that is not what these models are for.
+
+The classifier is deliberately kept out of the module tree (like the base's metrics), so a
+checkpoint holds only the generator; it is retrained at evaluation time from the generator,
+the class space and the datamodule's seen training features.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zsl.models.base import ZSLModule
+
+
+def fit_softmax_classifier(
+    x: Tensor,
+    y: Tensor,
+    n_out: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Multinomial logistic regression on in-memory tensors: Adam (betas 0.5, 0.999), shuffled
+    mini-batches, a fixed number of epochs. Returns (weight [D, n_out], bias [n_out])."""
+    n, dim = x.shape
+    weight = torch.zeros(dim, n_out, device=x.device, dtype=x.dtype, requires_grad=True)
+    bias = torch.zeros(n_out, device=x.device, dtype=x.dtype, requires_grad=True)
+    opt = torch.optim.Adam([weight, bias], lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
+    with torch.inference_mode(False), torch.enable_grad():
+        for _ in range(epochs):
+            device = generator.device if generator is not None else x.device
+            order = torch.randperm(n, generator=generator, device=device).to(x.device)
+            for idx in order.split(batch_size):
+                loss = F.cross_entropy(torch.addmm(bias, x[idx], weight), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    return weight.detach(), bias.detach()
+
+
+class GenerativeZSL(ZSLModule):
+    """Base of feature-generating models: the GZSL classifier on real seen + synthetic unseen.
+
+    Subclasses build their generator in ``configure_models``, train it (``training_loss``) and
+    implement :meth:`synthesize` (plus :meth:`embed` / :meth:`embed_seen` when the classifier
+    space is not the feature space) and :meth:`generate_features`. Hyper-parameters read here:
+    ``n_synth``, ``cls_epochs``, ``cls_lr``, ``cls_batch_size``, ``cls_weight_decay``,
+    ``eval_seed`` and ``projection_plot``.
+    """
+
+    uses_unseen_semantics: ClassVar[bool] = True
+    #: what the classifier is trained on (for plot titles): "features" or "latent codes"
+    example_space: ClassVar[str] = "features"
+
+    def __init__(self, feature_dim: int, n_attributes: int, n_classes: int) -> None:
+        super().__init__(feature_dim, n_attributes, n_classes)
+        # (weight [E, U], bias [U], universe ids [U]); outside the module tree on purpose
+        self._classifier: tuple[Tensor, Tensor, Tensor] | None = None
+
+    # -- hooks for subclasses ---------------------------------------------------------
+    def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` synthetic examples in classifier space per row of ``class_semantics`` [K, A]
+        -> [K * n, E], grouped by row (row ``k`` owns ``k*n .. k*n + n - 1``)."""
+        raise NotImplementedError
+
+    def embed(self, features: Tensor) -> Tensor:
+        """Image features [B, D] -> classifier space [B, E] (the identity by default)."""
+        return features
+
+    def embed_seen(
+        self, features: Tensor, labels: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """The real seen training examples of the classifier (default: the features as they are)."""
+        return self.embed(features), labels
+
+    def generate_features(
+        self, attributes: Tensor, n: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``n`` synthetic image features per attribute vector [K, A] -> [K * n, D]."""
+        raise NotImplementedError
+
+    # -- data ---------------------------------------------------------------------------
+    def seen_training_data(self) -> tuple[Tensor, Tensor]:
+        """Real seen-class training features and global labels, from the trainer's datamodule."""
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if dm is None or not hasattr(dm, "train_x"):
+            raise RuntimeError(
+                f"{type(self).__name__} needs the trainer's datamodule (a ZSLDataModule exposing "
+                "train_x/train_y) to train its classifier on real seen features; pass "
+                "datamodule=... to trainer.fit/validate/test"
+            )
+        x, y = dm.train_x.to(self.device), dm.train_y.to(self.device)
+        self.to_local(y)  # raises if a training label is not a seen class
+        return x, y
+
+    def _eval_generator(self) -> torch.Generator:
+        """A private RNG for evaluation, so evaluating never perturbs the training RNG stream."""
+        return torch.Generator().manual_seed(int(self.hparams.eval_seed) + int(self.current_epoch))
+
+    # -- the second stage -------------------------------------------------------------
+    @torch.inference_mode(False)
+    def fit_classifier(self) -> None:
+        """Train the GZSL softmax classifier on real seen + ``n_synth`` synthetic unseen examples
+        per unseen class, over the universe of the protocol (global ids)."""
+        hp = self.hparams
+        gen = self._eval_generator()
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            x, y = self.seen_training_data()
+            real, real_y = self.embed_seen(x, y, gen)
+            unseen = self.unseen_ids
+            synth = self.synthesize(self.unseen_semantics(), int(hp.n_synth), gen)
+            synth_y = unseen.repeat_interleave(int(hp.n_synth))
+        self.train(was_training)
+        universe = torch.nonzero(self.universe_mask()).squeeze(1)
+        inputs = torch.cat([real, synth]).detach().clone()
+        targets = torch.searchsorted(universe, torch.cat([real_y, synth_y]))
+        self.check_finite(synth, "synthetic examples")
+        weight, bias = fit_softmax_classifier(
+            inputs,
+            targets,
+            universe.numel(),
+            int(hp.cls_epochs),
+            float(hp.cls_lr),
+            int(hp.cls_batch_size),
+            float(hp.cls_weight_decay),
+            gen,
+        )
+        self._classifier = (weight, bias, universe)
+
+    def on_eval_start(self) -> None:
+        self.fit_classifier()
+
+    def scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
+        """Log-probabilities of the GZSL classifier; ``-inf`` for classes outside the universe.
+
+        The classifier is trained on the installed class space, so ``class_semantics`` must be
+        ``self.semantics`` (the base always passes it)."""
+        if self._classifier is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: the GZSL classifier is trained at the start of each "
+                "validation/test pass (on_eval_start); call fit_classifier() first"
+            )
+        if class_semantics.shape != self.semantics.shape:
+            raise ValueError(
+                f"{type(self).__name__} scores the classes of its class space "
+                f"{tuple(self.semantics.shape)}, got semantics {tuple(class_semantics.shape)}"
+            )
+        weight, bias, universe = self._classifier
+        logp = torch.log_softmax(torch.addmm(bias, self.embed(features), weight), dim=1)
+        out = logp.new_full((features.shape[0], self.n_classes), float("-inf"))
+        out[:, universe] = logp
+        return out
+
+    # -- checkpoints ------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the model class so :func:`zsl.generate.load_generator` can rebuild it."""
+        checkpoint["zsl_model_class"] = f"{type(self).__module__}:{type(self).__qualname__}"
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resize the class-id buffers to the stored ones before the state dict is loaded."""
+        state = checkpoint.get("state_dict", {})
+        for name in ("seen_ids", "unseen_ids"):
+            if name in state:
+                setattr(self, name, torch.empty_like(state[name]))
+
+    # -- test-time artefacts ----------------------------------------------------------
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        if self.hparams.projection_plot:
+            self.save_projection_plot()
+
+    def run_dir(self) -> Path:
+        """Where test-time artefacts go: the logger's save_dir, else the trainer's root dir."""
+        logger = self.logger
+        save_dir = getattr(logger, "save_dir", None) if logger is not None else None
+        return Path(save_dir if save_dir else self.trainer.default_root_dir)
+
+    @torch.no_grad()
+    def save_projection_plot(self, n_classes: int = 5, n_per_class: int = 100) -> Path | None:
+        """PCA plot of real vs synthetic examples of a few unseen classes, saved into the run
+        directory (and logged as an image to W&B)."""
+        from zsl.plots import plot_feature_projection
+
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "eval_x"):
+            return None
+        eval_y = dm.eval_y
+        classes = [c for c in self.unseen_ids.tolist() if bool((eval_y == c).any())][:n_classes]
+        if not classes:
+            return None
+        gen = torch.Generator().manual_seed(int(self.hparams.eval_seed))
+        real, real_y = [], []
+        for c in classes:
+            idx = torch.nonzero(eval_y == c).squeeze(1)[:n_per_class]
+            real.append(self.embed(dm.eval_x[idx].to(self.device)))
+            real_y.append(torch.full((idx.numel(),), c, dtype=torch.long))
+        ids = torch.tensor(classes, device=self.device)
+        synth = self.synthesize(self.semantics[ids], n_per_class, gen)
+        synth_y = ids.cpu().repeat_interleave(n_per_class)
+        names = getattr(getattr(dm, "class_space", None), "class_names", None)
+        path = self.run_dir() / f"{type(self).__name__.lower()}_projection.png"
+        plot_feature_projection(
+            torch.cat(real).cpu(),
+            torch.cat(real_y),
+            synth.cpu(),
+            synth_y,
+            path,
+            class_names=names,
+            title=f"{type(self).__name__}: real vs synthetic {self.example_space}, unseen classes",
+        )
+        log_image = getattr(self.logger, "log_image", None)
+        if log_image is not None and type(self.logger).__name__ == "WandbLogger":
+            log_image(key="test/feature_projection", images=[str(path)])
+        return path
+
+
+def linear_warmup(epoch: float, start: float, end: float) -> float:
+    """0 before ``start``, 1 from ``end`` on, linear in between (CADA-VAE's warm-up)."""
+    if end <= start:
+        return 1.0 if epoch >= start else 0.0
+    return min(max((epoch - start) / (end - start), 0.0), 1.0)
+
+
+def check_positive(**values: float) -> None:
+    """Raise a ValueError naming every non-positive (or NaN) value."""
+    bad = [f"{k}={v}" for k, v in values.items() if not (v > 0) or math.isnan(v)]
+    if bad:
+        raise ValueError(f"must be positive: {', '.join(bad)}")
