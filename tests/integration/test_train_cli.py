@@ -224,7 +224,7 @@ def wandb_records(path: Path) -> list[Any]:
 
 def test_wandb_offline_run_holds_config_and_final_metrics(cli_runs: dict[str, CliRun]) -> None:
     """What offline wandb 0.31 writes: the run directory ``wandb/offline-run-*/`` with
-    ``files/`` (the files registered for upload: our resolved config.yaml, metrics.json, ...)
+    ``files/`` (the files registered for upload: our resolved_config.yaml, metrics.json, ...)
     and ``run-<id>.wandb``, the transaction log that ``wandb sync`` replays. There is no
     ``files/wandb-summary.json`` before sync; the config and the summary (our ``final/*``
     metrics) are records of the transaction log, so the test reads them from there."""
@@ -239,7 +239,8 @@ def test_wandb_offline_run_holds_config_and_final_metrics(cli_runs: dict[str, Cl
     offline = sorted((run.run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, list((run.run_dir / "wandb").iterdir())
     files = offline[0] / "files"
-    config_yaml = (files / "config.yaml").read_text()
+    # W&B keeps its own config.yaml in files/ for uploads; ours is resolved_config.yaml
+    config_yaml = (files / "resolved_config.yaml").read_text()
     assert "ale" in config_yaml and "TINY" in config_yaml
     assert json.loads((files / "metrics.json").read_text()) == metrics
     summary_json = files / "wandb-summary.json"
@@ -264,6 +265,9 @@ def test_wandb_offline_run_holds_config_and_final_metrics(cli_runs: dict[str, Cl
         assert summary[f"final/{key}"] == pytest.approx(metrics[key]), key
     assert "train/loss" in summary and "test/zsl_t1" in summary  # curves were logged too
     uploads = {f.path for r in records if r.HasField("files") for f in r.files.files}
-    assert {"config.yaml", "metrics.json"} <= uploads
+    assert {"resolved_config.yaml", "metrics.json"} <= uploads
+    # the run's plots travel with the W&B run too
+    assert (files / "test_seen_unseen_curve.png").stat().st_size > 0
+    assert (files / "test_per_class_accuracy.png").stat().st_size > 0
     exit_record = next(r.exit for r in records if r.HasField("exit"))
     assert exit_record.exit_code == 0

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from scipy.linalg import blas
 from torch import Tensor, nn
+from torch.torch_version import TorchVersion
 
 from zsl.data.datamodule import ZSLBatch
 from zsl.models.base import ZSLModule
@@ -49,9 +50,15 @@ class RankingModel(ZSLModule):
 
 
 def adam(model: ZSLModule) -> torch.optim.Optimizer:
-    """Adam over the trainable parameters with the model's ``lr`` and ``weight_decay``."""
+    """Adam over the trainable parameters with the model's ``lr`` and ``weight_decay``; the
+    fused kernel where available (several times faster for one large matrix on CPU)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=model.hparams.lr, weight_decay=model.hparams.weight_decay)
+    fused = TorchVersion(torch.__version__) >= (2, 4) and all(
+        p.device.type in ("cpu", "cuda") for p in params
+    )
+    return torch.optim.Adam(
+        params, lr=model.hparams.lr, weight_decay=model.hparams.weight_decay, fused=fused or None
+    )
 
 
 # -- closed-form helpers --------------------------------------------------------------------

@@ -30,3 +30,16 @@ def warp_rank_loss(scores: Tensor, labels: Tensor, margin: float = 1.0) -> Tenso
     beta = torch.where(rank > 0, harmonic[(rank - 1).clamp(min=0)], torch.zeros_like(hinge[:, 0]))
     weight = beta / rank.clamp(min=1)
     return (weight * hinge.sum(dim=1)).mean()
+
+
+def hinge_rank_loss(scores: Tensor, labels: Tensor, margin: float = 0.1) -> Tensor:
+    """DeViSE's hinge rank loss (Frome et al., NeurIPS 2013), batch mean of
+    ``sum_{y' != y} max(0, margin - F(x, y) + F(x, y'))``."""
+    return _margins(scores, labels, margin).sum(dim=1).mean()
+
+
+def structured_hinge_loss(scores: Tensor, labels: Tensor, margin: float = 1.0) -> Tensor:
+    """SJE's structured max-margin loss (Akata et al., CVPR 2015), batch mean of
+    ``max_{y'} (Delta(y, y') + F(x, y')) - F(x, y)`` with ``Delta(y, y') = margin * [y' != y]``:
+    only the most violating class counts (0 when none violates the margin)."""
+    return _margins(scores, labels, margin).amax(dim=1).mean()
