@@ -53,10 +53,21 @@ def plot_seen_unseen_curve(
 
     fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
     ax.plot(ss, uu, "-", color="tab:blue", lw=1.5, label=f"seen-unseen curve (AUSUC {ausuc:.1f})")
-    ax.plot(ss[zero], uu[zero], "o", color="tab:red",
-            label=f"gamma=0: u {uu[zero]:.1f}, s {ss[zero]:.1f}, H {h[zero]:.1f}")
-    ax.plot(ss[best], uu[best], "*", ms=12, color="tab:green",
-            label=f"best H {h[best]:.1f} (gamma={g[best]:.3g})")
+    ax.plot(
+        ss[zero],
+        uu[zero],
+        "o",
+        color="tab:red",
+        label=f"gamma=0: u {uu[zero]:.1f}, s {ss[zero]:.1f}, H {h[zero]:.1f}",
+    )
+    ax.plot(
+        ss[best],
+        uu[best],
+        "*",
+        ms=12,
+        color="tab:green",
+        label=f"best H {h[best]:.1f} (gamma={g[best]:.3g})",
+    )
     ax.set_xlabel("seen-class accuracy s (%)")
     ax.set_ylabel("unseen-class accuracy u (%)")
     ax.set_xlim(0, 100)
@@ -105,10 +116,17 @@ def plot_feature_projection(
     for i, c in enumerate(classes):
         color = cmap(i % cmap.N)
         name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
-        ax.scatter(*p_real[r_lab == c].T, s=10, alpha=0.6, color=color, marker="o",
-                   label=f"{name} (real)")
-        ax.scatter(*p_synth[s_lab == c].T, s=14, alpha=0.6, color=color, marker="x",
-                   label=f"{name} (synthetic)")
+        ax.scatter(
+            *p_real[r_lab == c].T, s=10, alpha=0.6, color=color, marker="o", label=f"{name} (real)"
+        )
+        ax.scatter(
+            *p_synth[s_lab == c].T,
+            s=14,
+            alpha=0.6,
+            color=color,
+            marker="x",
+            label=f"{name} (synthetic)",
+        )
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     ax.set_title(title, fontsize=10)

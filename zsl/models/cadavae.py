@@ -107,6 +107,13 @@ class CADAVAE(GenerativeZSL):
         self.feature_decoder = Decoder(latent, fdec, self.feature_dim)
         self.attribute_encoder = GaussianEncoder(self.n_attributes, aenc, latent)
         self.attribute_decoder = Decoder(latent, adec, self.n_attributes)
+        # features and semantics are multiplied by these scalars (fitted in on_fit_start on
+        # seen-class data) so that their mean absolute entry is 1: the paper's summed L1
+        # reconstruction on raw CNN features outweighs the KL term by orders of magnitude; on
+        # L2-normalised features and attributes (entries ~1e-2) it would not, and the
+        # posteriors collapse onto the prior. Both are saved with the checkpoint.
+        self.register_buffer("feature_scale", torch.ones(()))
+        self.register_buffer("semantic_scale", torch.ones(()))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(
@@ -114,6 +121,12 @@ class CADAVAE(GenerativeZSL):
         )
 
     # -- training -----------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        x, _ = self.seen_training_data()
+        self.feature_scale.fill_(1.0 / float(x.abs().mean().clamp_min(1e-12)))
+        seen = self.seen_semantics()
+        self.semantic_scale.fill_(1.0 / float(seen.abs().mean().clamp_min(1e-12)))
+
     def loss_weights(self, epoch: int) -> dict[str, float]:
         """KL (beta), cross-reconstruction and distribution-alignment weights at ``epoch``."""
         hp = self.hparams
@@ -130,7 +143,7 @@ class CADAVAE(GenerativeZSL):
         }
 
     def vae_losses(self, features: Tensor, semantics: Tensor) -> dict[str, Tensor]:
-        """The batch means of every CADA-VAE term (unweighted)."""
+        """The batch means of every CADA-VAE term (unweighted); inputs already scaled."""
         mu_x, logvar_x = self.feature_encoder(features)
         mu_a, logvar_a = self.attribute_encoder(semantics)
         z_x, z_a = reparameterize(mu_x, logvar_x), reparameterize(mu_a, logvar_a)
@@ -152,7 +165,9 @@ class CADAVAE(GenerativeZSL):
     def training_loss(
         self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
     ) -> Tensor:
-        terms = self.vae_losses(batch.features, seen_semantics[local_labels])
+        terms = self.vae_losses(
+            batch.features * self.feature_scale, seen_semantics[local_labels] * self.semantic_scale
+        )
         w = self.loss_weights(self.current_epoch)
         loss = (
             terms["recon"]
@@ -167,7 +182,7 @@ class CADAVAE(GenerativeZSL):
 
     # -- classifier space ---------------------------------------------------------------
     def embed(self, features: Tensor) -> Tensor:
-        return self.feature_encoder(features)[0]
+        return self.feature_encoder(features * self.feature_scale)[0]
 
     def embed_seen(
         self, features: Tensor, labels: Tensor, generator: torch.Generator
@@ -182,11 +197,11 @@ class CADAVAE(GenerativeZSL):
         pick = order[
             (starts[:, None] + (u * counts[:, None]).long().clamp(max=counts[:, None] - 1))
         ]
-        mean, logvar = self.feature_encoder(features[pick.flatten()])
+        mean, logvar = self.feature_encoder(features[pick.flatten()] * self.feature_scale)
         return reparameterize(mean, logvar, generator), classes.repeat_interleave(n)
 
     def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
-        mean, logvar = self.attribute_encoder(class_semantics)
+        mean, logvar = self.attribute_encoder(class_semantics * self.semantic_scale)
         mean, logvar = mean.repeat_interleave(n, 0), logvar.repeat_interleave(n, 0)
         return reparameterize(mean, logvar, generator)
 
@@ -194,6 +209,6 @@ class CADAVAE(GenerativeZSL):
         self, attributes: Tensor, n: int, generator: torch.Generator | None = None
     ) -> Tensor:
         """Features decoded from attribute-encoder latents (cross-modal generation)."""
-        mean, logvar = self.attribute_encoder(attributes)
+        mean, logvar = self.attribute_encoder(attributes * self.semantic_scale)
         z = reparameterize(mean.repeat_interleave(n, 0), logvar.repeat_interleave(n, 0), generator)
-        return self.feature_decoder(z)
+        return self.feature_decoder(z) / self.feature_scale

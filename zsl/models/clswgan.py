@@ -16,6 +16,8 @@ classes. With ``data.batch_size=320`` the critic batch is the paper's 64.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +53,54 @@ def critic_loss(
     wasserstein = critic(real, semantics).mean() - critic(fake, semantics).mean()
     loss = -wasserstein + gp_weight * gradient_penalty(critic, real, fake, semantics)
     return loss, wasserstein.detach()
+
+
+def clswgan_iteration(
+    generator: FeatureGenerator,
+    critic: FeatureCritic,
+    opt_g: Any,
+    opt_d: Any,
+    seen_logits: Callable[[Tensor], Tensor],
+    real: Tensor,
+    semantics: Tensor,
+    local_labels: Tensor,
+    n_critic: int,
+    gp_weight: float,
+    cls_weight: float,
+    backward: Callable[[Tensor], None] = Tensor.backward,
+) -> dict[str, Tensor]:
+    """One f-CLSWGAN iteration on a batch of real seen features [B, D] with their class
+    semantics [B, A] and local labels [B]: ``n_critic`` critic steps, each on one of
+    ``n_critic`` chunks of the batch, then one generator step on the whole batch's classes
+    minimising ``-D(G(z, a), a) + cls_weight * CE(seen_logits(G(z, a)), y)``.
+    Returns the detached losses."""
+    noise_dim = generator.noise_dim
+    critic.requires_grad_(True)
+    for real_k, sem_k in zip(real.chunk(n_critic), semantics.chunk(n_critic)):
+        with torch.no_grad():
+            fake_k = generator(randn((real_k.shape[0], noise_dim), None, real_k), sem_k)
+        loss_d, wasserstein = critic_loss(critic, real_k, fake_k, sem_k, gp_weight)
+        opt_d.zero_grad(set_to_none=True)
+        backward(loss_d)
+        opt_d.step()
+
+    critic.requires_grad_(False)  # generator step: no critic weight gradients
+    try:
+        fake = generator(randn((real.shape[0], noise_dim), None, real), semantics)
+        loss_adv = -critic(fake, semantics).mean()
+        loss_cls = F.cross_entropy(seen_logits(fake), local_labels)
+        loss_g = loss_adv + cls_weight * loss_cls
+        opt_g.zero_grad(set_to_none=True)
+        backward(loss_g)
+        opt_g.step()
+    finally:
+        critic.requires_grad_(True)
+    return {
+        "critic_loss": loss_d.detach(),
+        "wasserstein": wasserstein,
+        "generator_loss": loss_g.detach(),
+        "cls_loss": loss_cls.detach(),
+    }
 
 
 class CLSWGAN(GenerativeZSL):
@@ -111,6 +161,7 @@ class CLSWGAN(GenerativeZSL):
         nn.init.zeros_(self.seen_classifier.weight)
         nn.init.zeros_(self.seen_classifier.bias)
         self.seen_classifier.requires_grad_(False)
+        self.register_buffer("generator_initialised", torch.tensor(False))
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = (float(self.hparams.beta1), 0.999)
@@ -122,8 +173,12 @@ class CLSWGAN(GenerativeZSL):
 
     # -- training -----------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        """Pre-train the frozen seen-class classifier of the classification loss."""
+        """Pre-train the frozen seen-class classifier of the classification loss and (first fit
+        only) start the generator's outputs at the mean training feature."""
         x, y = self.seen_training_data()
+        if not bool(self.generator_initialised):
+            self.generator.init_output_bias(x.mean(dim=0))
+            self.generator_initialised.fill_(True)
         if bool((x < 0).any()):
             warnings.warn(
                 f"{type(self).__name__}: training features have negative values, but the "
@@ -155,46 +210,31 @@ class CLSWGAN(GenerativeZSL):
     def training_loss(
         self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
     ) -> Tensor:
-        """One f-CLSWGAN iteration (manual optimisation): ``n_critic`` critic steps on chunks of
-        the batch, then one generator step. Returns the generator loss for logging."""
+        """One f-CLSWGAN iteration with Lightning's manual optimisation (see
+        :func:`clswgan_iteration`). Returns the generator loss for logging."""
         hp = self.hparams
         opt_g, opt_d = self.optimizers()  # type: ignore[misc]
-        real = batch.features
-        semantics = seen_semantics[local_labels]
-        noise_dim = self.generator.noise_dim
-
-        self.critic.requires_grad_(True)
-        for real_k, sem_k in zip(real.chunk(int(hp.n_critic)), semantics.chunk(int(hp.n_critic))):
-            with torch.no_grad():
-                fake_k = self.generator(randn((real_k.shape[0], noise_dim), None, real_k), sem_k)
-            loss_d, wasserstein = critic_loss(
-                self.critic, real_k, fake_k, sem_k, float(hp.gp_weight)
-            )
-            self.check_finite(loss_d, "critic loss")
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
-            opt_d.step()
-
-        self.critic.requires_grad_(False)  # generator step: no critic gradients
-        fake = self.generator(randn((real.shape[0], noise_dim), None, real), semantics)
-        loss_adv = -self.critic(fake, semantics).mean()
-        loss_cls = F.cross_entropy(self.seen_logits(fake), local_labels)
-        loss_g = loss_adv + float(hp.cls_weight) * loss_cls
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        opt_g.step()
-        self.critic.requires_grad_(True)
-
+        losses = clswgan_iteration(
+            self.generator,
+            self.critic,
+            opt_g,
+            opt_d,
+            self.seen_logits,
+            batch.features,
+            seen_semantics[local_labels],
+            local_labels,
+            int(hp.n_critic),
+            float(hp.gp_weight),
+            float(hp.cls_weight),
+            backward=self.manual_backward,
+        )
+        self.check_finite(losses["critic_loss"], "critic loss")
         self.log_dict(
-            {
-                "train/critic_loss": loss_d.detach(),
-                "train/wasserstein": wasserstein,
-                "train/cls_loss": loss_cls.detach(),
-            },
+            {f"train/{k}": v for k, v in losses.items() if k != "generator_loss"},
             on_step=False,
             on_epoch=True,
         )
-        return loss_g.detach()
+        return losses["generator_loss"]
 
     # -- generation ---------------------------------------------------------------------
     def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:

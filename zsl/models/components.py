@@ -41,9 +41,11 @@ class RankingModel(ZSLModule):
     def scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
         return self.net(features, class_semantics)
 
-    def training_loss(self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor) -> Tensor:
+    def training_loss(
+        self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
+    ) -> Tensor:
         scores = self.scores(batch.features, seen_semantics)
-        return type(self).loss(scores, local_labels, self.hparams.margin)
+        return self.loss(scores, local_labels, self.hparams.margin)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return adam(self)

@@ -67,7 +67,9 @@ class DAP(ZSLModule):
         logits = self.attribute_head(features)
         return dap_log_posterior(logits, self.binarize(class_semantics), self.prior)
 
-    def training_loss(self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor) -> Tensor:
+    def training_loss(
+        self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
+    ) -> Tensor:
         targets = self.binarize(seen_semantics)[local_labels]
         return F.binary_cross_entropy_with_logits(self.attribute_head(batch.features), targets)
 

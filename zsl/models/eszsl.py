@@ -76,10 +76,16 @@ class ESZSL(ZSLModule):
     def scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
         return self.net(features, class_semantics)
 
-    def fit_closed_form(self, features: Tensor, local_labels: Tensor, seen_semantics: Tensor) -> None:
+    def fit_closed_form(
+        self, features: Tensor, local_labels: Tensor, seen_semantics: Tensor
+    ) -> None:
         hp = self.hparams
         weights = eszsl_weights(
-            features, local_labels, seen_semantics, hp.feature_reg, hp.semantic_reg,
+            features,
+            local_labels,
+            seen_semantics,
+            hp.feature_reg,
+            hp.semantic_reg,
             hp.negative_label,
         )
         self.net.weight.copy_(weights.to(self.net.weight))

@@ -48,6 +48,13 @@ class FeatureGenerator(nn.Module):
     def forward(self, noise: Tensor, semantics: Tensor) -> Tensor:
         return self.net(torch.cat([noise, semantics], dim=1))
 
+    @torch.no_grad()
+    def init_output_bias(self, feature_mean: Tensor) -> None:
+        """Start the outputs at the mean training feature (data-dependent init): with the
+        N(0, 0.02) init the ReLU outputs start around 0 and output units whose pre-activation
+        turns negative for every input never recover (dead features)."""
+        self.net[2].bias.copy_(feature_mean)
+
     def sample(
         self, semantics: Tensor, n: int, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:

@@ -6,6 +6,7 @@ Sylvester equation S S^T W + W (lambda X X^T) = (1 + lambda) S X^T."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
 import torch
@@ -19,7 +20,7 @@ Direction = Literal["f2s", "s2f"]
 
 
 def solve_sylvester_psd(
-    a: Tensor, b: Tensor, c: Tensor, tol: float = 1e-9, max_iter: int = 500, ratio: float = 30.0
+    a: Tensor, b: Tensor, c: Tensor, tol: float = 1e-8, max_iter: int = 500, ratio: float = 30.0
 ) -> Tensor:
     """Solve ``a W + W b = c`` for symmetric positive semi-definite ``a`` [k, k] (small) and
     ``b`` [d, d] (large), in float64.
@@ -40,18 +41,22 @@ def solve_sylvester_psd(
     keep = shifts > shifts.max().clamp(min=0) * 1e-12
     dropped = rhs[~keep].norm()
     if dropped > 1e-8 * c.norm():
-        raise ValueError(f"a W + W b = c: c has a component ({float(dropped):.3g}) in the null "
-                         "space of a; this solver needs it to lie in the range of a")
+        raise ValueError(
+            f"a W + W b = c: c has a component ({float(dropped):.3g}) in the null "
+            "space of a; this solver needs it to lie in the range of a"
+        )
     shifts, basis, rhs = shifts[keep], basis[:, keep], rhs[keep]
     if shifts.numel() == 0:
         return c.new_zeros(c.shape)
 
+    # float32 is plenty for choosing and building preconditioners, and twice as fast
+    b32 = b.float()
     # largest eigenvalue of b (power iteration; the top of a Gram spectrum is well separated)
-    v = torch.ones(b.shape[0], dtype=b.dtype, device=b.device)
-    for _ in range(30):
-        v = b @ v
-        v = v / v.norm().clamp(min=1e-300)
-    top = float(v @ (b @ v))
+    v = torch.rand(b.shape[0], generator=torch.Generator().manual_seed(0)).to(b32)
+    for _ in range(15):
+        v = b32 @ v
+        v = v / v.norm().clamp(min=1e-30)
+    top = float(v @ (b32 @ v))
 
     def condition(mu: Tensor) -> Tensor:  # of (b + s I)(b + mu I)^-1 over spec(b) in [0, top]
         lo, hi = shifts / mu, (top + shifts) / (top + mu)
@@ -65,8 +70,8 @@ def solve_sylvester_psd(
     factors = {}
     eye = torch.eye(b.shape[0], dtype=torch.float32, device=b.device)
     for j in group.unique().tolist():
-        if j > 0:  # float32 is plenty for a preconditioner and twice as fast
-            factors[j] = torch.linalg.cholesky(b.float() + lattice[j - 1].float() * eye)
+        if j > 0:
+            factors[j] = torch.linalg.cholesky(b32 + lattice[j - 1].float() * eye)
 
     def precondition(r: Tensor) -> Tensor:
         z = r.clone()
@@ -99,6 +104,13 @@ def solve_sylvester_psd(
         beta = torch.where(rz > 0, (rz_new - (r * z).sum(1)) / rz, torch.zeros_like(rz))
         p = z_new + beta.clamp(min=0)[:, None] * p
         z, rz = z_new, rz_new
+    else:
+        warnings.warn(
+            f"Sylvester solver stopped after {max_iter} iterations at relative residual "
+            f"{float(r.norm() / rhs.norm()):.2e} (tol {tol:.0e})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return basis @ w
 
 
@@ -156,6 +168,8 @@ class SAE(ZSLModule):
         decoded = F.normalize(class_semantics @ self.weight, dim=1)
         return F.normalize(features, dim=1) @ decoded.T
 
-    def fit_closed_form(self, features: Tensor, local_labels: Tensor, seen_semantics: Tensor) -> None:
+    def fit_closed_form(
+        self, features: Tensor, local_labels: Tensor, seen_semantics: Tensor
+    ) -> None:
         weights = sae_weights(features, local_labels, seen_semantics, self.hparams.lambda_)
         self.weight.copy_(weights.to(self.weight))

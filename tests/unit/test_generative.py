@@ -1,0 +1,452 @@
+"""Feature-generating GZSL (f-CLSWGAN, CADA-VAE) on tiny synthetic data: the WGAN-GP penalty
+against finite differences, seen-only generator training data, overfitting a tiny dataset,
+checkpoint round trips of ``zsl.generate``, the second-stage classifier and short Lightning
+fits + tests of both models."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from torch.func import functional_call
+
+from zsl.data.datamodule import ZSLBatch, ZSLDataModule
+from zsl.generate import generate, load_generator, main
+from zsl.models import get_model_class
+from zsl.models.base import LeakageError
+from zsl.models.cadavae import CADAVAE, gaussian_kl, gaussian_w2
+from zsl.models.clswgan import CLSWGAN, clswgan_iteration, gradient_penalty
+from zsl.models.gen_nets import FeatureCritic, FeatureGenerator
+from zsl.models.generative import GenerativeZSL, fit_softmax_classifier, linear_warmup
+from zsl.plots import plot_feature_projection, plot_seen_unseen_curve
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+
+SMALL = {
+    "clswgan": dict(
+        gen_hidden=32,
+        critic_hidden=32,
+        lr=1e-3,
+        pretrain_epochs=20,
+        pretrain_lr=0.1,
+        n_synth=20,
+        cls_epochs=10,
+        cls_lr=0.1,
+        cls_batch_size=64,
+    ),
+    "cadavae": dict(
+        feature_hidden=(32, 32),
+        attribute_hidden=(16, 16),
+        latent_dim=4,
+        lr=3e-3,
+        warmup_scale=1.0,
+        n_seen_per_class=10,
+        n_synth=20,
+        cls_epochs=10,
+        cls_lr=0.1,
+        cls_batch_size=64,
+    ),
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny ops are much faster single-threaded (and OpenMP spinning on a shared CPU is slow)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def datamodule(tiny, protocol: str = "test", batch_size: int = 16) -> ZSLDataModule:
+    dm = ZSLDataModule(
+        tiny.name, str(tiny.root), "res101.mat", protocol, preprocess="none", batch_size=batch_size
+    )
+    dm.setup()
+    return dm
+
+
+def build(name: str, dm: ZSLDataModule, **overrides) -> GenerativeZSL:
+    space = dm.class_space
+    model = get_model_class(name)(
+        space.feature_dim, space.n_attributes, space.n_classes, **{**SMALL[name], **overrides}
+    )
+    model.set_class_space(space)
+    return model
+
+
+def trainer(tmp_path: Path, epochs: int, validate: bool = False) -> pl.Trainer:
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if validate else 0,
+        default_root_dir=str(tmp_path),
+        deterministic=True,
+    )
+
+
+# ------------------------------------------------------------------- WGAN-GP penalty
+
+
+def tiny_critic() -> FeatureCritic:
+    torch.manual_seed(0)
+    critic = FeatureCritic(feature_dim=3, n_attributes=2, hidden=5).double()
+    for p in critic.parameters():  # larger weights than the N(0, 0.02) init: a real test
+        torch.nn.init.normal_(p, 0.0, 0.7)
+    return critic
+
+
+def test_gradient_penalty_matches_finite_differences() -> None:
+    critic = tiny_critic()
+    gen = torch.Generator().manual_seed(1)
+    real, fake = (
+        torch.rand(4, 3, generator=gen, dtype=torch.float64),
+        torch.rand(4, 3, generator=gen, dtype=torch.float64),
+    )
+    sem = torch.rand(4, 2, generator=gen, dtype=torch.float64)
+    alpha = torch.rand(4, 1, generator=gen, dtype=torch.float64)
+    got = gradient_penalty(critic, real, fake, sem, alpha)
+
+    eps = 1e-6
+    x_hat = alpha * real + (1 - alpha) * fake
+    norms = []
+    with torch.no_grad():
+        for i in range(4):
+            grad = torch.zeros(3, dtype=torch.float64)
+            for j in range(3):
+                step = torch.zeros(3, dtype=torch.float64)
+                step[j] = eps
+                up = critic((x_hat[i] + step)[None], sem[i][None])
+                down = critic((x_hat[i] - step)[None], sem[i][None])
+                grad[j] = (up - down).item() / (2 * eps)
+            norms.append(grad.norm())
+    expected = torch.stack([(n - 1) ** 2 for n in norms]).mean()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-9)
+    assert got.item() > 1e-3  # not trivially zero
+
+
+def test_gradient_penalty_is_differentiable_in_the_critic_weights() -> None:
+    """create_graph=True: d GP / d weights is exact (checked by gradcheck, double precision)."""
+    critic = tiny_critic()
+    gen = torch.Generator().manual_seed(2)
+    real, fake = (
+        torch.rand(3, 3, generator=gen, dtype=torch.float64),
+        torch.rand(3, 3, generator=gen, dtype=torch.float64),
+    )
+    sem, alpha = (
+        torch.rand(3, 2, generator=gen, dtype=torch.float64),
+        torch.rand(3, 1, generator=gen, dtype=torch.float64),
+    )
+    params = {k: v.detach() for k, v in critic.named_parameters()}
+    first = "net.0.weight"
+
+    def penalty(w: torch.Tensor) -> torch.Tensor:
+        class Wrapped(torch.nn.Module):
+            def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+                return functional_call(critic, {**params, first: w}, (x, a))
+
+        return gradient_penalty(Wrapped(), real, fake, sem, alpha)
+
+    w = params[first].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(penalty, (w,), eps=1e-6, atol=1e-6)
+
+
+# -------------------------------------------------------------- seen-only training data
+
+
+@pytest.mark.parametrize("protocol", ["val", "test"])
+def test_generator_loader_never_yields_unseen_features(tiny, protocol: str) -> None:
+    dm = datamodule(tiny, protocol, batch_size=7)
+    model = build("clswgan", dm)
+    seen = set(dm.class_space.seen_ids.tolist())
+    unseen = set(dm.class_space.unseen_ids.tolist())
+    labels = []
+    for batch in dm.train_dataloader():  # one full epoch
+        assert isinstance(batch, ZSLBatch)
+        labels.extend(batch.labels.tolist())
+        model.to_local(batch.labels)  # the model's own guard does not fire either
+    assert len(labels) == dm.train_y.numel()
+    assert set(labels) <= seen and not set(labels) & unseen
+    assert set(labels) == seen  # every seen class is trained on
+
+
+def test_training_step_refuses_unseen_labels(tiny) -> None:
+    dm = datamodule(tiny)
+    model = build("cadavae", dm)
+    bad = ZSLBatch(dm.eval_x[:4], dm.class_space.unseen_ids[:1].repeat(4))
+    with pytest.raises(LeakageError):
+        model.training_step(bad, 0)
+
+
+# ----------------------------------------------------------------- generator learning
+
+
+def class_means(x: torch.Tensor, y: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    return torch.stack([x[y == c].mean(0) for c in classes])
+
+
+def test_clswgan_overfits_a_tiny_dataset(tiny) -> None:
+    """600 f-CLSWGAN iterations on 64 images of 8 classes: the classification loss goes down
+    and the synthetic class means approach the real ones."""
+    torch.manual_seed(0)
+    dm = datamodule(tiny)
+    x, y = dm.train_x, dm.train_y
+    seen = dm.class_space.seen_ids
+    local = torch.searchsorted(seen, y)
+    sem = dm.class_space.semantics
+    gen_net = FeatureGenerator(sem.shape[1], sem.shape[1], 64, x.shape[1])
+    critic = FeatureCritic(x.shape[1], sem.shape[1], 64)
+    gen_net.init_output_bias(x.mean(0))
+    w, b = fit_softmax_classifier(x, local, seen.numel(), 30, 0.1, 64)
+    opt_g = torch.optim.Adam(gen_net.parameters(), lr=3e-3, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(critic.parameters(), lr=3e-3, betas=(0.5, 0.999))
+    real_means = class_means(x, local, list(range(seen.numel())))
+
+    def mean_error() -> float:
+        with torch.no_grad():
+            fake, rows = gen_net.sample(sem[seen], 50, torch.Generator().manual_seed(0))
+        return (
+            (class_means(fake, rows, list(range(seen.numel()))) - real_means)
+            .norm(dim=1)
+            .mean()
+            .item()
+        )
+
+    before = mean_error()
+    history = [
+        clswgan_iteration(
+            gen_net,
+            critic,
+            opt_g,
+            opt_d,
+            lambda f: f @ w + b,
+            x,
+            sem[y],
+            local,
+            n_critic=5,
+            gp_weight=10.0,
+            cls_weight=0.1,
+        )
+        for _ in range(800)
+    ]
+    after = mean_error()
+    first = torch.stack([h["cls_loss"] for h in history[:50]]).mean()
+    last = torch.stack([h["cls_loss"] for h in history[-50:]]).mean()
+    assert last < 0.8 * first, (first, last)
+    assert after < 0.5 * before, (before, after)  # before: every class at the mean feature
+
+
+def test_clswgan_seen_classifier_is_pretrained_and_frozen(tiny, tmp_path: Path) -> None:
+    dm = datamodule(tiny)
+    model = build("clswgan", dm)
+    tr = trainer(tmp_path, 1)
+    tr.fit(model, dm)
+    assert bool(model.generator_initialised)
+    logits = model.seen_logits(dm.train_x)
+    assert (logits.argmax(1) == model.to_local(dm.train_y)).float().mean() > 0.9
+    assert not any(p.requires_grad for p in model.seen_classifier.parameters())
+    in_optim = {id(p) for opt in tr.optimizers for g in opt.param_groups for p in g["params"]}
+    assert not in_optim & {id(p) for p in model.seen_classifier.parameters()}
+    assert in_optim == {id(p) for p in [*model.generator.parameters(), *model.critic.parameters()]}
+
+
+def test_cadavae_aligns_latents_on_a_tiny_dataset(tiny, tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    dm = datamodule(tiny, batch_size=16)
+    model = build("cadavae", dm)
+    x = dm.train_x * 1.0
+    sem = model.semantics[dm.train_y]
+    with torch.no_grad():
+        before = model.vae_losses(x * model.feature_scale, sem)
+    trainer(tmp_path, 150).fit(model, dm)
+    with torch.no_grad():
+        after = model.vae_losses(x * model.feature_scale, sem)
+    assert model.feature_scale.item() == pytest.approx(
+        1.0 / dm.train_x.abs().mean().item(), rel=1e-5
+    )
+    assert after["recon"] < 0.7 * before["recon"]
+    assert after["cross"] < 0.7 * before["cross"]
+    # cross-modal generation lands near the right class means
+    seen = dm.class_space.seen_ids.tolist()
+    with torch.no_grad():
+        fake = model.generate_features(model.seen_semantics(), 30, torch.Generator().manual_seed(0))
+    fake_means = class_means(fake, model.seen_ids.repeat_interleave(30), seen)
+    real = class_means(dm.train_x, dm.train_y, seen)
+    dists = torch.cdist(fake_means, real)
+    assert (dists.argmin(dim=1) == torch.arange(len(seen))).float().mean() >= 0.5
+    assert dists.diag().mean() < 0.6 * dists.mean()
+
+
+# ------------------------------------------------------------------- second stage
+
+
+def test_fit_softmax_classifier_is_scale_invariant() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(90, 5, generator=gen) + torch.arange(3).repeat_interleave(30)[:, None] * 2.0
+    y = torch.arange(3).repeat_interleave(30)
+    w1, b1 = fit_softmax_classifier(x, y, 3, 5, 0.1, 16, generator=torch.Generator().manual_seed(1))
+    w2, b2 = fit_softmax_classifier(
+        x * 100, y, 3, 5, 0.1, 16, generator=torch.Generator().manual_seed(1)
+    )
+    torch.testing.assert_close(x @ w1 + b1, (x * 100) @ w2 + b2, rtol=1e-4, atol=1e-4)
+    assert ((x @ w1 + b1).argmax(1) == y).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("name", ["clswgan", "cadavae"])
+def test_second_stage_classifier_covers_unseen_classes(tiny, tmp_path: Path, name: str) -> None:
+    pl.seed_everything(0, verbose=False)
+    dm = datamodule(tiny)
+    model = build(name, dm)
+    trainer(tmp_path, 3).fit(model, dm)
+    with pytest.raises(RuntimeError, match="on_eval_start"):
+        model.scores(dm.eval_x, model.semantics)
+    model.fit_classifier()
+    weight, bias, universe = model._classifier
+    space = dm.class_space
+    assert universe.tolist() == sorted(space.seen_ids.tolist() + space.unseen_ids.tolist())
+    scores = model.scores(dm.eval_x, model.semantics)
+    assert scores.shape == (dm.eval_x.shape[0], space.n_classes)
+    inside = model.universe_mask()
+    assert torch.isfinite(scores[:, inside]).all() and torch.isinf(scores[:, ~inside]).all()
+    assert torch.allclose(scores[:, inside].exp().sum(1), torch.ones(len(scores)), atol=1e-5)
+    # the classifier was trained on unseen examples: synthetic unseen examples go to them
+    synth = model.synthesize(model.unseen_semantics(), 20, torch.Generator().manual_seed(5))
+    logits = synth @ weight + bias
+    predicted = universe[logits.argmax(1)]
+    assert torch.isin(predicted, space.unseen_ids).float().mean() > 0.8
+    # and it is not part of the checkpointed state
+    assert not any("classifier" in k and "seen_classifier" not in k for k in model.state_dict())
+
+
+# ---------------------------------------------------------- Lightning fit + test, plots
+
+
+@pytest.mark.parametrize("name", ["clswgan", "cadavae"])
+def test_tiny_lightning_fit_validate_and_test(tiny, tmp_path: Path, name: str) -> None:
+    pl.seed_everything(0, verbose=False)
+    dm_val = datamodule(tiny, "val")
+    model = build(name, dm_val)
+    trainer(tmp_path, 3, validate=True).fit(model, dm_val)
+    assert [h["epoch"] for h in model.eval_history] == [1, 2, 3]
+    assert all(math.isfinite(h["gzsl_h"]) for h in model.eval_history)
+
+    dm = datamodule(tiny, "test")
+    model = build(name, dm)
+    tr = trainer(tmp_path, 3)
+    tr.fit(model, dm)
+    tr.test(model, dm, verbose=False)
+    for key in ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "ausuc"):
+        assert math.isfinite(model.last_eval[key])
+    plot = tmp_path / f"{name}_projection.png"
+    assert plot.is_file() and plot.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["clswgan", "cadavae"])
+def test_config_params_build_the_model(name: str) -> None:
+    cfg = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
+    assert cfg.name == name and cfg.search.metric == "gzsl_h"
+    params = OmegaConf.to_container(cfg.params)
+    for key in cfg.search.grid:
+        assert key in params
+    model = get_model_class(name)(16, 6, 12, **params)
+    assert isinstance(model, GenerativeZSL) and model.uses_unseen_semantics
+
+
+def test_plots_write_pngs(tmp_path: Path) -> None:
+    gammas = torch.linspace(-1, 1, 11)
+    u = torch.linspace(0, 80, 11)
+    s = torch.linspace(70, 0, 11)
+    path = plot_seen_unseen_curve(gammas, u, s, tmp_path / "curve.png", title="t")
+    assert path.is_file() and path.stat().st_size > 1000
+    gen = torch.Generator().manual_seed(0)
+    real, synth = torch.randn(30, 8, generator=gen), torch.randn(30, 8, generator=gen)
+    labels = torch.arange(3).repeat_interleave(10)
+    path = plot_feature_projection(
+        real, labels, synth, labels, tmp_path / "proj.png", ["a", "b", "c"]
+    )
+    assert path.is_file() and path.stat().st_size > 1000
+    with pytest.raises(ValueError):
+        plot_seen_unseen_curve(gammas, u[:3], s, tmp_path / "bad.png")
+
+
+# ------------------------------------------------------------------------ generate()
+
+
+@pytest.mark.parametrize("name", ["clswgan", "cadavae"])
+def test_generate_round_trips_from_a_checkpoint(tiny, tmp_path: Path, name: str) -> None:
+    pl.seed_everything(0, verbose=False)
+    dm = datamodule(tiny)
+    model = build(name, dm)
+    tr = trainer(tmp_path, 2)
+    tr.fit(model, dm)
+    ckpt = tmp_path / "model.ckpt"
+    tr.save_checkpoint(ckpt)
+
+    new_classes = np.random.default_rng(0).uniform(0, 1, size=(3, dm.class_space.n_attributes))
+    new_classes /= np.linalg.norm(new_classes, axis=1, keepdims=True)  # like xlsa17 att
+    feats = generate(str(ckpt), new_classes, n=7, seed=3)
+    assert feats.shape == (21, dm.class_space.feature_dim)
+    model.eval()
+    with torch.no_grad():
+        expected = model.generate_features(
+            torch.as_tensor(new_classes, dtype=torch.float32), 7, torch.Generator().manual_seed(3)
+        )
+    torch.testing.assert_close(feats, expected)
+    torch.testing.assert_close(generate(str(ckpt), new_classes, n=7, seed=3), feats)
+    assert not torch.equal(generate(str(ckpt), new_classes, n=7, seed=4), feats)
+
+    loaded = load_generator(ckpt)
+    assert type(loaded) is type(model)
+    assert torch.equal(loaded.seen_ids, model.seen_ids)
+    assert torch.equal(loaded.unseen_ids, model.unseen_ids)
+    with pytest.raises(ValueError, match="shape"):
+        generate(str(ckpt), new_classes[:, :2], n=2)
+
+    np.save(tmp_path / "att.npy", new_classes)
+    out = main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--attributes",
+            str(tmp_path / "att.npy"),
+            "--n",
+            "7",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path / "gen" / "x.npy"),
+        ]
+    )
+    np.testing.assert_allclose(np.load(out), feats.numpy(), rtol=1e-6)
+
+
+def test_loss_helpers_match_closed_forms() -> None:
+    gen = torch.Generator().manual_seed(0)
+    mu1, mu2 = torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    lv1, lv2 = torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    p = torch.distributions.Normal(mu1, torch.exp(0.5 * lv1))
+    q = torch.distributions.Normal(torch.zeros(4, 3), torch.ones(4, 3))
+    torch.testing.assert_close(
+        gaussian_kl(mu1, lv1), torch.distributions.kl_divergence(p, q).sum(1)
+    )
+    s1, s2 = torch.exp(0.5 * lv1), torch.exp(0.5 * lv2)
+    w2 = torch.sqrt(((mu1 - mu2) ** 2).sum(1) + ((s1 - s2) ** 2).sum(1))
+    torch.testing.assert_close(gaussian_w2(mu1, lv1, mu2, lv2), w2)
+    assert linear_warmup(5, 6, 22) == 0.0 and linear_warmup(14, 6, 22) == 0.5
+    assert linear_warmup(30, 6, 22) == 1.0
+
+
+def test_model_classes_are_registered() -> None:
+    assert get_model_class("clswgan") is CLSWGAN
+    assert get_model_class("cadavae") is CADAVAE
