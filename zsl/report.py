@@ -62,7 +62,9 @@ def plot_per_class_accuracy(
     colors = ["tab:blue" if seen[i] else "tab:orange" for i in order]
     ax.barh(range(len(order)), [accuracies[i] for i in order], color=colors)
     ax.set_yticks(range(len(order)))
-    ax.set_yticklabels([names[i] for i in order], fontsize=max(3, min(8, 400 // max(1, len(names)))))
+    ax.set_yticklabels(
+        [names[i] for i in order], fontsize=max(3, min(8, 400 // max(1, len(names))))
+    )
     ax.set_xlabel("per-class top-1 accuracy, GZSL (%)")
     ax.set_xlim(0, 100)
     ax.set_title("per-class accuracy (blue: seen, orange: unseen)", fontsize=9)

@@ -295,9 +295,11 @@ def test_fit_softmax_classifier_is_scale_invariant() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(90, 5, generator=gen) + torch.arange(3).repeat_interleave(30)[:, None] * 2.0
     y = torch.arange(3).repeat_interleave(30)
-    w1, b1 = fit_softmax_classifier(x, y, 3, 5, 0.1, 16, generator=torch.Generator().manual_seed(1))
+    w1, b1 = fit_softmax_classifier(
+        x, y, 3, 20, 0.1, 16, generator=torch.Generator().manual_seed(1)
+    )
     w2, b2 = fit_softmax_classifier(
-        x * 100, y, 3, 5, 0.1, 16, generator=torch.Generator().manual_seed(1)
+        x * 100, y, 3, 20, 0.1, 16, generator=torch.Generator().manual_seed(1)
     )
     torch.testing.assert_close(x @ w1 + b1, (x * 100) @ w2 + b2, rtol=1e-4, atol=1e-4)
     assert ((x @ w1 + b1).argmax(1) == y).float().mean() > 0.9

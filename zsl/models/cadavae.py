@@ -187,18 +187,18 @@ class CADAVAE(GenerativeZSL):
     def embed_seen(
         self, features: Tensor, labels: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
-        """``n_seen_per_class`` latent samples per seen class, each from a real feature of the
-        class drawn with replacement (the reference implementation's sampling)."""
+        """``n_seen_per_class`` latent samples per seen class, each from the posterior of a real
+        feature of the class drawn with replacement (the reference implementation's sampling;
+        every feature is encoded once)."""
         n = int(self.hparams.n_seen_per_class)
+        mean, logvar = self.feature_encoder(features * self.feature_scale)
         order = torch.argsort(labels, stable=True)
         classes, counts = torch.unique_consecutive(labels[order], return_counts=True)
         starts = torch.cumsum(counts, 0) - counts
         u = torch.rand(classes.numel(), n, generator=generator).to(features.device)
-        pick = order[
-            (starts[:, None] + (u * counts[:, None]).long().clamp(max=counts[:, None] - 1))
-        ]
-        mean, logvar = self.feature_encoder(features[pick.flatten()] * self.feature_scale)
-        return reparameterize(mean, logvar, generator), classes.repeat_interleave(n)
+        offset = (u * counts[:, None]).long().clamp(max=counts[:, None] - 1)
+        pick = order[starts[:, None] + offset].flatten()
+        return reparameterize(mean[pick], logvar[pick], generator), classes.repeat_interleave(n)
 
     def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
         mean, logvar = self.attribute_encoder(class_semantics * self.semantic_scale)

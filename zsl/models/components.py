@@ -27,15 +27,14 @@ from zsl.models.base import ZSLModule
 
 T = TypeVar("T")
 
-LossFn = Callable[[Tensor, Tensor, float], Tensor]
-
 
 class RankingModel(ZSLModule):
     """An iterative model: ``self.net(features, class_semantics) -> [B, C]`` trained with the
     ranking loss ``loss(scores, labels, margin)`` of the subclass, optimised by Adam with the
     ``lr`` and ``weight_decay`` hyper-parameters."""
 
-    loss: ClassVar[LossFn]
+    #: ``loss(scores [B, C], labels [B], margin) -> scalar``, e.g. ``staticmethod(warp_rank_loss)``
+    loss: ClassVar[staticmethod[[Tensor, Tensor, float], Tensor]]
     net: nn.Module
 
     def scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
@@ -55,7 +54,7 @@ def adam(model: ZSLModule) -> torch.optim.Optimizer:
     """Adam over the trainable parameters with the model's ``lr`` and ``weight_decay``; the
     fused kernel where available (several times faster for one large matrix on CPU)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = TorchVersion(torch.__version__) >= (2, 4) and all(
+    fused = TorchVersion(torch.__version__) >= "2.4" and all(
         p.device.type in ("cpu", "cuda") for p in params
     )
     return torch.optim.Adam(
@@ -72,7 +71,7 @@ def fingerprint(*tensors: Tensor) -> str:
     for tensor in tensors:
         array = tensor.detach().cpu().contiguous().numpy()
         digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.data)
     return digest.hexdigest()
 
 

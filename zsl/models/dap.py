@@ -49,6 +49,9 @@ class DAP(ZSLModule):
     ) -> None:
         super().__init__(feature_dim, n_attributes, n_classes)
 
+    threshold: Tensor
+    prior: Tensor
+
     def configure_models(self) -> None:
         self.attribute_head = nn.Linear(self.feature_dim, self.n_attributes)
         self.register_buffer("threshold", torch.zeros(self.n_attributes))

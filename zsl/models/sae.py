@@ -145,6 +145,7 @@ class SAE(ZSLModule):
     """
 
     closed_form = True
+    weight: Tensor
 
     def __init__(
         self,
