@@ -39,6 +39,9 @@ class DAP(ZSLModule):
     cross-entropy.
     """
 
+    threshold: Tensor
+    prior: Tensor
+
     def __init__(
         self,
         feature_dim: int,
@@ -48,9 +51,6 @@ class DAP(ZSLModule):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(feature_dim, n_attributes, n_classes)
-
-    threshold: Tensor
-    prior: Tensor
 
     def configure_models(self) -> None:
         self.attribute_head = nn.Linear(self.feature_dim, self.n_attributes)
