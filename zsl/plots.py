@@ -117,10 +117,17 @@ def plot_feature_projection(
         color = cmap(i % cmap.N)
         name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
         ax.scatter(
-            *p_real[r_lab == c].T, s=10, alpha=0.6, color=color, marker="o", label=f"{name} (real)"
+            p_real[r_lab == c, 0],
+            p_real[r_lab == c, 1],
+            s=10,
+            alpha=0.6,
+            color=color,
+            marker="o",
+            label=f"{name} (real)",
         )
         ax.scatter(
-            *p_synth[s_lab == c].T,
+            p_synth[s_lab == c, 0],
+            p_synth[s_lab == c, 1],
             s=14,
             alpha=0.6,
             color=color,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zsl.data.errors import DataError
 from zsl.data.splits import FeatureScaler, Preprocess, ProtocolSplit, make_split
@@ -18,13 +18,19 @@ from zsl.data.xlsa17 import Protocol, ZSLData, load_xlsa17
 
 @dataclass
 class ZSLBatch:
-    """A mini-batch: features [B, D] and global class ids [B]."""
+    """A mini-batch: features [B, D] and global class ids [B].
+
+    ``share`` is ``B * world_size / global_batch_size``: 1.0 in a single process; under DDP a
+    rank's mean loss multiplied by it makes the averaged gradient equal the gradient of the
+    mean loss over the whole global batch, even when the ranks' slices differ in size.
+    """
 
     features: torch.Tensor
     labels: torch.Tensor
+    share: float = 1.0
 
     def to(self, device: torch.device | str) -> ZSLBatch:
-        return ZSLBatch(self.features.to(device), self.labels.to(device))
+        return ZSLBatch(self.features.to(device), self.labels.to(device), self.share)
 
 
 @dataclass(frozen=True)
@@ -57,22 +63,85 @@ class _TensorBatches(Dataset):
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def __getitem__(self, idx: list[int]) -> ZSLBatch:
-        index = torch.as_tensor(idx, dtype=torch.long)
-        return ZSLBatch(self.features[index], self.labels[index])
+    def __getitem__(self, item: tuple[torch.Tensor, float]) -> ZSLBatch:
+        index, share = item
+        return ZSLBatch(self.features[index], self.labels[index], share)
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) outside DDP."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardedBatchSampler(Sampler[tuple[torch.Tensor, float]]):
+    """Global batches of ``batch_size`` indices, each split evenly across DDP ranks.
+
+    The order is a permutation seeded by ``(seed, epoch)`` (``set_epoch``, called by Lightning
+    every epoch), so an epoch's batches do not depend on how many epochs ran in this process:
+    a run resumed from a checkpoint sees exactly the batches an uninterrupted one would. Every
+    rank yields the same number of batches and the ranks' slices partition each global batch
+    with no padding, so metrics gathered across ranks count every example exactly once and a
+    DDP step sees the same global batch as a single process. Yields ``(indices, share)``
+    (see :class:`ZSLBatch`). ``batch_size <= 0`` means one batch of everything.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+        self.batch_size = n if batch_size <= 0 else batch_size
+        self._rank, self._world = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def rank_world(self) -> tuple[int, int]:
+        """Explicit values if given, else the process group's (resolved at iteration time,
+        because datamodules are built before Lightning starts the DDP processes)."""
+        rank, world = _world()
+        return (
+            rank if self._rank is None else self._rank,
+            world if self._world is None else self._world,
+        )
+
+    def _global_batches(self) -> list[torch.Tensor]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=gen)
+        else:
+            order = torch.arange(self.n)
+        batches = list(order.split(self.batch_size))
+        _, world = self.rank_world()
+        if len(batches) > 1 and batches[-1].numel() < world:  # no rank may get an empty slice
+            batches[-2:] = [torch.cat(batches[-2:])]
+        return batches
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        rank, world = self.rank_world()
+        for batch in self._global_batches():
+            part = batch.tensor_split(world)[rank]
+            yield part, part.numel() * world / batch.numel()
+
+    def __len__(self) -> int:
+        return len(self._global_batches())
 
 
 def tensor_loader(
     features: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0
 ) -> DataLoader:
-    """A DataLoader that yields :class:`ZSLBatch` slices of in-memory tensors."""
+    """A DataLoader that yields :class:`ZSLBatch` slices of in-memory tensors (sharded
+    across DDP ranks, see :class:`ShardedBatchSampler`)."""
     data = _TensorBatches(features, labels)
-    if shuffle:
-        base = RandomSampler(data, generator=torch.Generator().manual_seed(seed))
-    else:
-        base = SequentialSampler(data)
-    size = len(data) if batch_size <= 0 else batch_size
-    sampler = BatchSampler(base, batch_size=size, drop_last=False)
+    sampler = ShardedBatchSampler(len(data), batch_size, shuffle, seed)
     return DataLoader(data, sampler=sampler, batch_size=None, collate_fn=None)
 
 
@@ -152,6 +221,11 @@ class ZSLDataModule(pl.LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
+        if self.batch_size <= 0:
+            # closed-form models: every rank fits on the whole training set (identical fits)
+            data = _TensorBatches(self.train_x, self.train_y)
+            full = ShardedBatchSampler(len(data), 0, False, rank=0, world_size=1)
+            return DataLoader(data, sampler=full, batch_size=None, collate_fn=None)
         return tensor_loader(self.train_x, self.train_y, self.batch_size, True, self.split_seed)
 
     def _eval_loader(self) -> DataLoader:

@@ -134,7 +134,8 @@ class ZSLModule(pl.LightningModule):
         loss = self.training_loss(batch, local, self.seen_semantics())
         self.check_finite(loss, "loss")
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
+        # DDP: weight this rank's mean loss by its share of the global batch (ZSLBatch.share)
+        return loss * batch.share if batch.share != 1.0 else loss
 
     def check_finite(self, value: Tensor, what: str) -> None:
         if not torch.isfinite(value).all():

@@ -60,6 +60,8 @@ class CADAVAE(GenerativeZSL):
     """
 
     example_space = "latent codes"
+    feature_scale: Tensor
+    semantic_scale: Tensor
 
     def __init__(
         self,

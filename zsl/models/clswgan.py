@@ -161,6 +161,7 @@ class CLSWGAN(GenerativeZSL):
         nn.init.zeros_(self.seen_classifier.weight)
         nn.init.zeros_(self.seen_classifier.bias)
         self.seen_classifier.requires_grad_(False)
+        self.generator_initialised: Tensor
         self.register_buffer("generator_initialised", torch.tensor(False))
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -213,7 +214,7 @@ class CLSWGAN(GenerativeZSL):
         """One f-CLSWGAN iteration with Lightning's manual optimisation (see
         :func:`clswgan_iteration`). Returns the generator loss for logging."""
         hp = self.hparams
-        opt_g, opt_d = self.optimizers()  # type: ignore[misc]
+        opt_g, opt_d = self.optimizers()  # type: ignore[misc, attr-defined]
         losses = clswgan_iteration(
             self.generator,
             self.critic,

@@ -37,23 +37,19 @@ class FeatureGenerator(nn.Module):
     def __init__(self, n_attributes: int, noise_dim: int, hidden: int, feature_dim: int) -> None:
         super().__init__()
         self.noise_dim = noise_dim
-        self.net = nn.Sequential(
-            nn.Linear(n_attributes + noise_dim, hidden),
-            nn.LeakyReLU(0.2),
-            nn.Linear(hidden, feature_dim),
-            nn.ReLU(),
-        )
+        self.hidden = nn.Sequential(nn.Linear(n_attributes + noise_dim, hidden), nn.LeakyReLU(0.2))
+        self.output = nn.Linear(hidden, feature_dim)
         init_normal(self)
 
     def forward(self, noise: Tensor, semantics: Tensor) -> Tensor:
-        return self.net(torch.cat([noise, semantics], dim=1))
+        return torch.relu(self.output(self.hidden(torch.cat([noise, semantics], dim=1))))
 
     @torch.no_grad()
     def init_output_bias(self, feature_mean: Tensor) -> None:
         """Start the outputs at the mean training feature (data-dependent init): with the
         N(0, 0.02) init the ReLU outputs start around 0 and output units whose pre-activation
         turns negative for every input never recover (dead features)."""
-        self.net[2].bias.copy_(feature_mean)
+        self.output.bias.copy_(feature_mean)
 
     def sample(
         self, semantics: Tensor, n: int, generator: torch.Generator | None = None
