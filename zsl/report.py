@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from zsl import tracking
+from zsl import dist, tracking
 from zsl.models.base import ZSLModule
 
 
@@ -15,7 +15,9 @@ def write_reports(
     model: ZSLModule, class_names: tuple[str, ...], run_dir: Path, logger: Logger, stage: str
 ) -> list[Path]:
     """Save the seen-unseen curve and the per-class accuracy chart; log both and a per-class
-    table to W&B. Returns the files written."""
+    table to W&B. Returns the files written (none on the other ranks of a DDP run)."""
+    if not dist.is_global_zero():
+        return []
     from zsl.plots import plot_seen_unseen_curve
 
     written: list[Path] = []

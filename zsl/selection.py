@@ -4,16 +4,24 @@ Every point of ``model.search.grid`` is fitted with the ``val`` protocol; the va
 history (one entry per epoch, or one for closed-form models) picks the epoch count, the
 best point wins on ``model.search.metric``, and the gamma chosen on validation at that point
 is the one the final test evaluation uses. The test split is never read here.
+
+With ``trials_dir`` every finished point is recorded as ``<trials_dir>/<i>.json`` (written
+atomically); a resumed run reads those back instead of fitting the points again.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from zsl import dist
+from zsl.checkpoints import ResumeError, write_json_atomic
 
 
 @dataclass
@@ -25,6 +33,19 @@ class Trial:
     metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    #: checkpoint of the chosen epoch (the fit's best.ckpt by the validation metric; its
+    #: last.ckpt when epochs are not selected), relative to the run directory
+    checkpoint: str | None = None
+
+
+@dataclass
+class ValFit:
+    """What one val-protocol fit hands to selection."""
+
+    history: list[dict[str, float]]
+    seconds: float
+    best_checkpoint: str | None = None
+    last_checkpoint: str | None = None
 
 
 @dataclass
@@ -68,20 +89,62 @@ def best_epoch(history: list[dict[str, float]], metric: str) -> dict[str, float]
     return max(history, key=lambda h: (h[metric], -h["epoch"]))
 
 
+def search_metric(model_cfg: DictConfig) -> str:
+    """The validation metric that picks points and epochs (``model.search.metric``)."""
+    search = model_cfg.get("search")
+    return str(search.get("metric", "zsl_t1")) if search is not None else "zsl_t1"
+
+
+def save_trial(trials_dir: Path, index: int, trial: Trial) -> Path:
+    """Record a finished grid point as ``<trials_dir>/<index>.json`` (atomically)."""
+    path = trials_dir / f"{index}.json"
+    write_json_atomic(path, asdict(trial))
+    return path
+
+
+def load_trial(trials_dir: Path, index: int, params: dict[str, Any]) -> Trial | None:
+    """The recorded grid point ``index``, or None if it has not finished; refuses a record
+    made for other parameters (the grid of the run changed)."""
+    path = trials_dir / f"{index}.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("params") != json.loads(json.dumps(params, default=float)):
+        raise ResumeError(
+            f"{path} records parameters {data.get('params')} but grid point {index} is "
+            f"{params}; the run's search grid changed, start a new run"
+        )
+    return Trial(**data)
+
+
 def select(
     model_cfg: DictConfig,
-    fit_val: Callable[[dict[str, Any]], tuple[list[dict[str, float]], float]],
+    fit_val: Callable[[int, dict[str, Any]], ValFit],
     select_epochs: bool = True,
     use_grid: bool = True,
+    trials_dir: Path | None = None,
 ) -> Selection:
-    """Run ``fit_val(params) -> (history, seconds)`` for every grid point and pick the best."""
-    search = model_cfg.get("search")
-    metric = str(search.get("metric", "zsl_t1")) if search is not None else "zsl_t1"
+    """Run ``fit_val(index, params)`` for every grid point and pick the best.
+
+    With ``trials_dir``, points recorded there are reused and new ones are recorded."""
+    metric = search_metric(model_cfg)
     trials = []
-    for params in grid_points(model_cfg, use_grid):
-        history, seconds = fit_val(params)
-        chosen = best_epoch(history, metric) if select_epochs else history[-1]
-        metrics = {k: v for k, v in chosen.items() if k != "epoch"}
-        trials.append(Trial(params, int(chosen["epoch"]), metrics, history, seconds))
+    for index, params in enumerate(grid_points(model_cfg, use_grid)):
+        trial = load_trial(trials_dir, index, params) if trials_dir is not None else None
+        if trial is None:
+            fit = fit_val(index, params)
+            chosen = best_epoch(fit.history, metric) if select_epochs else fit.history[-1]
+            metrics = {k: v for k, v in chosen.items() if k != "epoch"}
+            checkpoint = fit.best_checkpoint
+            if not select_epochs and fit.last_checkpoint is not None:
+                checkpoint = fit.last_checkpoint
+            trial = Trial(
+                params, int(chosen["epoch"]), metrics, fit.history, fit.seconds, checkpoint
+            )
+            if trials_dir is not None and dist.is_global_zero():  # DDP: one writer
+                save_trial(trials_dir, index, trial)
+        else:
+            print(f"grid point {index}: already validated ({trials_dir}/{index}.json), skipped")
+        trials.append(trial)
     best = max(trials, key=lambda t: t.metrics[metric])
     return Selection(best, trials, metric)

@@ -271,3 +271,25 @@ def test_wandb_offline_run_holds_config_and_final_metrics(cli_runs: dict[str, Cl
     assert (files / "test_per_class_accuracy.png").stat().st_size > 0
     exit_record = next(r.exit for r in records if r.HasField("exit"))
     assert exit_record.exit_code == 0
+
+
+def test_wandb_offline_run_holds_model_artifacts(cli_runs: dict[str, CliRun]) -> None:
+    """The selected point's best validation checkpoint and the final model.ckpt are versions
+    of the model artifact ``model-<run id>`` in the offline run's transaction log; the files
+    are referenced in the run directory (uploaded from there by ``wandb sync``)."""
+    run = cli_runs["wandb"]
+    assert run.returncode == 0, run.explain()
+    (log,) = (run.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    artifacts = [r.artifact for r in wandb_records(log) if r.HasField("artifact")]
+    models = {
+        alias: a for a in artifacts if a.type == "model" for alias in a.aliases if alias != "latest"
+    }
+    assert set(models) == {"val-best", "final"}, [(a.type, a.name) for a in artifacts]
+    best = json.loads((run.run_dir / "selection.json").read_text())["best"]
+    for alias, relative in (("val-best", best["checkpoint"]), ("final", "model.ckpt")):
+        artifact = models[alias]
+        assert artifact.name == f"model-{log.stem.removeprefix('run-')}"
+        (entry,) = artifact.manifest.contents
+        assert Path(entry.local_path).resolve() == (run.run_dir / relative).resolve()
+        assert entry.size == (run.run_dir / relative).stat().st_size > 0
+    assert json.loads(models["val-best"].metadata)["epochs"] == best["epochs"]

@@ -77,9 +77,35 @@ def test_unknown_group_name_lists_available(group: str) -> None:
 
 
 def test_plus_adds_new_key() -> None:
-    cfg = compose(["+new.key=1", "+model.params.extra=abc"])
+    cfg = compose(["+new.key=1", "+data.extra=abc"])
     assert cfg.new.key == 1
-    assert cfg.model.params.extra == "abc"
+    assert cfg.data.extra == "abc"
+
+
+def test_added_model_param_must_be_a_constructor_argument() -> None:
+    with pytest.raises(ConfigError, match=r"model.params.extra is not a parameter of ale .*margin"):
+        compose(["+model.params.extra=abc"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_epochs=abc", "trainer.max_epochs: expected an integer"),
+        ("seed=1.5", "seed: expected an integer (the default is 0), got 1.5"),
+        ("model.params.lr=fast", "model.params.lr: expected a number (the default is 0.003)"),
+        ("selection.grid=[1]", "selection.grid: expected true or false"),
+        ("+model.search.grid.lr=[0.1,x]", "model.search.grid.lr: expected a number"),
+    ],
+)
+def test_override_must_keep_the_type(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        compose([override])
+    assert message in str(info.value)
+
+
+def test_override_types_that_pass() -> None:
+    cfg = compose(["model.params.lr=1", "data.name=2017", "trainer.devices=auto"])
+    assert cfg.model.params.lr == 1 and cfg.data.name == "2017" and cfg.trainer.devices == "auto"
 
 
 def test_override_without_equals_fails() -> None:

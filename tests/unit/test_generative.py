@@ -20,7 +20,7 @@ from zsl.data.datamodule import ZSLBatch, ZSLDataModule
 from zsl.generate import generate, load_generator, main
 from zsl.models import get_model_class
 from zsl.models.base import LeakageError
-from zsl.models.cadavae import CADAVAE, gaussian_kl, gaussian_w2
+from zsl.models.cadavae import CADAVAE, gaussian_kl, gaussian_w2, within_class_std
 from zsl.models.clswgan import CLSWGAN, clswgan_iteration, gradient_penalty
 from zsl.models.gen_nets import FeatureCritic, FeatureGenerator
 from zsl.models.generative import GenerativeZSL, fit_softmax_classifier, linear_warmup
@@ -286,6 +286,42 @@ def test_cadavae_aligns_latents_on_a_tiny_dataset(tiny, tmp_path: Path) -> None:
     dists = torch.cdist(fake_means, real)
     assert (dists.argmin(dim=1) == torch.arange(len(seen))).float().mean() >= 0.5
     assert dists.diag().mean() < 0.6 * dists.mean()
+
+
+def test_within_class_std_matches_numpy() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.array([3, 3, 3, 7, 7, 9, 9, 9, 9])
+    x = rng.normal(size=(9, 4)) + labels[:, None]
+    centred = x.copy()
+    for c in np.unique(labels):
+        centred[labels == c] -= x[labels == c].mean(axis=0)
+    expected = np.sqrt((centred**2).mean(axis=0))
+    got = within_class_std(torch.from_numpy(x), torch.from_numpy(labels))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+
+
+def test_cadavae_unseen_spread_widens_synthetic_latents(tiny) -> None:
+    dm = datamodule(tiny)
+    model = build("cadavae", dm, unseen_spread=1.0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x, y = dm.train_x, dm.train_y
+        model.embed_seen(x, y, gen)  # measures the seen classes' within-class spread
+        std = model.latent_within_std.clone()
+        means = model.feature_encoder(x * model.feature_scale)[0]
+        unseen = model.unseen_semantics()[:2]
+        model.hparams.unseen_spread = 0.0
+        tight = model.synthesize(unseen, 4000, torch.Generator().manual_seed(1))
+        model.hparams.unseen_spread = 1.0
+        wide = model.synthesize(unseen, 4000, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(std, within_class_std(means, y))
+    assert bool((std > 0).all())
+    labels = torch.arange(2).repeat_interleave(4000)
+    # independent noise: the variances add up (per dimension, up to sampling error)
+    expected = within_class_std(tight, labels) ** 2 + std**2
+    torch.testing.assert_close(within_class_std(wide, labels) ** 2, expected, rtol=0.1, atol=1e-6)
+    with pytest.raises(ValueError, match="unseen_spread"):
+        build("cadavae", dm, unseen_spread=-1.0)
 
 
 # ------------------------------------------------------------------- second stage

@@ -81,6 +81,14 @@ def _strings(cell: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _numeric(raw: Any, where: str) -> np.ndarray:
+    """A numeric array, or a DataError naming the key (e.g. a name list given as semantics)."""
+    arr = np.asarray(raw)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise DataError(where, f"expected a numeric matrix, got {arr.dtype} values")
+    return arr
+
+
 def _finite(array: np.ndarray, where: str) -> None:
     bad = ~np.isfinite(array)
     if bad.any():
@@ -88,8 +96,9 @@ def _finite(array: np.ndarray, where: str) -> None:
         raise DataError(where, f"{int(bad.sum())} non-finite values (first at index {first})")
 
 
-def _index_vector(raw: Any, where: str, upper: int) -> np.ndarray:
-    """1-based MATLAB index column -> 0-based int64 vector, checked against [1, upper]."""
+def _index_vector(raw: Any, where: str, upper: int, what: str = "") -> np.ndarray:
+    """1-based MATLAB index column -> 0-based int64 vector, checked against [1, upper]
+    (``what`` says where ``upper`` comes from)."""
     arr = np.asarray(raw).ravel()
     if arr.size == 0:
         raise DataError(where, "is empty")
@@ -100,10 +109,27 @@ def _index_vector(raw: Any, where: str, upper: int) -> np.ndarray:
         raise DataError(where, "indices are not integers")
     lo, hi = int(as_int.min()), int(as_int.max())
     if lo < 1 or hi > upper:
+        hint = f" ({what})" if what else ""
+        if lo == 0:
+            hint += "; 0 found: MATLAB indices are 1-based, was the file saved 0-based?"
         raise DataError(
-            where, f"1-based indices must lie in [1, {upper}], found range [{lo}, {hi}]"
+            where, f"1-based indices must lie in [1, {upper}], found range [{lo}, {hi}]{hint}"
         )
     return as_int - 1
+
+
+def _split_vector(raw: Any, where: str, n_images: int, feature_file: str) -> np.ndarray:
+    """A split's image indices: in range and each image listed once."""
+    idx = _index_vector(raw, where, n_images, f"{n_images} images in {feature_file}")
+    values, counts = np.unique(idx, return_counts=True)
+    if values.size != idx.size:
+        first = int(values[counts > 1][0]) + 1
+        raise DataError(
+            where,
+            f"{idx.size - values.size} duplicate image indices (first: 1-based index {first}); "
+            "every image must be listed once",
+        )
+    return idx
 
 
 def load_xlsa17(
@@ -125,7 +151,8 @@ def load_xlsa17(
     splits = _read_mat(split_path)
     feats = _read_mat(feat_path)
 
-    att = np.asarray(_get(splits, semantics_key, split_path), dtype=np.float64)
+    att_where = f"{split_path}[{semantics_key!r}]"
+    att = _numeric(_get(splits, semantics_key, split_path), att_where).astype(np.float64)
     if att.ndim != 2:
         raise DataError(
             f"{split_path}[{semantics_key!r}]", f"expected a 2-D matrix, got {att.shape}"
@@ -135,15 +162,17 @@ def load_xlsa17(
     if "allclasses_names" in splits:
         names = _strings(splits["allclasses_names"])
         if len(names) != n_classes:
+            transposed = att.shape[0] == len(names)
             raise DataError(
-                f"{split_path}[{semantics_key!r}]",
+                att_where,
                 f"attribute matrix has {n_classes} class columns but allclasses_names lists "
-                f"{len(names)} classes",
+                f"{len(names)} classes"
+                + (" (it looks transposed: the file must hold A x C)" if transposed else ""),
             )
     else:  # FLO ships without names
         names = tuple(f"class_{i + 1:03d}" for i in range(n_classes))
 
-    features = np.asarray(_get(feats, "features", feat_path))
+    features = _numeric(_get(feats, "features", feat_path), f"{feat_path}['features']")
     if features.ndim != 2:
         raise DataError(f"{feat_path}['features']", f"expected D x N, got shape {features.shape}")
     raw_labels = _get(feats, "labels", feat_path)
@@ -153,13 +182,20 @@ def load_xlsa17(
             f"{feat_path}['labels']",
             f"{np.asarray(raw_labels).size} labels but 'features' has {n_images} columns (images)",
         )
-    labels = _index_vector(raw_labels, f"{feat_path}['labels']", n_classes)
+    labels = _index_vector(
+        raw_labels,
+        f"{feat_path}['labels']",
+        n_classes,
+        f"{n_classes} classes = columns of {split_path.name}[{semantics_key!r}]",
+    )
     features = features.astype(np.float32, copy=False)
     _finite(features, f"{feat_path}['features']")  # before transposing: index as in the file
     features = np.ascontiguousarray(features.T)
 
     locs = {
-        key: _index_vector(_get(splits, key, split_path), f"{split_path}[{key!r}]", n_images)
+        key: _split_vector(
+            _get(splits, key, split_path), f"{split_path}[{key!r}]", n_images, feat_path.name
+        )
         for key in PROTOCOL_KEYS[protocol]
     }
     image_files = _strings(feats["image_files"]) if "image_files" in feats else None
@@ -197,10 +233,23 @@ def _class_leak(data: ZSLData, a: str, b: str, why: str) -> None:
             f"{int((in_b == c).sum())} in {b})"
             for c in leaked[:5]
         )
+        hint = (
+            "; are the indices 0-based? (read 1-based they leak)" if _zero_based(data, a, b) else ""
+        )
         raise DataError(
             f"{data.source}[{a!r}, {b!r}]",
-            f"{leaked.size} class(es) occur in both splits ({why}): {shown}",
+            f"{leaked.size} class(es) occur in both splits ({why}): {shown}{hint}",
         )
+
+
+def _zero_based(data: ZSLData, a: str, b: str) -> bool:
+    """Whether splits ``a`` and ``b`` stop sharing classes once read as 0-based (a file saved
+    0-based that happens not to hold index 0 passes the range check)."""
+    shifted = [data.locs[key] + 1 for key in (a, b)]
+    if any(int(s.max()) >= data.labels.size for s in shifted):
+        return False
+    classes = [np.unique(data.labels[s]) for s in shifted]
+    return np.intersect1d(classes[0], classes[1]).size == 0
 
 
 def check_split_integrity(data: ZSLData, protocol: Protocol) -> None:
@@ -215,7 +264,8 @@ def check_split_integrity(data: ZSLData, protocol: Protocol) -> None:
         if orphan.size:
             raise DataError(
                 f"{data.source}['test_seen_loc']",
-                f"{orphan.size} class(es) never appear in trainval_loc, so they are not seen",
+                f"{orphan.size} class(es) never appear in trainval_loc, so they are not seen: "
+                + ", ".join(data.class_names[c] for c in orphan[:5]),
             )
     else:
         _overlap(data, "train_loc", "val_loc")

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from zsl.checkpoints import rng_state, set_rng_state
 from zsl.data.datamodule import ClassSpace, ZSLBatch
 from zsl.data.xlsa17 import ZSLData
 from zsl.metrics import PerClassAccuracy, SeenUnseenStats
@@ -46,13 +47,15 @@ class ZSLModule(pl.LightningModule):
         self.last_eval: dict[str, float] = {}
         self.last_per_class: Tensor | None = None
         self.last_curve: tuple[Tensor, Tensor, Tensor] | None = None
+        if self.closed_form:
+            # the fit happens in training_step with no optimizer and no loss to return, which
+            # Lightning accepts under DDP only with manual optimisation
+            self.automatic_optimization = False
         self.configure_models()
 
     # -- hooks for subclasses ---------------------------------------------------------
     @classmethod
-    def adapt_data(
-        cls, data: ZSLData, params: dict[str, Any], data_cfg: dict[str, Any]
-    ) -> ZSLData:
+    def adapt_data(cls, data: ZSLData, params: dict[str, Any], data_cfg: dict[str, Any]) -> ZSLData:
         """Transform the loaded benchmark before splitting (default: unchanged). CLIP uses it
         to replace features and semantics by image/text embeddings of the same images."""
         return data
@@ -133,7 +136,17 @@ class ZSLModule(pl.LightningModule):
             return None
         loss = self.training_loss(batch, local, self.seen_semantics())
         self.check_finite(loss, "loss")
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        # sync_dist: the epoch mean over every rank's examples (what one process would log)
+        n = int(batch.labels.numel())
+        self.log(
+            "train/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=n,
+        )
         # DDP: weight this rank's mean loss by its share of the global batch (ZSLBatch.share)
         return loss * batch.share if batch.share != 1.0 else loss
 
@@ -174,6 +187,8 @@ class ZSLModule(pl.LightningModule):
     def _eval_step(self, batch: ZSLBatch) -> None:
         with torch.no_grad():
             scores = self.all_scores(batch.features)
+        if torch.isnan(scores).any():  # e.g. weights that diverged without a NaN loss
+            self.check_finite(scores[torch.isnan(scores)], "scores")
         finite = scores.masked_fill(torch.isinf(scores), -1e30)
         self._metrics["stats"].update(finite, batch.labels)
         self._metrics["per_class"].update(scores.argmax(dim=1), batch.labels)
@@ -215,3 +230,18 @@ class ZSLModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         gamma = float(self.gamma)
         self._finish_eval("test", None if math.isnan(gamma) else gamma)
+
+    # -- checkpoints ------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Besides weights and optimizer state, keep what a resumed fit needs to continue
+        exactly: the per-epoch validation history and the global RNG states."""
+        checkpoint["zsl_eval_history"] = [dict(entry) for entry in self.eval_history]
+        checkpoint["zsl_rng_state"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the validation history; restore the RNG states only when a trainer resumes
+        a fit from the checkpoint (``trainer.fit(..., ckpt_path=...)``), not when a model is
+        merely loaded (``load_from_checkpoint``)."""
+        self.eval_history = [dict(entry) for entry in checkpoint.get("zsl_eval_history", [])]
+        if self._trainer is not None and "zsl_rng_state" in checkpoint:
+            set_rng_state(checkpoint["zsl_rng_state"])

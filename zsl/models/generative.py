@@ -191,10 +191,12 @@ class GenerativeZSL(ZSLModule):
     # -- checkpoints ------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the model class so :func:`zsl.generate.load_generator` can rebuild it."""
+        super().on_save_checkpoint(checkpoint)
         checkpoint["zsl_model_class"] = f"{type(self).__module__}:{type(self).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resize the class-id buffers to the stored ones before the state dict is loaded."""
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("state_dict", {})
         for name in ("seen_ids", "unseen_ids"):
             if name in state:
@@ -203,7 +205,7 @@ class GenerativeZSL(ZSLModule):
     # -- test-time artefacts ----------------------------------------------------------
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        if self.hparams.projection_plot:
+        if self.hparams.projection_plot and self.trainer.is_global_zero:  # one file under DDP
             self.save_projection_plot()
 
     def run_dir(self) -> Path:

@@ -1,0 +1,289 @@
+"""Checkpoints and resume pieces (``zsl.checkpoints``, trial records, the CLI runner's
+callbacks): RNG/history round trips, monitors on validation metrics only, atomic trial records,
+the ``resume=`` config rule and the SIGTERM guard. The end-to-end SIGTERM + resume runs are in
+``tests/integration/test_resume.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyXlsa17
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+from zsl.checkpoints import (
+    ResumeError,
+    TrainingInterrupted,
+    last_checkpoint,
+    resume_config,
+    rng_state,
+    run_dir_of,
+    set_rng_state,
+    sigterm_guard,
+    validation_checkpoints,
+    write_json_atomic,
+)
+from zsl.cli import Runner
+from zsl.config import compose
+from zsl.selection import Trial, ValFit, grid_points, load_trial, save_trial, select
+from zsl.tracking import previous_wandb_id
+
+
+def draws() -> tuple[torch.Tensor, np.ndarray, float]:
+    return torch.rand(4), np.random.rand(4), random.random()
+
+
+def same_draws(a: tuple, b: tuple) -> bool:
+    return torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    np.random.normal()  # leaves a cached Gaussian in NumPy's state
+    state = rng_state()
+    expected = draws()
+    torch.save({"rng": state}, tmp_path / "x.ckpt")
+    loaded = torch.load(tmp_path / "x.ckpt", weights_only=True)["rng"]
+    draws()
+    set_rng_state(loaded)
+    assert same_draws(draws(), expected)
+
+
+# ----------------------------------------------------------------------------- runner fits
+
+
+def tiny_args(tiny: TinyXlsa17, *extra: str) -> list[str]:
+    return [
+        "data=cub",
+        f"data.root={tiny.root}",
+        "data.name=TINY",
+        "logger=csv",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+def tiny_runner(tiny: TinyXlsa17, run_dir: Path, *extra: str) -> Runner:
+    return Runner(compose(tiny_args(tiny, *extra)), run_dir)
+
+
+def test_checkpoint_round_trip_restores_history_and_rng(tiny: TinyXlsa17, tmp_path: Path) -> None:
+    """A val-protocol fit's last.ckpt holds the validation history and the RNG states; a
+    fresh model resumed from it by a trainer gets both back; a bare hook call without a
+    trainer (what ``load_from_checkpoint`` does) leaves the global RNG alone."""
+    runner = tiny_runner(tiny, tmp_path)
+    params = grid_points(runner.cfg.model)[0]
+    model = runner.fit_val(params, False, tmp_path / "val-0")
+    ckpt = torch.load(tmp_path / "val-0" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 1 and len(ckpt["zsl_eval_history"]) == 2
+    assert ckpt["zsl_eval_history"] == model.eval_history
+    set_rng_state(ckpt["zsl_rng_state"])
+    expected = draws()
+
+    dm = runner.datamodule("val")
+    fresh = runner.model(dm, params)
+    trainer = runner.trainer(2, False, validate=True)
+    trainer.fit(fresh, dm, ckpt_path=str(tmp_path / "val-0" / "last.ckpt"))  # nothing left
+    assert fresh.eval_history == model.eval_history
+    # the hook as a resuming trainer calls it (the fit above draws again once restored)
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    resumed = runner.model(dm, params)
+    resumed.trainer = trainer
+    resumed.on_load_checkpoint(ckpt)
+    assert same_draws(draws(), expected)
+
+    detached = runner.model(dm, params)
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    unchanged = draws()
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    detached.on_load_checkpoint(ckpt)
+    assert detached.eval_history == model.eval_history
+    assert same_draws(draws(), unchanged)
+
+
+def test_checkpoints_monitor_validation_metrics_only(
+    tiny: TinyXlsa17, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ModelCheckpoint the runner builds (selection fits and the final fit) monitors a
+    ``val/`` metric or nothing: never a test metric."""
+    trainers = []
+    original = Runner.trainer
+
+    def spy(self: Runner, *args: Any, **kwargs: Any) -> Any:
+        trainer = original(self, *args, **kwargs)
+        trainers.append(trainer)
+        return trainer
+
+    monkeypatch.setattr(Runner, "trainer", spy)
+    runner = tiny_runner(tiny, tmp_path, "model.search.metric=gzsl_h")
+    params = grid_points(runner.cfg.model)[0]
+    runner.fit_val(params, False, tmp_path / "checkpoints" / "val-0")
+    runner.fit_test(params, 2, 0.0, False, tmp_path / "checkpoints" / "final")
+    monitors = [c.monitor for t in trainers for c in t.checkpoint_callbacks]
+    assert monitors == ["val/gzsl_h", None, None]
+    assert all(isinstance(c, ModelCheckpoint) for t in trainers for c in t.checkpoint_callbacks)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.ckpt"))
+    assert written == [
+        "checkpoints/final/last.ckpt",
+        "checkpoints/val-0/best.ckpt",
+        "checkpoints/val-0/last.ckpt",
+        "model.ckpt",
+    ]
+
+
+@pytest.mark.parametrize("metric", ["zsl_t1", "gzsl_h", "gzsl_h_cal"])
+def test_validation_checkpoint_callbacks(tmp_path: Path, metric: str) -> None:
+    best, last = validation_checkpoints(tmp_path, metric, keep_last=True)
+    assert (best.monitor, best.mode, best.save_top_k) == (f"val/{metric}", "max", 1)
+    assert last.monitor is None and last_checkpoint(tmp_path).monitor is None
+    assert len(validation_checkpoints(tmp_path, metric, keep_last=False)) == 1
+
+
+@pytest.mark.parametrize("metric", ["test/zsl_t1", "val/zsl_t1"])
+def test_validation_checkpoints_refuse_metric_keys(tmp_path: Path, metric: str) -> None:
+    with pytest.raises(ValueError, match="metric name"):
+        validation_checkpoints(tmp_path, metric, keep_last=True)
+
+
+# ----------------------------------------------------------------------------- trials
+
+
+def test_trial_records_round_trip_exactly(tmp_path: Path) -> None:
+    metrics = {"zsl_t1": 0.1 + 0.2, "gzsl_h": 1 / 3, "gamma": -4.2e-3}
+    trial = Trial({"lr": 0.003, "hidden": [8, 4]}, 3, metrics, [{"epoch": 3, **metrics}], 1.5)
+    save_trial(tmp_path, 0, trial)
+    assert load_trial(tmp_path, 0, {"lr": 0.003, "hidden": [8, 4]}) == trial
+    assert load_trial(tmp_path, 1, {"lr": 0.003}) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["0.json"]  # no temporary files left
+    with pytest.raises(ResumeError, match="grid changed"):
+        load_trial(tmp_path, 0, {"lr": 0.01, "hidden": [8, 4]})
+
+
+def test_write_json_atomic_keeps_old_content_on_failure(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_select_skips_recorded_points(tmp_path: Path) -> None:
+    cfg = OmegaConf.create(
+        {"params": {"lr": 0.1}, "search": {"metric": "zsl_t1", "grid": {"lr": [0.1, 0.2, 0.3]}}}
+    )
+    calls: list[int] = []
+
+    def fit_val(index: int, params: dict) -> ValFit:
+        calls.append(index)
+        history = [{"epoch": 1, "zsl_t1": 10.0 * index, "gamma": 0.0}]
+        return ValFit(history, 0.0, f"checkpoints/val-{index}/best.ckpt")
+
+    first = select(cfg, fit_val, trials_dir=tmp_path)
+    assert calls == [0, 1, 2] and first.best.checkpoint == "checkpoints/val-2/best.ckpt"
+    (tmp_path / "2.json").unlink()  # as if the run had stopped during point 2
+    again = select(cfg, fit_val, trials_dir=tmp_path)
+    assert calls == [0, 1, 2, 2]
+    assert again.trials == first.trials and again.best == first.best
+
+
+# ----------------------------------------------------------------------------- resume=
+
+
+def saved_run(tiny: TinyXlsa17, run_dir: Path) -> list[str]:
+    args = tiny_args(tiny, f"output_dir={run_dir}")
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(compose(args)))
+    return args
+
+
+def test_resume_config_rule(tiny: TinyXlsa17, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = saved_run(tiny, run_dir)
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    for argv in ([f"resume={run_dir}"], [*args, f"resume={run_dir}"]):
+        cfg = resume_config(compose(argv), argv)
+        assert cfg.resume == str(run_dir)
+        cfg.resume = None
+        assert cfg == saved
+    argv = [*args, "seed=1", "trainer.max_epochs=5", f"resume={run_dir}"]
+    with pytest.raises(ResumeError, match=r"changes.*seed \(0 -> 1\).*trainer.max_epochs"):
+        resume_config(compose(argv), argv)
+
+
+def test_resume_target_resolution(tiny: TinyXlsa17, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    saved_run(tiny, run_dir)
+    ckpt = run_dir / "checkpoints" / "val-0" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.touch()
+    assert run_dir_of(ckpt) == run_dir and run_dir_of(run_dir) == run_dir
+    with pytest.raises(ResumeError, match="no such run directory"):
+        run_dir_of(tmp_path / "missing")
+    with pytest.raises(ResumeError, match="no run directory with a config.yaml"):
+        run_dir_of(tmp_path)
+    (run_dir / "metrics.json").write_text("{}")
+    argv = [f"resume={ckpt}"]
+    with pytest.raises(ResumeError, match="already finished"):
+        resume_config(compose(argv), argv)
+
+
+def test_main_reports_resume_errors(tmp_path: Path) -> None:
+    from zsl.cli import main
+
+    with pytest.raises(SystemExit, match="^resume error: resume=.*no such run directory"):
+        main([f"resume={tmp_path / 'missing'}"])
+
+
+def test_previous_wandb_id_is_the_newest(tmp_path: Path) -> None:
+    assert previous_wandb_id(tmp_path) is None
+    for name in ("offline-run-20250101_120000-aaa111", "run-20250102_080000-bbb222", "latest-run"):
+        (tmp_path / "wandb" / name).mkdir(parents=True)
+    assert previous_wandb_id(tmp_path) == "bbb222"
+
+
+# ----------------------------------------------------------------------------- SIGTERM
+
+
+def test_sigterm_guard_raises_outside_lightning_and_restores_the_handler() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted), sigterm_guard():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this at once
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+class SigtermAtTestEnd(Callback):
+    """Sends SIGTERM to this process during the last (only) test batch."""
+
+    def on_test_batch_end(self, *args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_in_the_last_test_batch_is_not_lost(
+    tiny: TinyXlsa17, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning only raises between batches; a SIGTERM during the last evaluation batch lets
+    ``trainer.test`` return normally. The runner still stops (before writing model.ckpt)."""
+    original = Runner.trainer
+
+    def with_killer(self: Runner, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
+        callbacks = [*(callbacks or []), SigtermAtTestEnd()]
+        return original(self, *args, callbacks=callbacks, **kwargs)
+
+    monkeypatch.setattr(Runner, "trainer", with_killer)
+    runner = tiny_runner(tiny, tmp_path)
+    params = grid_points(runner.cfg.model)[0]
+    with pytest.raises(TrainingInterrupted, match="during the test evaluation"):
+        runner.fit_test(params, 1, 0.0, False, tmp_path / "checkpoints" / "final")
+    assert not (tmp_path / "model.ckpt").exists()
+    assert (tmp_path / "checkpoints" / "final" / "last.ckpt").is_file()

@@ -1,0 +1,236 @@
+"""Checkpoints of a ``train.py`` run and resuming an interrupted one.
+
+Layout inside the run directory::
+
+    checkpoints/val-<i>/best.ckpt   grid point i: epoch with the best val/<model.search.metric>
+    checkpoints/val-<i>/last.ckpt   grid point i: the latest epoch (iterative models)
+    checkpoints/final/last.ckpt     the final trainval fit: the latest epoch
+    trials/<i>.json                 grid point i, once its validation fit has finished
+    model.ckpt                      the final model (after its single test evaluation)
+
+Checkpoints are written at the end of every training epoch (validation, when it runs, comes
+first in the epoch), so a resumed fit redoes at most the epoch that was interrupted. Besides
+weights, optimizer and loop state, every checkpoint holds the module's validation history and
+the RNG states (see :meth:`zsl.models.base.ZSLModule.on_save_checkpoint`), so a resumed run on
+the same machine and settings reproduces the uninterrupted one exactly.
+
+``python train.py resume=<run dir or a .ckpt inside it>`` reads the run's ``config.yaml``
+(:func:`resume_config`), skips the grid points recorded in ``trials/`` and continues the
+interrupted fit from its ``last.ckpt``. SIGTERM (:func:`sigterm_guard`) stops a run at the
+end of the current batch with :class:`TrainingInterrupted`, whose message says how to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+CHECKPOINT_DIR = "checkpoints"
+TRIALS_DIR = "trials"
+LAST = "last.ckpt"
+BEST = "best.ckpt"
+
+
+class TrainingInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt
+    """SIGTERM stopped the run; everything finished so far is saved in the run directory.
+
+    A ``BaseException`` like ``KeyboardInterrupt``: it may be raised at any point (from the
+    signal handler), and ``except Exception`` blocks must not swallow it."""
+
+
+class ResumeError(ValueError):
+    """``resume=...`` cannot continue the given run (bad path, changed config, finished run)."""
+
+
+# ----------------------------------------------------------------------------- RNG states
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (torch CPU and CUDA, NumPy, Python ``random``) as tensors and
+    plain Python values, so checkpoints holding them load with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(kind), torch.from_numpy(np.asarray(keys, np.int64)), int(pos)]
+        + [int(has_gauss), float(cached)],
+        "python": [int(version), list(internal), gauss_next],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (CUDA only where it was saved and is present)."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+def validation_checkpoints(directory: Path, metric: str, keep_last: bool) -> list[ModelCheckpoint]:
+    """Callbacks of a val-protocol fit: ``best.ckpt`` by ``val/<metric>`` (max; the first
+    epoch reaching the best value, as in selection) and, if ``keep_last``, ``last.ckpt`` of
+    every epoch (what a resumed fit starts from)."""
+    if "/" in metric:  # a bare name such as zsl_t1; never a test/... key
+        raise ValueError(f"expected a metric name such as zsl_t1, got {metric!r}")
+    best = ModelCheckpoint(
+        dirpath=directory,
+        filename=Path(BEST).stem,
+        monitor=f"val/{metric}",
+        mode="max",
+        save_top_k=1,
+        save_last=False,
+        save_on_train_epoch_end=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    return [best, *([last_checkpoint(directory)] if keep_last else [])]
+
+
+def last_checkpoint(directory: Path) -> ModelCheckpoint:
+    """``last.ckpt`` rewritten at the end of every training epoch; monitors nothing.
+
+    (Lightning's ``save_last=True`` writes ``last.ckpt`` only in epochs that also saved a
+    top-k checkpoint, so a monitored callback cannot provide it.)"""
+    return ModelCheckpoint(
+        dirpath=directory,
+        filename=Path(LAST).stem,
+        monitor=None,
+        save_top_k=1,
+        save_last=False,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+
+
+def resume_path(directory: Path) -> Path | None:
+    """``directory/last.ckpt`` if an interrupted fit left one, else None (start afresh)."""
+    path = directory / LAST
+    return path if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that ``path`` holds either its old content or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=float)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def run_dir_of(target: str | Path) -> Path:
+    """The run directory named by ``resume=``: the directory itself, or the nearest parent
+    of a ``.ckpt`` (or any file inside it) that holds ``config.yaml``."""
+    path = Path(target)
+    if not path.exists():
+        raise ResumeError(f"resume={target}: no such run directory or checkpoint")
+    for candidate in [path, *path.parents] if path.is_dir() else list(path.parents):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise ResumeError(
+        f"resume={target}: no run directory with a config.yaml found there or above; "
+        "a run interrupted before it wrote config.yaml cannot be resumed (start a new one)"
+    )
+
+
+def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(cfg, dict):
+        out: dict[str, Any] = {}
+        for key, value in cfg.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: cfg}
+
+
+def resume_config(given: DictConfig, argv: list[str]) -> DictConfig:
+    """The config of the run ``given.resume`` points at, with ``resume`` set to its directory.
+
+    The rule: ``resume=<run>`` alone continues the run with its saved ``config.yaml``; with
+    more arguments they must compose exactly the saved config (the original command line
+    plus ``resume=``), anything else is refused naming the changed keys."""
+    run_dir = run_dir_of(str(given.resume))
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    assert isinstance(saved, DictConfig)
+    if (run_dir / "metrics.json").is_file():
+        raise ResumeError(
+            f"resume={given.resume}: {run_dir} already finished (metrics.json exists); "
+            "nothing to resume"
+        )
+    others = [a for a in argv if a.split("=", 1)[0].lstrip("+") != "resume"]
+    if others:
+        ours = _flat(OmegaConf.to_container(given, resolve=True))
+        theirs = _flat(OmegaConf.to_container(saved, resolve=True))
+        changed = sorted(
+            k for k in set(ours) | set(theirs) if k != "resume" and ours.get(k) != theirs.get(k)
+        )
+        if changed:
+            shown = ", ".join(f"{k} ({theirs.get(k)!r} -> {ours.get(k)!r})" for k in changed[:8])
+            more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+            raise ResumeError(
+                f"resume={given.resume}: the command line changes the run's config: {shown}"
+                f"{more}. A resumed run keeps {run_dir / 'config.yaml'}: pass resume=... alone "
+                "(or with exactly the original overrides), or start a new run"
+            )
+    saved.resume = str(run_dir)
+    return saved
+
+
+# ----------------------------------------------------------------------------- SIGTERM
+
+
+@contextmanager
+def sigterm_guard() -> Iterator[None]:
+    """Turn SIGTERM into :class:`TrainingInterrupted`.
+
+    Outside a Lightning fit the handler raises at once. While ``trainer.fit``/``test`` runs,
+    Lightning (2.x, ``_SignalConnector``) installs its own handler, which also calls this one
+    (the previously installed handler): it only sets ``trainer.received_sigterm``, and the
+    loops raise ``SIGTERMException`` (a ``SystemExit`` with code 0) after the current batch;
+    the caller turns that into :class:`TrainingInterrupted` (see ``zsl.cli.Runner``).
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        if signal.getsignal(signal.SIGTERM) is handler:  # no Lightning loop running
+            raise TrainingInterrupted("SIGTERM received")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
