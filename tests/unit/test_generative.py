@@ -327,6 +327,20 @@ def test_cadavae_unseen_spread_widens_synthetic_latents(tiny) -> None:
 # ------------------------------------------------------------------- second stage
 
 
+@pytest.mark.parametrize("name", ["clswgan", "cadavae"])
+def test_synth_ratio_fixes_the_unseen_share(tiny, name: str) -> None:
+    dm = datamodule(tiny)
+    n_unseen = dm.class_space.unseen_ids.numel()
+    assert build(name, dm, n_synth=7).n_synth_per_class(1000) == 7  # the papers' rule
+    model = build(name, dm, n_synth=7, synth_ratio=0.5)
+    assert model.n_synth_per_class(40 * n_unseen) == 20
+    # twice the real seen examples (e.g. more seen classes) -> twice the synthetic ones
+    assert model.n_synth_per_class(80 * n_unseen) == 40
+    assert model.n_synth_per_class(1) == 1
+    with pytest.raises(ValueError, match="synth_ratio"):
+        build(name, dm, synth_ratio=0.0)
+
+
 def test_fit_softmax_classifier_is_scale_invariant() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(90, 5, generator=gen) + torch.arange(3).repeat_interleave(30)[:, None] * 2.0
@@ -349,7 +363,15 @@ def test_second_stage_classifier_covers_unseen_classes(tiny, tmp_path: Path, nam
     trainer(tmp_path, 3).fit(model, dm)
     with pytest.raises(RuntimeError, match="on_eval_start"):
         model.scores(dm.eval_x, model.semantics)
+    model.hparams.synth_ratio = 2.0
+    counts: list[int] = []
+    synthesize = model.synthesize
+    model.synthesize = lambda sem, n, gen: counts.append(n) or synthesize(sem, n, gen)  # type: ignore
     model.fit_classifier()
+    del model.synthesize
+    n_real = model.embed_seen(dm.train_x, dm.train_y, torch.Generator())[1].numel()
+    assert counts == [model.n_synth_per_class(n_real)]
+    assert counts[0] == max(1, round(2.0 * n_real / dm.class_space.unseen_ids.numel()))
     weight, bias, universe = model._classifier
     space = dm.class_space
     assert universe.tolist() == sorted(space.seen_ids.tolist() + space.unseen_ids.tolist())

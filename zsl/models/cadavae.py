@@ -100,6 +100,7 @@ class CADAVAE(GenerativeZSL):
         warmup_scale: float = 1.0,
         n_seen_per_class: int = 200,
         n_synth: int = 400,
+        synth_ratio: float | None = None,
         cls_epochs: int = 23,
         cls_lr: float = 1e-3,
         cls_batch_size: int = 32,
@@ -108,6 +109,8 @@ class CADAVAE(GenerativeZSL):
         eval_seed: int = 0,
         projection_plot: bool = True,
     ) -> None:
+        if synth_ratio is not None and not synth_ratio > 0:
+            raise ValueError(f"synth_ratio must be positive or null, got {synth_ratio}")
         if not unseen_spread >= 0:
             raise ValueError(f"unseen_spread must be >= 0, got {unseen_spread}")
         check_positive(

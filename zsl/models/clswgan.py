@@ -128,6 +128,7 @@ class CLSWGAN(GenerativeZSL):
         pretrain_epochs: int = 50,
         pretrain_lr: float = 1e-3,
         n_synth: int = 300,
+        synth_ratio: float | None = None,
         cls_epochs: int = 25,
         cls_lr: float = 1e-3,
         cls_batch_size: int = 64,
@@ -135,6 +136,8 @@ class CLSWGAN(GenerativeZSL):
         eval_seed: int = 0,
         projection_plot: bool = True,
     ) -> None:
+        if synth_ratio is not None and not synth_ratio > 0:
+            raise ValueError(f"synth_ratio must be positive or null, got {synth_ratio}")
         check_positive(
             gen_hidden=gen_hidden,
             critic_hidden=critic_hidden,

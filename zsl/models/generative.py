@@ -7,6 +7,15 @@ and trains a fresh softmax classifier over the protocol's universe (seen + unsee
 class ids) on real seen + synthetic unseen examples. ``scores`` returns that classifier's
 log-probabilities, so GZSL needs no calibration trick to reach unseen classes.
 
+How many synthetic examples: ``n_synth`` per unseen class (the papers' rule), or, when
+``synth_ratio`` is set, ``synth_ratio`` times as many synthetic unseen examples in total as
+there are real seen examples in the classifier's training set (an addition, not in the
+papers). The papers' rule makes the unseen share of the classifier's data depend on how many
+seen classes the protocol has -- the validation protocol of CUB has 100 seen classes, the test
+protocol 150 -- so a count selected on validation classes gives the short, not fully converged
+classifier a smaller unseen share at test time and more seen-class bias. ``synth_ratio`` keeps
+the share that validation selected.
+
 "Examples" live in the model's *classifier space*: image features for f-CLSWGAN, latent codes
 for CADA-VAE (:meth:`GenerativeZSL.embed`, :meth:`GenerativeZSL.embed_seen`,
 :meth:`GenerativeZSL.synthesize`).
@@ -78,8 +87,8 @@ class GenerativeZSL(ZSLModule):
     Subclasses build their generator in ``configure_models``, train it (``training_loss``) and
     implement :meth:`synthesize` (plus :meth:`embed` / :meth:`embed_seen` when the classifier
     space is not the feature space) and :meth:`generate_features`. Hyper-parameters read here:
-    ``n_synth``, ``cls_epochs``, ``cls_lr``, ``cls_batch_size``, ``cls_weight_decay``,
-    ``eval_seed`` and ``projection_plot``.
+    ``n_synth``, ``synth_ratio``, ``cls_epochs``, ``cls_lr``, ``cls_batch_size``,
+    ``cls_weight_decay``, ``eval_seed`` and ``projection_plot``.
     """
 
     uses_unseen_semantics: ClassVar[bool] = True
@@ -135,8 +144,8 @@ class GenerativeZSL(ZSLModule):
     # -- the second stage -------------------------------------------------------------
     @torch.inference_mode(False)
     def fit_classifier(self) -> None:
-        """Train the GZSL softmax classifier on real seen + ``n_synth`` synthetic unseen examples
-        per unseen class, over the universe of the protocol (global ids)."""
+        """Train the GZSL softmax classifier on real seen + synthetic unseen examples
+        (:meth:`n_synth_per_class` per unseen class), over the protocol's universe (global ids)."""
         hp = self.hparams
         gen = self._eval_generator()
         was_training = self.training
@@ -145,8 +154,9 @@ class GenerativeZSL(ZSLModule):
             x, y = self.seen_training_data()
             real, real_y = self.embed_seen(x, y, gen)
             unseen = self.unseen_ids
-            synth = self.synthesize(self.unseen_semantics(), int(hp.n_synth), gen)
-            synth_y = unseen.repeat_interleave(int(hp.n_synth))
+            n_synth = self.n_synth_per_class(real.shape[0])
+            synth = self.synthesize(self.unseen_semantics(), n_synth, gen)
+            synth_y = unseen.repeat_interleave(n_synth)
         self.train(was_training)
         universe = torch.nonzero(self.universe_mask()).squeeze(1)
         inputs = torch.cat([real, synth]).detach().clone()
@@ -163,6 +173,14 @@ class GenerativeZSL(ZSLModule):
             gen,
         )
         self._classifier = (weight, bias, universe)
+
+    def n_synth_per_class(self, n_real_seen: int) -> int:
+        """Synthetic examples per unseen class: ``n_synth``, or with ``synth_ratio`` set
+        ``round(synth_ratio * n_real_seen / n_unseen_classes)`` (at least 1)."""
+        ratio = self.hparams.get("synth_ratio")
+        if ratio is None:
+            return int(self.hparams.n_synth)
+        return max(1, round(float(ratio) * n_real_seen / self.unseen_ids.numel()))
 
     def on_eval_start(self) -> None:
         self.fit_classifier()
