@@ -1,0 +1,151 @@
+"""Per-iteration cost of the feature-generating models at CUB sizes (no data needed).
+
+Times, on random tensors of the real shapes (4096-d VGG fc7 features, 312 attributes, 150
+seen / 50 unseen classes, batch 128), with the shipped configs' network sizes:
+
+* one training iteration: CADA-VAE (forward + backward + Adam step of both VAEs) and
+  f-CLSWGAN (``n_critic`` critic steps with the gradient penalty + one generator step);
+* one evaluation: synthesising the unseen examples and fitting the GZSL softmax classifier
+  (what every validation epoch and the final test pay on top of training).
+
+``python experiments/generative_cost.py [--threads N] [--repeats R]`` prints a Markdown table
+(median seconds; the machine is named in the header). Wall time of a whole run depends on the
+epochs selected and is reported by ``train.py`` itself (``wall_time_s`` in ``metrics.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from zsl.models.cadavae import CADAVAE
+from zsl.models.clswgan import CLSWGAN, clswgan_iteration
+from zsl.models.generative import fit_softmax_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+D, A, SEEN, UNSEEN, BATCH, N_REAL = 4096, 312, 150, 50, 128, 7057
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def params(name: str) -> dict:
+    cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{name}.yaml")
+    out = OmegaConf.to_container(cfg.params, resolve=True)
+    out["projection_plot"] = False
+    return out  # type: ignore[return-value]
+
+
+def build(cls: type, name: str) -> CADAVAE | CLSWGAN:
+    model = cls(D, A, SEEN + UNSEEN, **params(name))
+    model.seen_ids = torch.arange(SEEN)
+    model.unseen_ids = torch.arange(SEEN, SEEN + UNSEEN)
+    model.semantics = torch.rand(SEEN + UNSEEN, A)
+    return model
+
+
+def cadavae_costs(repeats: int) -> tuple[float, float]:
+    model = build(CADAVAE, "cadavae")
+    opt = model.configure_optimizers()
+    x, sem = torch.rand(BATCH, D), torch.rand(BATCH, A)
+
+    def step() -> None:
+        terms = model.vae_losses(x, sem)
+        loss = terms["recon"] + terms["kl"] + terms["cross"] + terms["distance"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    hp = model.hparams
+    real_x, real_y = torch.rand(N_REAL, D), torch.randint(0, SEEN, (N_REAL,))
+
+    def evaluate() -> None:
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            real, labels = model.embed_seen(real_x, real_y, gen)
+            n = model.n_synth_per_class(real.shape[0])
+            synth = model.synthesize(model.semantics[model.unseen_ids], n, gen)
+        inputs = torch.cat([real, synth])
+        targets = torch.cat([labels, model.unseen_ids.repeat_interleave(n)])
+        fit_softmax_classifier(
+            inputs, targets, SEEN + UNSEEN, hp.cls_epochs, hp.cls_lr, hp.cls_batch_size, 0.0, gen
+        )
+
+    return median_time(step, repeats), median_time(evaluate, max(1, repeats // 10), 1)
+
+
+def clswgan_costs(repeats: int) -> tuple[float, float]:
+    model = build(CLSWGAN, "clswgan")
+    opt_g, opt_d = model.configure_optimizers()
+    x, sem = torch.rand(BATCH, D), torch.rand(BATCH, A)
+    labels = torch.randint(0, SEEN, (BATCH,))
+    hp = model.hparams
+
+    def step() -> None:
+        clswgan_iteration(
+            model.generator,
+            model.critic,
+            opt_g,
+            opt_d,
+            model.seen_logits,
+            x,
+            sem,
+            labels,
+            hp.n_critic,
+            hp.gp_weight,
+            hp.cls_weight,
+        )
+
+    real_x, real_y = torch.rand(N_REAL, D), torch.randint(0, SEEN, (N_REAL,))
+
+    def evaluate() -> None:
+        gen = torch.Generator().manual_seed(0)
+        n = model.n_synth_per_class(N_REAL)
+        with torch.no_grad():
+            synth = model.synthesize(model.semantics[model.unseen_ids], n, gen)
+        inputs = torch.cat([real_x, synth])
+        targets = torch.cat([real_y, model.unseen_ids.repeat_interleave(n)])
+        fit_softmax_classifier(
+            inputs, targets, SEEN + UNSEEN, hp.cls_epochs, hp.cls_lr, hp.cls_batch_size, 0.0, gen
+        )
+
+    return median_time(step, repeats), median_time(evaluate, max(1, repeats // 10), 1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--repeats", type=int, default=20)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    steps_per_epoch = -(-N_REAL // BATCH)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, "
+        f"torch {torch.__version__}; CUB sizes (D={D}, A={A}, {SEEN}+{UNSEEN} classes, "
+        f"batch {BATCH}, {steps_per_epoch} iterations per trainval epoch)\n"
+    )
+    print("| model | s / training iteration | s / trainval epoch (training) | s / evaluation |")
+    print("| --- | --- | --- | --- |")
+    for name, fn in (("cadavae", cadavae_costs), ("clswgan", clswgan_costs)):
+        step, evaluation = fn(args.repeats)
+        print(f"| {name} | {step:.4f} | {step * steps_per_epoch:.1f} | {evaluation:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
