@@ -59,6 +59,20 @@ def build(cls: type, name: str) -> CADAVAE | CLSWGAN:
     return model
 
 
+def second_stage(model: CADAVAE | CLSWGAN, real: torch.Tensor, labels: torch.Tensor) -> None:
+    """Synthesise the unseen examples and fit the GZSL classifier (one evaluation's overhead)."""
+    hp = model.hparams
+    gen = torch.Generator().manual_seed(0)
+    n = model.n_synth_per_class(real.shape[0])
+    with torch.no_grad():
+        synth = model.synthesize(model.semantics[model.unseen_ids], n, gen)
+    inputs = torch.cat([real, synth])
+    targets = torch.cat([labels, model.unseen_ids.repeat_interleave(n)])
+    fit_softmax_classifier(
+        inputs, targets, SEEN + UNSEEN, hp.cls_epochs, hp.cls_lr, hp.cls_batch_size, 0.0, gen
+    )
+
+
 def cadavae_costs(repeats: int) -> tuple[float, float]:
     model = build(CADAVAE, "cadavae")
     opt = model.configure_optimizers()
@@ -71,20 +85,12 @@ def cadavae_costs(repeats: int) -> tuple[float, float]:
         loss.backward()
         opt.step()
 
-    hp = model.hparams
     real_x, real_y = torch.rand(N_REAL, D), torch.randint(0, SEEN, (N_REAL,))
 
     def evaluate() -> None:
-        gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            real, labels = model.embed_seen(real_x, real_y, gen)
-            n = model.n_synth_per_class(real.shape[0])
-            synth = model.synthesize(model.semantics[model.unseen_ids], n, gen)
-        inputs = torch.cat([real, synth])
-        targets = torch.cat([labels, model.unseen_ids.repeat_interleave(n)])
-        fit_softmax_classifier(
-            inputs, targets, SEEN + UNSEEN, hp.cls_epochs, hp.cls_lr, hp.cls_batch_size, 0.0, gen
-        )
+            real, labels = model.embed_seen(real_x, real_y, torch.Generator().manual_seed(0))
+        second_stage(model, real, labels)
 
     return median_time(step, repeats), median_time(evaluate, max(1, repeats // 10), 1)
 
@@ -114,15 +120,7 @@ def clswgan_costs(repeats: int) -> tuple[float, float]:
     real_x, real_y = torch.rand(N_REAL, D), torch.randint(0, SEEN, (N_REAL,))
 
     def evaluate() -> None:
-        gen = torch.Generator().manual_seed(0)
-        n = model.n_synth_per_class(N_REAL)
-        with torch.no_grad():
-            synth = model.synthesize(model.semantics[model.unseen_ids], n, gen)
-        inputs = torch.cat([real_x, synth])
-        targets = torch.cat([real_y, model.unseen_ids.repeat_interleave(n)])
-        fit_softmax_classifier(
-            inputs, targets, SEEN + UNSEEN, hp.cls_epochs, hp.cls_lr, hp.cls_batch_size, 0.0, gen
-        )
+        second_stage(model, real_x, real_y)
 
     return median_time(step, repeats), median_time(evaluate, max(1, repeats // 10), 1)
 
