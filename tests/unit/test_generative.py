@@ -327,6 +327,32 @@ def test_cadavae_unseen_spread_widens_synthetic_latents(tiny) -> None:
 # ------------------------------------------------------------------- second stage
 
 
+def test_fit_softmax_classifier_max_steps_counts_updates() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(90, 5, generator=gen) + torch.arange(3).repeat_interleave(30)[:, None]
+    y = torch.arange(3).repeat_interleave(30)
+
+    def fit(epochs: int, max_steps: int | None) -> torch.Tensor:
+        w, b = fit_softmax_classifier(
+            x,
+            y,
+            3,
+            epochs,
+            0.1,
+            16,
+            generator=torch.Generator().manual_seed(1),
+            max_steps=max_steps,
+        )
+        return x @ w + b
+
+    by_epochs = fit(3, None)  # 3 passes of ceil(90 / 16) = 6 updates
+    torch.testing.assert_close(fit(99, 18), by_epochs)  # the same 18 updates, epochs ignored
+    assert not torch.allclose(fit(99, 17), by_epochs)
+    assert not torch.allclose(fit(99, 19), by_epochs)
+    with pytest.raises(ValueError, match="cls_steps"):
+        CADAVAE(4, 3, 5, cls_steps=0)
+
+
 @pytest.mark.parametrize("name", ["clswgan", "cadavae"])
 def test_synth_ratio_fixes_the_unseen_share(tiny, name: str) -> None:
     dm = datamodule(tiny)

@@ -130,12 +130,15 @@ class CLSWGAN(GenerativeZSL):
         n_synth: int = 300,
         synth_ratio: float | None = None,
         cls_epochs: int = 25,
+        cls_steps: int | None = None,
         cls_lr: float = 1e-3,
         cls_batch_size: int = 64,
         cls_weight_decay: float = 0.0,
         eval_seed: int = 0,
         projection_plot: bool = True,
     ) -> None:
+        if cls_steps is not None and not cls_steps > 0:
+            raise ValueError(f"cls_steps must be positive or null, got {cls_steps}")
         if synth_ratio is not None and not synth_ratio > 0:
             raise ValueError(f"synth_ratio must be positive or null, got {synth_ratio}")
         check_positive(

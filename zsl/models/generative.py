@@ -14,7 +14,10 @@ papers). The papers' rule makes the unseen share of the classifier's data depend
 seen classes the protocol has -- the validation protocol of CUB has 100 seen classes, the test
 protocol 150 -- so a count selected on validation classes gives the short, not fully converged
 classifier a smaller unseen share at test time and more seen-class bias. ``synth_ratio`` keeps
-the share that validation selected.
+the share that validation selected. For the same reason ``cls_steps`` (optional, also an
+addition) fixes the classifier's number of updates: with ``cls_epochs`` the larger trainval
+set (and a larger ``synth_ratio``) means more updates, and a longer-trained classifier learns
+the real-vs-synthetic gap and drifts to the seen classes.
 
 "Examples" live in the model's *classifier space*: image features for f-CLSWGAN, latent codes
 for CADA-VAE (:meth:`GenerativeZSL.embed`, :meth:`GenerativeZSL.embed_seen`,
@@ -53,6 +56,7 @@ def fit_softmax_classifier(
     batch_size: int,
     weight_decay: float = 0.0,
     generator: torch.Generator | None = None,
+    max_steps: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression on in-memory tensors: Adam (betas 0.5, 0.999), shuffled
     mini-batches, a fixed number of epochs. Returns (weight [D, n_out], bias [n_out]) that
@@ -62,6 +66,9 @@ def fit_softmax_classifier(
     the returned weight). Adam moves every weight by about ``lr`` per step, so a logit then
     moves by at most about ``lr`` per step whatever the feature dimension and preprocessing:
     the same ``lr``/``epochs`` behave alike on 64-d latents, 256-d and 4096-d features.
+
+    ``max_steps`` (optional) replaces ``epochs`` by a number of mini-batch updates (reshuffling
+    at every pass), so the training budget does not grow with the size of the training set.
     """
     n, dim = x.shape
     scale = 1.0 / float(x.abs().sum(dim=1).mean().clamp_min(1e-12))
@@ -69,15 +76,17 @@ def fit_softmax_classifier(
     bias = torch.zeros(n_out, device=x.device, dtype=x.dtype, requires_grad=True)
     opt = torch.optim.Adam([weight, bias], lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
     device = generator.device if generator is not None else x.device
+    steps = epochs * -(-n // batch_size) if max_steps is None else max_steps
     with torch.inference_mode(False), torch.enable_grad():
-        for _ in range(epochs):
+        while steps > 0:
             order = torch.randperm(n, generator=generator, device=device).to(x.device)
-            for idx in order.split(batch_size):
+            for idx in order.split(batch_size)[:steps]:
                 logits = torch.addmm(bias, x[idx] * scale, weight)
                 loss = F.cross_entropy(logits, y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                steps -= 1
     return weight.detach() * scale, bias.detach()
 
 
@@ -87,7 +96,7 @@ class GenerativeZSL(ZSLModule):
     Subclasses build their generator in ``configure_models``, train it (``training_loss``) and
     implement :meth:`synthesize` (plus :meth:`embed` / :meth:`embed_seen` when the classifier
     space is not the feature space) and :meth:`generate_features`. Hyper-parameters read here:
-    ``n_synth``, ``synth_ratio``, ``cls_epochs``, ``cls_lr``, ``cls_batch_size``,
+    ``n_synth``, ``synth_ratio``, ``cls_epochs``, ``cls_steps``, ``cls_lr``, ``cls_batch_size``,
     ``cls_weight_decay``, ``eval_seed`` and ``projection_plot``.
     """
 
@@ -171,6 +180,7 @@ class GenerativeZSL(ZSLModule):
             int(hp.cls_batch_size),
             float(hp.cls_weight_decay),
             gen,
+            None if hp.get("cls_steps") is None else int(hp.cls_steps),
         )
         self._classifier = (weight, bias, universe)
 
