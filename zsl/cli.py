@@ -14,6 +14,7 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -211,12 +212,9 @@ class Runner:
             callbacks.append(last_checkpoint(checkpoint_dir))
         trainer = self.trainer(epochs, logger, validate=False, callbacks=callbacks)
         self._fit(trainer, model, dm, checkpoint_dir, "the final trainval fit")
-        try:
-            trainer.test(model, dm, verbose=False)
-        except SIGTERMException:
-            pass  # trainer.received_sigterm is set: reported below
-        if trainer.received_sigterm:  # also one that came during the last evaluation batch
-            raise TrainingInterrupted("SIGTERM received during the test evaluation")
+        _interruptible(
+            trainer, lambda: trainer.test(model, dm, verbose=False), "the test evaluation"
+        )
         if self.run_dir is not None:
             trainer.save_checkpoint(self.run_dir / "model.ckpt")
         return model
@@ -230,23 +228,32 @@ class Runner:
         what: str,
     ) -> None:
         """``trainer.fit``, resumed from ``checkpoint_dir/last.ckpt`` when an interrupted fit
-        left one. Lightning ends a SIGTERM'd fit after the current batch with
-        ``SIGTERMException`` (a ``SystemExit`` with code 0), or let the fit end normally when
-        the signal came during its last batch: either way :class:`TrainingInterrupted`,
-        naming where it stopped."""
+        left one; a SIGTERM becomes :class:`TrainingInterrupted` naming where it stopped."""
         ckpt = resume_path(checkpoint_dir) if checkpoint_dir is not None else None
         if ckpt is not None:
             if dist.is_global_zero():
                 print(f"resuming {what} from {ckpt}")
-        try:
-            trainer.fit(model, dm, ckpt_path=str(ckpt) if ckpt is not None else None)
-        except SIGTERMException:
-            pass  # trainer.received_sigterm is set: reported below
-        if trainer.received_sigterm:
-            raise TrainingInterrupted(
-                f"SIGTERM received during {what} (epoch {trainer.current_epoch + 1}, "
-                f"step {trainer.global_step})"
-            )
+        _interruptible(
+            trainer,
+            lambda: trainer.fit(model, dm, ckpt_path=str(ckpt) if ckpt is not None else None),
+            f"{what} (epoch {{epoch}}, step {{step}})",
+        )
+
+
+def _interruptible(trainer: pl.Trainer, stage: Callable[[], object], what: str) -> None:
+    """Run a Lightning stage; a SIGTERM during it becomes :class:`TrainingInterrupted`.
+
+    Lightning ends a SIGTERM'd stage after the current batch with ``SIGTERMException`` (a
+    ``SystemExit`` with code 0), or lets it end normally when the signal came during its last
+    batch; ``trainer.received_sigterm`` is set either way. ``what`` may name ``{epoch}``
+    (1-based) and ``{step}``."""
+    try:
+        stage()
+    except SIGTERMException:
+        pass  # trainer.received_sigterm is set: reported below
+    if trainer.received_sigterm:
+        where = what.format(epoch=trainer.current_epoch + 1, step=trainer.global_step)
+        raise TrainingInterrupted(f"SIGTERM received during {where}")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

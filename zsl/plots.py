@@ -116,24 +116,20 @@ def plot_feature_projection(
     for i, c in enumerate(classes):
         color = cmap(i % cmap.N)
         name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
-        ax.scatter(
-            p_real[r_lab == c, 0],
-            p_real[r_lab == c, 1],
-            s=10,
-            alpha=0.6,
-            color=color,
-            marker="o",
-            label=f"{name} (real)",
-        )
-        ax.scatter(
-            p_synth[s_lab == c, 0],
-            p_synth[s_lab == c, 1],
-            s=14,
-            alpha=0.6,
-            color=color,
-            marker="x",
-            label=f"{name} (synthetic)",
-        )
+        for points, labels, size, marker, kind in (
+            (p_real, r_lab, 10, "o", "real"),
+            (p_synth, s_lab, 14, "x", "synthetic"),
+        ):
+            mine = points[labels == c]
+            ax.scatter(
+                mine[:, 0],
+                mine[:, 1],
+                s=size,
+                alpha=0.6,
+                color=color,
+                marker=marker,
+                label=f"{name} ({kind})",
+            )
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     ax.set_title(title, fontsize=10)
