@@ -23,7 +23,12 @@ from zsl.models.base import LeakageError
 from zsl.models.cadavae import CADAVAE, gaussian_kl, gaussian_w2, within_class_std
 from zsl.models.clswgan import CLSWGAN, clswgan_iteration, gradient_penalty
 from zsl.models.gen_nets import FeatureCritic, FeatureGenerator
-from zsl.models.generative import GenerativeZSL, fit_softmax_classifier, linear_warmup
+from zsl.models.generative import (
+    GenerativeZSL,
+    fit_softmax_classifier,
+    linear_warmup,
+    principal_basis,
+)
 from zsl.plots import plot_feature_projection, plot_seen_unseen_curve
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
@@ -413,6 +418,53 @@ def test_second_stage_classifier_covers_unseen_classes(tiny, tmp_path: Path, nam
     assert torch.isin(predicted, space.unseen_ids).float().mean() > 0.8
     # and it is not part of the checkpointed state
     assert not any("classifier" in k and "seen_classifier" not in k for k in model.state_dict())
+
+
+def test_principal_basis_finds_the_high_variance_directions() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 6, generator=gen) * torch.tensor([0.1, 5.0, 0.1, 2.0, 0.1, 0.1]) + 3.0
+    mean, basis = principal_basis(x, 2)
+    torch.testing.assert_close(mean, x.mean(0))
+    torch.testing.assert_close(basis.T @ basis, torch.eye(2), atol=1e-5, rtol=0)
+    # leading direction = axis 1 (std 5), second = axis 3 (std 2), up to sign
+    assert basis[:, 0].abs().argmax() == 1 and basis[1, 0].abs() > 0.99
+    assert basis[:, 1].abs().argmax() == 3 and basis[3, 1].abs() > 0.99
+    with pytest.raises(ValueError, match="cls_pca=7"):
+        principal_basis(x, 7)
+
+
+@pytest.mark.parametrize("name", ["clswgan", "cadavae"])
+def test_cls_pca_restricts_the_classifier_to_the_real_seen_span(
+    tiny, tmp_path: Path, name: str
+) -> None:
+    pl.seed_everything(0, verbose=False)
+    dm = datamodule(tiny)
+    model = build(name, dm, cls_pca=2)
+    trainer(tmp_path, 2).fit(model, dm)
+    model.fit_classifier()
+    weight, bias, universe = model._classifier
+    real = model.embed_seen(dm.train_x, dm.train_y, model._eval_generator())[0]
+    if name == "clswgan":  # the PCA of the (fixed) real features is computed once
+        assert model._basis_cache is not None
+        key = model._basis_cache[0]
+        model.fit_classifier()
+        assert model._basis_cache[0] == key
+        weight, bias, _ = model._classifier
+    basis = model._basis_cache[2]
+    assert basis.shape == (real.shape[1], 2)
+    # the folded weight lives in the span of the two principal directions: rank 2, and
+    # moving an input orthogonally to that span changes no score
+    assert torch.linalg.matrix_rank(weight) == 2
+    torch.testing.assert_close(basis @ (basis.T @ weight), weight, atol=1e-5, rtol=1e-4)
+    inputs = model.embed(dm.eval_x)
+    other = torch.randn(inputs.shape, generator=torch.Generator().manual_seed(3))
+    other = other - (other @ basis) @ basis.T
+    torch.testing.assert_close(inputs @ weight + bias, (inputs + other) @ weight + bias)
+    with pytest.raises(ValueError, match="cls_pca"):
+        build(name, dm, cls_pca=0)
+    model.hparams.cls_pca = real.shape[1] + 1
+    with pytest.raises(ValueError, match=f"cls_pca={real.shape[1] + 1}"):
+        model.fit_classifier()
 
 
 # ---------------------------------------------------------- Lightning fit + test, plots

@@ -25,7 +25,12 @@ from torch import Tensor, nn
 
 from zsl.data.datamodule import ZSLBatch
 from zsl.models.gen_nets import FeatureCritic, FeatureGenerator, randn
-from zsl.models.generative import GenerativeZSL, check_positive, fit_softmax_classifier
+from zsl.models.generative import (
+    GenerativeZSL,
+    check_positive,
+    check_second_stage,
+    fit_softmax_classifier,
+)
 
 
 def gradient_penalty(
@@ -131,16 +136,14 @@ class CLSWGAN(GenerativeZSL):
         synth_ratio: float | None = None,
         cls_epochs: int = 25,
         cls_steps: int | None = None,
+        cls_pca: int | None = None,
         cls_lr: float = 1e-3,
         cls_batch_size: int = 64,
         cls_weight_decay: float = 0.0,
         eval_seed: int = 0,
         projection_plot: bool = True,
     ) -> None:
-        if cls_steps is not None and not cls_steps > 0:
-            raise ValueError(f"cls_steps must be positive or null, got {cls_steps}")
-        if synth_ratio is not None and not synth_ratio > 0:
-            raise ValueError(f"synth_ratio must be positive or null, got {synth_ratio}")
+        check_second_stage(synth_ratio, cls_steps, cls_pca)
         check_positive(
             gen_hidden=gen_hidden,
             critic_hidden=critic_hidden,

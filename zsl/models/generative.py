@@ -19,6 +19,14 @@ addition) fixes the classifier's number of updates: with ``cls_epochs`` the larg
 set (and a larger ``synth_ratio``) means more updates, and a longer-trained classifier learns
 the real-vs-synthetic gap and drifts to the seen classes.
 
+Where the classifier may look: with ``cls_pca = k`` (optional, an addition, null = the papers)
+the classifier sees only the top-``k`` principal components of the real seen training examples
+(equivalently: its weight is constrained to their span, a rank-``k`` softmax). A generator
+varies its outputs along few directions, and a classifier on all 4096 feature dimensions
+learns to tell real from synthetic along the directions where only real features vary; real
+unseen test images then look "real", hence seen. Measured on CUB VGG validation classes with
+one trained f-CLSWGAN generator: GZSL H 42.3 on all dimensions, 44.7 on the top 256.
+
 "Examples" live in the model's *classifier space*: image features for f-CLSWGAN, latent codes
 for CADA-VAE (:meth:`GenerativeZSL.embed`, :meth:`GenerativeZSL.embed_seen`,
 :meth:`GenerativeZSL.synthesize`).
@@ -90,14 +98,41 @@ def fit_softmax_classifier(
     return weight.detach() * scale, bias.detach()
 
 
+def principal_basis(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Mean [E] and the ``k`` leading principal directions [E, k] (orthonormal columns,
+    descending variance) of the rows of ``x`` [N, E], from the eigenvectors of the covariance."""
+    if not 0 < k <= x.shape[1]:
+        raise ValueError(
+            f"cls_pca={k} principal components asked of {x.shape[1]}-d classifier inputs; "
+            f"use 1..{x.shape[1]} or null"
+        )
+    mean = x.mean(dim=0)
+    centred = x - mean
+    _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+    return mean, vectors[:, -k:].flip(1).contiguous()
+
+
+def check_second_stage(
+    synth_ratio: float | None, cls_steps: int | None, cls_pca: int | None
+) -> None:
+    """Raise a ValueError for a non-positive optional second-stage setting (null is allowed)."""
+    for name, value in (
+        ("synth_ratio", synth_ratio),
+        ("cls_steps", cls_steps),
+        ("cls_pca", cls_pca),
+    ):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive or null, got {value}")
+
+
 class GenerativeZSL(ZSLModule):
     """Base of feature-generating models: the GZSL classifier on real seen + synthetic unseen.
 
     Subclasses build their generator in ``configure_models``, train it (``training_loss``) and
     implement :meth:`synthesize` (plus :meth:`embed` / :meth:`embed_seen` when the classifier
     space is not the feature space) and :meth:`generate_features`. Hyper-parameters read here:
-    ``n_synth``, ``synth_ratio``, ``cls_epochs``, ``cls_steps``, ``cls_lr``, ``cls_batch_size``,
-    ``cls_weight_decay``, ``eval_seed`` and ``projection_plot``.
+    ``n_synth``, ``synth_ratio``, ``cls_epochs``, ``cls_steps``, ``cls_pca``, ``cls_lr``,
+    ``cls_batch_size``, ``cls_weight_decay``, ``eval_seed`` and ``projection_plot``.
     """
 
     uses_unseen_semantics: ClassVar[bool] = True
@@ -108,6 +143,9 @@ class GenerativeZSL(ZSLModule):
         super().__init__(feature_dim, n_attributes, n_classes)
         # (weight [E, U], bias [U], universe ids [U]); outside the module tree on purpose
         self._classifier: tuple[Tensor, Tensor, Tensor] | None = None
+        # (key, mean, basis) of the last cls_pca basis: the real seen features of f-CLSWGAN are
+        # the same at every evaluation, so their PCA is computed once
+        self._basis_cache: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
 
     # -- hooks for subclasses ---------------------------------------------------------
     def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
@@ -153,15 +191,28 @@ class GenerativeZSL(ZSLModule):
     # -- the second stage -------------------------------------------------------------
     @torch.inference_mode(False)
     def fit_classifier(self) -> None:
-        """Train the GZSL softmax classifier on real seen + synthetic unseen examples
-        (:meth:`n_synth_per_class` per unseen class), over the protocol's universe (global ids)."""
-        hp = self.hparams
+        """Train the GZSL softmax classifier on the real seen training examples (from the
+        datamodule, through :meth:`embed_seen`) + synthetic unseen ones."""
         gen = self._eval_generator()
         was_training = self.training
         self.eval()
         with torch.no_grad():
             x, y = self.seen_training_data()
             real, real_y = self.embed_seen(x, y, gen)
+        self.train(was_training)
+        self.train_classifier(real, real_y, gen)
+
+    @torch.inference_mode(False)
+    def train_classifier(self, real: Tensor, real_y: Tensor, generator: torch.Generator) -> None:
+        """Fit the GZSL softmax classifier over the protocol's universe (global ids) on ``real``
+        seen examples in classifier space [N, E] with global labels [N] plus
+        :meth:`n_synth_per_class` synthetic examples per unseen class (``cls_pca``: on the top
+        principal components of ``real``)."""
+        hp = self.hparams
+        gen = generator
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
             unseen = self.unseen_ids
             n_synth = self.n_synth_per_class(real.shape[0])
             synth = self.synthesize(self.unseen_semantics(), n_synth, gen)
@@ -171,6 +222,10 @@ class GenerativeZSL(ZSLModule):
         inputs = torch.cat([real, synth]).detach().clone()
         targets = torch.searchsorted(universe, torch.cat([real_y, synth_y]))
         self.check_finite(synth, "synthetic examples")
+        rank = hp.get("cls_pca")
+        if rank is not None:
+            mean, basis = self.classifier_basis(real, int(rank))
+            inputs = (inputs - mean) @ basis
         weight, bias = fit_softmax_classifier(
             inputs,
             targets,
@@ -182,7 +237,18 @@ class GenerativeZSL(ZSLModule):
             gen,
             None if hp.get("cls_steps") is None else int(hp.cls_steps),
         )
+        if rank is not None:  # fold the projection in: (x - mean) @ basis @ w + b
+            weight = basis @ weight
+            bias = bias - mean @ weight
         self._classifier = (weight, bias, universe)
+
+    def classifier_basis(self, real: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Mean and top-``k`` principal directions of the real seen classifier inputs (cached
+        while the inputs and ``k`` stay the same)."""
+        key = (tuple(real.shape), k, float(real.sum()), float(real.pow(2).sum()))
+        if self._basis_cache is None or self._basis_cache[0] != key:
+            self._basis_cache = (key, *principal_basis(real, k))
+        return self._basis_cache[1], self._basis_cache[2]
 
     def n_synth_per_class(self, n_real_seen: int) -> int:
         """Synthetic examples per unseen class: ``n_synth``, or with ``synth_ratio`` set
