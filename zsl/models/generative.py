@@ -209,13 +209,12 @@ class GenerativeZSL(ZSLModule):
         :meth:`n_synth_per_class` synthetic examples per unseen class (``cls_pca``: on the top
         principal components of ``real``)."""
         hp = self.hparams
-        gen = generator
         was_training = self.training
         self.eval()
         with torch.no_grad():
             unseen = self.unseen_ids
             n_synth = self.n_synth_per_class(real.shape[0])
-            synth = self.synthesize(self.unseen_semantics(), n_synth, gen)
+            synth = self.synthesize(self.unseen_semantics(), n_synth, generator)
             synth_y = unseen.repeat_interleave(n_synth)
         self.train(was_training)
         universe = torch.nonzero(self.universe_mask()).squeeze(1)
@@ -234,7 +233,7 @@ class GenerativeZSL(ZSLModule):
             float(hp.cls_lr),
             int(hp.cls_batch_size),
             float(hp.cls_weight_decay),
-            gen,
+            generator,
             None if hp.get("cls_steps") is None else int(hp.cls_steps),
         )
         if rank is not None:  # fold the projection in: (x - mean) @ basis @ w + b
