@@ -46,7 +46,7 @@ from zsl.data.datamodule import ZSLDataModule
 from zsl.data.errors import DataError
 from zsl.data.xlsa17 import ZSLData, load_xlsa17
 from zsl.models import get_model_class
-from zsl.models.base import LeakageError, ZSLModule
+from zsl.models.base import LeakageError, ModelLoadError, ZSLModule
 from zsl.report import write_reports
 from zsl.selection import Selection, ValFit, grid_points, search_metric, select
 
@@ -130,7 +130,10 @@ class Runner:
 
     def model(self, dm: ZSLDataModule, params: dict[str, Any]) -> ZSLModule:
         space = dm.class_space
-        model = self.model_cls(space.feature_dim, space.n_attributes, space.n_classes, **params)
+        try:
+            model = self.model_cls(space.feature_dim, space.n_attributes, space.n_classes, **params)
+        except ValueError as err:  # the model's own checks of its hyper-parameters
+            raise ConfigError(f"model.params ({self.cfg.model.name}): {err}") from err
         model.set_class_space(space)
         return model
 
@@ -143,6 +146,19 @@ class Runner:
     ) -> pl.Trainer:
         tcfg = self.cfg.trainer
         callbacks = list(callbacks or [])
+        try:
+            return self._trainer(tcfg, max_epochs, logger, validate, callbacks)
+        except ValueError as err:  # Lightning's checks of its arguments (e.g. precision)
+            raise ConfigError(f"trainer: {err}") from err
+
+    def _trainer(
+        self,
+        tcfg: DictConfig,
+        max_epochs: int,
+        logger: Logger | bool,
+        validate: bool,
+        callbacks: list[Callback],
+    ) -> pl.Trainer:
         return pl.Trainer(
             max_epochs=1 if self.model_cls.closed_form else max_epochs,
             accelerator=tcfg.accelerator,
@@ -440,10 +456,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         FileExistsError,
         NotADirectoryError,  # output_dir names an existing file
         LeakageError,
+        ModelLoadError,  # pre-trained weights (CLIP) not found or not loadable offline
         FloatingPointError,
         ResumeError,
     ) as err:
         raise SystemExit(f"error: {' '.join(str(err).split())}") from None  # one line
+    except ConfigError as err:  # found once the data is known (model and trainer settings)
+        raise SystemExit(f"config error: {' '.join(str(err).split())}") from None
     except pl.utilities.exceptions.MisconfigurationException as err:  # Lightning's own checks
         raise SystemExit(f"config error: trainer: {' '.join(str(err).split())}") from None
     except TrainingInterrupted as err:

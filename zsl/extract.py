@@ -48,6 +48,7 @@ from zsl.images import (
     pick_device,
     resolve_image_paths,
 )
+from zsl.models.base import ModelLoadError
 
 DEFAULT_BACKBONE = "resnet101"
 CLIP_BACKBONE = "clip"
@@ -141,7 +142,7 @@ def torchvision_backbone(name: str, weights: str = "imagenet") -> Backbone:
             model = torchvision.models.get_model(name, weights=enum)
         except Exception as err:  # noqa: BLE001 - URLError, HTTPError, socket errors, ...
             cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
-            raise RuntimeError(
+            raise ModelLoadError(
                 f"cannot load ImageNet weights of {name}: not in torchvision's cache ({cache}) "
                 f"and the download of {enum.url} failed ({type(err).__name__}: {err}). Download "
                 f"that file elsewhere and put it at {cache}, or pass --weights /path/to/file.pth "
@@ -509,5 +510,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return args.output
 
 
+def run_cli(argv: Sequence[str] | None = None) -> None:
+    """``python -m zsl.extract``: :func:`main`, with bad input (missing or unreadable files,
+    unknown backbones, weights that do not load or fit) reported as one line, exit status 1."""
+    try:
+        main(argv)
+    except (DataError, ModelLoadError, FileNotFoundError, FileExistsError, ValueError) as err:
+        raise SystemExit(f"error: {' '.join(str(err).split())}") from None
+
+
 if __name__ == "__main__":
-    main()
+    run_cli()

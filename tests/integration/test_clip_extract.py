@@ -363,6 +363,25 @@ def test_model_clip_missing_image_root_names_the_first_image(
     assert str(ws.base / "not_there") in str(err.value) and repr(first) in str(err.value)
 
 
+def test_model_clip_missing_weights_is_one_line(ws: Workspace) -> None:
+    missing = ws.base / "no_clip_weights"
+    with pytest.raises(SystemExit) as err:
+        train_main(
+            ws.train_args(
+                "CUSTOM",
+                "resnet18.mat",
+                "clip_no_weights",
+                "model=clip",
+                f"model.params.model={missing}",
+                "model.params.num_workers=0",
+                "model.params.device=cpu",
+            )
+        )
+    message = err.value.code
+    assert isinstance(message, str) and "\n" not in message, message
+    assert message.startswith(f"error: CLIP weights '{missing}': local directory"), message
+
+
 def test_clip_weight_loading_errors(monkeypatch: pytest.MonkeyPatch, tiny_clip: Path) -> None:
     import transformers
 

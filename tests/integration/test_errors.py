@@ -396,6 +396,16 @@ CASES: dict[str, Case] = {
         "config error: trainer: No supported gpu backend found",
         (),
     ),
+    "bad trainer precision": Case(
+        tiny_run("trainer.precision=foo"),
+        "config error: trainer: Precision 'foo' is invalid",
+        ("Allowed precision values", "32-true"),
+    ),
+    "non-positive learning rate": Case(
+        tiny_run("model.params.lr=-0.1"),
+        "config error: model.params (ale): ALE: lr must be positive, got -0.1",
+        (),
+    ),
 }
 
 

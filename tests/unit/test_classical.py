@@ -4,6 +4,7 @@ a hand-worked example, the scoring contract, and a short Lightning fit per model
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -312,3 +313,30 @@ def test_short_fit_beats_chance(name: str, tiny: ZSLData) -> None:
     trainer.test(model, dm, verbose=False)
     assert model.last_eval["zsl_t1"] > 1.5 * 25.0
     assert model.last_eval["gzsl_h_cal"] > 0.0  # calibrated: uncalibrated H may be 0 (seen bias)
+
+
+def bad_hparams() -> list[tuple[str, str, float]]:
+    """(model, hyper-parameter, bad value) for every learning rate, weight decay and margin a
+    registered model takes."""
+    from zsl.models import MODELS, get_model_class
+    from zsl.models.base import NON_NEGATIVE_HPARAMS, POSITIVE_HPARAMS
+
+    cases = []
+    for name in sorted(MODELS):
+        params = inspect.signature(get_model_class(name).__init__).parameters
+        cases += [(name, p, 0.0) for p in POSITIVE_HPARAMS if p in params]
+        cases += [(name, p, -0.5) for p in NON_NEGATIVE_HPARAMS if p in params]
+    return cases
+
+
+@pytest.mark.parametrize(("name", "param", "value"), bad_hparams())
+def test_models_reject_bad_rates_decays_and_margins(name: str, param: str, value: float) -> None:
+    from zsl.models import get_model_class
+
+    cls = get_model_class(name)
+    # the base's check names the model; the generative models' own checks list every bad value
+    message = rf"({cls.__name__}: {param} must be|must be positive: (.*, )?{param}=)"
+    with pytest.raises(ValueError, match=message):
+        cls(8, 4, 6, **{param: value})
+    with pytest.raises(ValueError, match=message):
+        cls(8, 4, 6, **{param: float("nan")})

@@ -18,6 +18,7 @@ from zsl.data.errors import DataError
 from zsl.data.xlsa17 import load_xlsa17
 from zsl.extract import Backbone, BackboneSpec, extract_features, extract_to_file
 from zsl.images import batch_plan, imagenet_transform, list_image_folder, resolve_image_paths
+from zsl.models.base import ModelLoadError
 from zsl.models.clip import clean_class_name, prompt_names, resolve_templates
 
 COLOURS = {"Red": (220, 30, 30), "Green": (30, 200, 30), "Blue": (30, 30, 220)}
@@ -183,9 +184,26 @@ def test_torchvision_backbone_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(torchvision.models, "get_model", offline)
     with pytest.raises(
-        RuntimeError, match=r"ImageNet weights of resnet101.*--weights /path/to/file.pth"
+        ModelLoadError, match=r"ImageNet weights of resnet101.*--weights /path/to/file.pth"
     ):
         extract.torchvision_backbone("resnet101", "imagenet")
+
+
+def test_extract_cli_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "res101.mat"
+    with pytest.raises(SystemExit) as err:
+        extract.run_cli(["--from", str(missing), "--output", str(tmp_path / "out.mat")])
+    assert err.value.code == f"error: {missing}: file not found"
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a" / "x.png")
+    with pytest.raises(SystemExit) as err:
+        extract.run_cli(
+            ["--images", str(tmp_path / "images"), "--backbone", "resnet9000"]
+            + ["--weights", "none", "--output", str(tmp_path / "out.mat")]
+        )
+    message = err.value.code
+    assert isinstance(message, str) and "\n" not in message
+    assert message.startswith("error: unknown backbone 'resnet9000'"), message
 
 
 def test_other_torchvision_heads() -> None:

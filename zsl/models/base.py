@@ -26,6 +26,28 @@ class LeakageError(RuntimeError):
     """A model asked for unseen-class information it must not see during training."""
 
 
+class ModelLoadError(RuntimeError):
+    """Pre-trained weights a model needs (e.g. CLIP's) could not be loaded."""
+
+
+#: hyper-parameters that must be positive / non-negative wherever a model has them
+POSITIVE_HPARAMS = ("lr", "cls_lr", "pretrain_lr")
+NON_NEGATIVE_HPARAMS = ("weight_decay", "cls_weight_decay", "margin")
+
+
+def check_common_hparams(model: str, hparams: dict[str, Any]) -> None:
+    """Raise a ValueError naming ``model`` and the first learning rate that is not positive or
+    weight decay / margin that is negative (NaN counts as bad)."""
+    for name in POSITIVE_HPARAMS:
+        value = hparams.get(name)
+        if isinstance(value, (int, float)) and not value > 0:
+            raise ValueError(f"{model}: {name} must be positive, got {value}")
+    for name in NON_NEGATIVE_HPARAMS:
+        value = hparams.get(name)
+        if isinstance(value, (int, float)) and not value >= 0:
+            raise ValueError(f"{model}: {name} must be >= 0, got {value}")
+
+
 class ZSLModule(pl.LightningModule):
     """Base LightningModule: subclasses implement ``scores`` and a way to fit."""
 
@@ -37,6 +59,7 @@ class ZSLModule(pl.LightningModule):
     def __init__(self, feature_dim: int, n_attributes: int, n_classes: int) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_common_hparams(type(self).__name__, dict(self.hparams))
         self.feature_dim, self.n_attributes, self.n_classes = feature_dim, n_attributes, n_classes
         self.register_buffer("semantics", torch.zeros(n_classes, n_attributes))
         self.register_buffer("seen_ids", torch.zeros(0, dtype=torch.long))

@@ -37,7 +37,7 @@ from zsl.data.errors import DataError
 from zsl.data.xlsa17 import ZSLData
 from zsl.extract import Backbone, BackboneSpec, extract_features, extract_to_file
 from zsl.images import pick_device, resolve_image_paths
-from zsl.models.base import ZSLModule
+from zsl.models.base import ModelLoadError, ZSLModule
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 
@@ -79,7 +79,7 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
-class CLIPLoadError(RuntimeError):
+class CLIPLoadError(ModelLoadError):
     """CLIP weights, tokenizer or image processor could not be loaded."""
 
 
