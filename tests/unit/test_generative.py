@@ -22,7 +22,7 @@ from zsl.models import get_model_class
 from zsl.models.base import LeakageError
 from zsl.models.cadavae import CADAVAE, gaussian_kl, gaussian_w2, within_class_std
 from zsl.models.clswgan import CLSWGAN, clswgan_iteration, gradient_penalty
-from zsl.models.gen_nets import FeatureCritic, FeatureGenerator
+from zsl.models.gen_nets import FeatureCritic, FeatureGenerator, ema_update
 from zsl.models.generative import (
     GenerativeZSL,
     fit_softmax_classifier,
@@ -86,8 +86,11 @@ def build(name: str, dm: ZSLDataModule, **overrides) -> GenerativeZSL:
     return model
 
 
-def trainer(tmp_path: Path, epochs: int, validate: bool = False) -> pl.Trainer:
+def trainer(
+    tmp_path: Path, epochs: int, validate: bool = False, callbacks: list | None = None
+) -> pl.Trainer:
     return pl.Trainer(
+        callbacks=callbacks,
         max_epochs=epochs,
         accelerator="cpu",
         logger=False,
@@ -264,6 +267,76 @@ def test_clswgan_seen_classifier_is_pretrained_and_frozen(tiny, tmp_path: Path) 
     in_optim = {id(p) for opt in tr.optimizers for g in opt.param_groups for p in g["params"]}
     assert not in_optim & {id(p) for p in model.seen_classifier.parameters()}
     assert in_optim == {id(p) for p in [*model.generator.parameters(), *model.critic.parameters()]}
+
+
+def test_ema_update_is_the_moving_average() -> None:
+    torch.manual_seed(0)
+    average, model = FeatureGenerator(3, 2, 5, 4), FeatureGenerator(3, 2, 5, 4)
+    before = [p.clone() for p in average.parameters()]
+    ema_update(average, model, 0.9)
+    for avg, old, cur in zip(average.parameters(), before, model.parameters()):
+        torch.testing.assert_close(avg, 0.9 * old + 0.1 * cur)
+    with pytest.raises(ValueError, match="averaged tensor"):
+        ema_update(average, FeatureGenerator(3, 2, 6, 4), 0.9)
+
+
+class GeneratorTrace(pl.Callback):
+    """The generator's weights when training starts and after every training batch."""
+
+    def __init__(self) -> None:
+        self.states: list[list[torch.Tensor]] = []
+
+    def record(self, module: CLSWGAN) -> None:
+        self.states.append([p.detach().clone() for p in module.generator.parameters()])
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: CLSWGAN) -> None:
+        self.record(pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: CLSWGAN, *args) -> None:
+        self.record(pl_module)
+
+
+def test_clswgan_gen_ema_averages_every_generator_step(tiny, tmp_path: Path) -> None:
+    """gen_ema: the average starts at the initialised generator, follows
+    avg <- d * avg + (1 - d) * generator after every step, stays out of the optimizers, and is
+    what synthesises features."""
+    pl.seed_everything(0, verbose=False)
+    dm = datamodule(tiny)
+    model = build("clswgan", dm, gen_ema=0.7)
+    trace = GeneratorTrace()
+    tr = trainer(tmp_path, 2, callbacks=[trace])
+    tr.fit(model, dm)
+    assert len(trace.states) == 1 + 2 * len(dm.train_dataloader())
+    expected = trace.states[0]
+    for state in trace.states[1:]:
+        expected = [0.7 * e + 0.3 * s for e, s in zip(expected, state)]
+    assert model.generator_ema is not None
+    for avg, exp, cur in zip(model.generator_ema.parameters(), expected, trace.states[-1]):
+        torch.testing.assert_close(avg, exp)
+        assert not torch.allclose(avg, cur)
+        assert not avg.requires_grad
+    in_optim = {id(p) for opt in tr.optimizers for g in opt.param_groups for p in g["params"]}
+    assert not in_optim & {id(p) for p in model.generator_ema.parameters()}
+
+    sem = dm.class_space.semantics[:2]
+    averaged = model.synthesize(sem, 4, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(
+        averaged, model.generator_ema.sample(sem, 4, torch.Generator().manual_seed(1))[0]
+    )
+    assert not torch.allclose(
+        averaged, model.generator.sample(sem, 4, torch.Generator().manual_seed(1))[0]
+    )
+    torch.testing.assert_close(
+        model.generate_features(sem, 4, torch.Generator().manual_seed(1)), averaged
+    )
+    assert "generator_ema.output.weight" in model.state_dict()
+    assert build("clswgan", dm).generator_ema is None  # null: the paper's last iterate
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, float("nan")])
+def test_clswgan_rejects_a_bad_gen_ema(value: float) -> None:
+    with pytest.raises(ValueError, match="gen_ema"):
+        CLSWGAN(8, 4, 6, gen_hidden=8, critic_hidden=8, gen_ema=value)
 
 
 def test_cadavae_aligns_latents_on_a_tiny_dataset(tiny, tmp_path: Path) -> None:
@@ -521,11 +594,17 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ generate()
 
 
-@pytest.mark.parametrize("name", ["clswgan", "cadavae"])
-def test_generate_round_trips_from_a_checkpoint(tiny, tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [("clswgan", {}), ("clswgan", {"gen_ema": 0.5}), ("cadavae", {})],
+    ids=["clswgan", "clswgan-gen_ema", "cadavae"],
+)
+def test_generate_round_trips_from_a_checkpoint(
+    tiny, tmp_path: Path, name: str, overrides: dict
+) -> None:
     pl.seed_everything(0, verbose=False)
     dm = datamodule(tiny)
-    model = build(name, dm)
+    model = build(name, dm, **overrides)
     tr = trainer(tmp_path, 2)
     tr.fit(model, dm)
     ckpt = tmp_path / "model.ckpt"

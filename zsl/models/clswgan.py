@@ -11,10 +11,22 @@ Training uses Lightning's manual optimisation: every batch of real seen features
 ``n_critic`` critic mini-batches (one critic step each, as the reference code draws ``n_critic``
 fresh mini-batches per generator step), followed by one generator step on the whole batch's
 classes. With ``data.batch_size=320`` the critic batch is the paper's 64.
+
+``gen_ema`` (an addition, null = the paper) keeps an exponential moving average of the
+generator's weights, updated after every generator step, and synthesises from the average
+instead of the last iterate (weight averaging of GAN generators: Yazici et al., "The Unusual
+Effectiveness of Averaging in GAN Training", ICLR 2019). With the high learning rate a CPU
+budget needs, the last iterate jitters from step to step; the average is a smoother
+generator. Measured on CUB VGG validation classes (256 hidden units, lr 1e-3, 37 generator
+steps per epoch; one generator run, the last iterate and the averages of the same run
+compared at the same epochs): GZSL H at epochs 19/22/25/30/35 was 45.3/45.4/45.4/44.3/44.5
+for the last iterate, 46.4/47.2/47.1/46.2/44.9 with decay 0.995 and 44.9/45.7/47.1/47.3/46.8
+with 0.998 (ZSL top-1 about 54 instead of 50).
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zsl.data.datamodule import ZSLBatch
-from zsl.models.gen_nets import FeatureCritic, FeatureGenerator, randn
+from zsl.models.gen_nets import FeatureCritic, FeatureGenerator, ema_update, randn
 from zsl.models.generative import (
     GenerativeZSL,
     check_positive,
@@ -113,8 +125,11 @@ class CLSWGAN(GenerativeZSL):
 
     Defaults are the paper's (4096 hidden units, Adam 1e-4 / betas (0.5, 0.999), 5 critic
     steps, lambda 10, beta 0.01, noise size = number of attributes, 300 synthetic features per
-    unseen class, final classifier 25 epochs at 1e-3); ``configs/model/clswgan.yaml`` shrinks
-    the networks for CPU budgets.
+    unseen class, final classifier 25 epochs at 1e-3, no weight averaging);
+    ``configs/model/clswgan.yaml`` shrinks the networks for CPU budgets.
+
+    ``gen_ema`` in [0, 1): per-step decay of the generator's weight average that synthesises
+    features (``generator_ema``; null = synthesise from the trained generator itself).
     """
 
     def __init__(
@@ -130,6 +145,7 @@ class CLSWGAN(GenerativeZSL):
         n_critic: int = 5,
         gp_weight: float = 10.0,
         cls_weight: float = 0.01,
+        gen_ema: float | None = None,
         pretrain_epochs: int = 50,
         pretrain_lr: float = 1e-3,
         n_synth: int = 300,
@@ -144,6 +160,8 @@ class CLSWGAN(GenerativeZSL):
         projection_plot: bool = True,
     ) -> None:
         check_second_stage(synth_ratio, cls_steps, cls_pca)
+        if gen_ema is not None and not 0.0 <= gen_ema < 1.0:
+            raise ValueError(f"gen_ema must be in [0, 1) or null, got {gen_ema}")
         check_positive(
             gen_hidden=gen_hidden,
             critic_hidden=critic_hidden,
@@ -164,6 +182,11 @@ class CLSWGAN(GenerativeZSL):
             self.n_attributes, noise_dim, hp.gen_hidden, self.feature_dim
         )
         self.critic = FeatureCritic(self.feature_dim, self.n_attributes, hp.critic_hidden)
+        # weight average of the generator (gen_ema); a frozen copy outside every optimizer,
+        # saved in checkpoints with the generator
+        self.generator_ema: FeatureGenerator | None = None
+        if hp.get("gen_ema") is not None:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
         # softmax classifier over global ids, used on the seen columns only; pre-trained in
         # on_fit_start and frozen (not in any optimizer)
         self.seen_classifier = nn.Linear(self.feature_dim, self.n_classes)
@@ -188,6 +211,8 @@ class CLSWGAN(GenerativeZSL):
         x, y = self.seen_training_data()
         if not bool(self.generator_initialised):
             self.generator.init_output_bias(x.mean(dim=0))
+            if self.generator_ema is not None:
+                self.generator_ema.load_state_dict(self.generator.state_dict())
             self.generator_initialised.fill_(True)
         if bool((x < 0).any()):
             warnings.warn(
@@ -239,6 +264,8 @@ class CLSWGAN(GenerativeZSL):
             backward=self.manual_backward,
         )
         self.check_finite(losses["critic_loss"], "critic loss")
+        if self.generator_ema is not None:
+            ema_update(self.generator_ema, self.generator, float(hp.gen_ema))
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items() if k != "generator_loss"},
             on_step=False,
@@ -247,10 +274,15 @@ class CLSWGAN(GenerativeZSL):
         return losses["generator_loss"]
 
     # -- generation ---------------------------------------------------------------------
+    def sampler(self) -> FeatureGenerator:
+        """The network that synthesises features: the weight average with ``gen_ema``, else
+        the trained generator."""
+        return self.generator if self.generator_ema is None else self.generator_ema
+
     def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
-        return self.generator.sample(class_semantics, n, generator)[0]
+        return self.sampler().sample(class_semantics, n, generator)[0]
 
     def generate_features(
         self, attributes: Tensor, n: int, generator: torch.Generator | None = None
     ) -> Tensor:
-        return self.generator.sample(attributes, n, generator)[0]
+        return self.sampler().sample(attributes, n, generator)[0]

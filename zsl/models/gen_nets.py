@@ -20,6 +20,25 @@ def init_normal(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(layer.bias)
 
 
+@torch.no_grad()
+def ema_update(average: nn.Module, model: nn.Module, decay: float) -> None:
+    """Exponential moving average of weights, in place:
+    ``average <- decay * average + (1 - decay) * model`` for every parameter and floating-point
+    buffer (the two modules must have the same architecture)."""
+    pairs = [*zip(average.parameters(), model.parameters(), strict=True)]
+    pairs += [
+        (a, m)
+        for a, m in zip(average.buffers(), model.buffers(), strict=True)
+        if a.is_floating_point()
+    ]
+    for avg, cur in pairs:
+        if avg.shape != cur.shape:
+            raise ValueError(
+                f"ema_update: averaged tensor {tuple(avg.shape)} vs model {tuple(cur.shape)}"
+            )
+        avg.lerp_(cur, 1.0 - decay)
+
+
 def init_xavier(module: nn.Module, gain: float = 0.5) -> None:
     """Xavier-uniform weights and zero biases for every ``nn.Linear`` (the CADA-VAE init)."""
     for layer in module.modules():
