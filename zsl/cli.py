@@ -48,7 +48,15 @@ from zsl.data.xlsa17 import ZSLData, load_xlsa17
 from zsl.models import get_model_class
 from zsl.models.base import LeakageError, ModelLoadError, ZSLModule
 from zsl.report import write_reports
-from zsl.selection import Selection, ValFit, grid_points, search_metric, select
+from zsl.selection import (
+    Selection,
+    ValFit,
+    grid_points,
+    search_metric,
+    select,
+    transfer_epochs,
+    transfer_rule,
+)
 
 REPORT_KEYS = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_u_cal", "gzsl_s_cal", "gzsl_h_cal")
 
@@ -127,6 +135,10 @@ class Runner:
         )
         dm.setup()
         return dm
+
+    def train_batches(self, protocol: str) -> int:
+        """Training batches per epoch of ``protocol`` (the same on every DDP rank)."""
+        return len(self.datamodule(protocol).train_dataloader())
 
     def model(self, dm: ZSLDataModule, params: dict[str, Any]) -> ZSLModule:
         space = dm.class_space
@@ -353,13 +365,18 @@ def _select_and_test(
         ),
     )
     reports: list[Path] = []
+    final_epochs = best.epochs
     if protocol == "val":
         metrics = dict(best.metrics)
         per_class = None
     else:
+        if not runner.model_cls.closed_form:
+            rule = transfer_rule(cfg.model)
+            batches = (runner.train_batches("val"), runner.train_batches("test"))
+            final_epochs = transfer_epochs(best.epochs, *batches, rule)
         model = runner.fit_test(
             best.params,
-            best.epochs,
+            final_epochs,
             best.metrics["gamma"],
             logger,
             run_dir / CHECKPOINT_DIR / "final",
@@ -379,6 +396,7 @@ def _select_and_test(
         model=str(cfg.model.name),
         selected_params=best.params,
         selected_epochs=best.epochs,
+        final_epochs=final_epochs,
         selection_metric=selection.metric,
         wall_time_s=time.perf_counter() - start,
     )
@@ -413,6 +431,8 @@ def print_table(metrics: dict[str, Any], selection: Selection) -> None:
         f"\n{metrics['model']} on {metrics['dataset']} ({split}); selected "
         f"{selection.best.params} epochs={selection.best.epochs} by val {selection.metric}"
     )
+    if metrics["final_epochs"] != selection.best.epochs:
+        print(f"trainval fit: {metrics['final_epochs']} epochs (the same number of updates)")
     print(f"{'':14}{'ZSL T1':>8}{'u':>8}{'s':>8}{'H':>8}")
     print(
         f"{'uncalibrated':14}{metrics['zsl_t1']:8.2f}{metrics['gzsl_u']:8.2f}"

@@ -209,6 +209,12 @@ def validate(cfg: DictConfig) -> None:
     if search is not None:
         if search.get("metric", "zsl_t1") not in ("zsl_t1", "gzsl_h", "gzsl_h_cal"):
             raise ConfigError("model.search.metric must be zsl_t1, gzsl_h or gzsl_h_cal")
+        from zsl.selection import TRANSFER_RULES
+
+        if search.get("transfer", "epochs") not in TRANSFER_RULES:
+            raise ConfigError(
+                f"model.search.transfer must be 'epochs' or 'steps', got {search.transfer!r}"
+            )
         for key, values in (search.get("grid") or {}).items():
             if key not in cfg.model.params:
                 raise ConfigError(

@@ -95,6 +95,34 @@ def search_metric(model_cfg: DictConfig) -> str:
     return str(search.get("metric", "zsl_t1")) if search is not None else "zsl_t1"
 
 
+#: how the epoch count selected on the val protocol carries over to the trainval fit
+TRANSFER_RULES = ("epochs", "steps")
+
+
+def transfer_rule(model_cfg: DictConfig) -> str:
+    """``model.search.transfer``: ``epochs`` (default) or ``steps``."""
+    search = model_cfg.get("search")
+    return str(search.get("transfer", "epochs")) if search is not None else "epochs"
+
+
+def transfer_epochs(epochs: int, val_batches: int, trainval_batches: int, rule: str) -> int:
+    """Epochs of the final trainval fit for ``epochs`` selected on the val protocol.
+
+    ``epochs``: the same count. ``steps``: the count with about the same number of training
+    batches (``epochs * val_batches / trainval_batches``, rounded, at least 1) -- trainval is
+    larger than the val protocol's training set (CUB: 150 vs 100 classes), so the same epoch
+    count means more updates there."""
+    if rule not in TRANSFER_RULES:
+        raise ValueError(f"unknown epoch transfer rule {rule!r}; use one of {TRANSFER_RULES}")
+    if rule == "epochs":
+        return epochs
+    if val_batches < 1 or trainval_batches < 1:
+        raise ValueError(
+            f"batches per epoch must be >= 1, got val {val_batches}, trainval {trainval_batches}"
+        )
+    return max(1, round(epochs * val_batches / trainval_batches))
+
+
 def save_trial(trials_dir: Path, index: int, trial: Trial) -> Path:
     """Record a finished grid point as ``<trials_dir>/<index>.json`` (atomically)."""
     path = trials_dir / f"{index}.json"

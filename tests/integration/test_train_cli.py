@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import N_CLASSES, REPO_ROOT, write_xlsa17
 from omegaconf import OmegaConf
 
@@ -142,6 +143,7 @@ def test_train_test_protocol(cli_runs: dict[str, CliRun]) -> None:
     assert "${" not in (run.run_dir / "config.yaml").read_text()  # saved resolved
     selection = json.loads((run.run_dir / "selection.json").read_text())
     assert selection["best"]["epochs"] == metrics["selected_epochs"]
+    assert metrics["final_epochs"] == metrics["selected_epochs"]  # ALE: the epochs rule
     assert (run.run_dir / "csv").is_dir()
 
 
@@ -293,3 +295,27 @@ def test_wandb_offline_run_holds_model_artifacts(cli_runs: dict[str, CliRun]) ->
         assert Path(entry.local_path).resolve() == (run.run_dir / relative).resolve()
         assert entry.size == (run.run_dir / relative).stat().st_size > 0
     assert json.loads(models["val-best"].metadata)["epochs"] == best["epochs"]
+
+
+def test_steps_transfer_repeats_the_selected_number_of_updates(tmp_path: Path) -> None:
+    """``model.search.transfer=steps``: the trainval fit runs the selected epochs scaled by the
+    ratio of training batches per epoch (val protocol / trainval), and says so."""
+    from zsl.cli import Runner, main
+    from zsl.config import compose
+    from zsl.selection import transfer_epochs
+
+    ds = write_xlsa17(tmp_path / "data")
+    args = cli_args(ds.root, tmp_path / "run", "data.batch_size=8", "trainer.max_epochs=6")
+    args += ["logger=csv", "trainer.enable_progress_bar=false", "+model.search.transfer=steps"]
+    args += ["selection.select_epochs=false"]  # all 6 epochs are "selected"
+    metrics = main(args)
+    runner = Runner(compose(args))
+    val_batches, test_batches = runner.train_batches("val"), runner.train_batches("test")
+    assert test_batches > val_batches  # trainval holds more images than the val training set
+    expected = transfer_epochs(6, val_batches, test_batches, "steps")
+    assert metrics["final_epochs"] == expected
+    last = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert last["final_epochs"] == expected
+    final = torch.load(tmp_path / "run" / "model.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == expected * test_batches, (expected, final["global_step"])
+    assert metrics["selected_epochs"] == 6 and expected < 6

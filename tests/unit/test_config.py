@@ -6,6 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from zsl.config import CONFIG_DIR, ConfigError, available, compose
+from zsl.selection import transfer_epochs, transfer_rule
 
 
 def test_compose_defaults() -> None:
@@ -128,6 +129,7 @@ def test_trainer_max_epochs_follows_model() -> None:
         ("data.preprocess=zscore", "data.preprocess must be none, l2 or minmax"),
         ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1"),
         ("model.search.metric=acc", "model.search.metric must be"),
+        ("+model.search.transfer=batches", "model.search.transfer must be 'epochs' or 'steps'"),
     ],
 )
 def test_bad_values_fail(override: str, message: str) -> None:
@@ -153,3 +155,20 @@ def test_search_grid_over_model_params() -> None:
     assert list(cfg.model.search.grid.lr) == [0.1, 0.01]
     with pytest.raises(ConfigError, match="model.search.grid.lr must be a non-empty list"):
         compose(["+model.search.grid.lr=0.1"])
+
+
+def test_transfer_epochs_keeps_the_number_of_updates() -> None:
+    assert transfer_epochs(25, 37, 56, "epochs") == 25
+    assert transfer_epochs(25, 37, 56, "steps") == 17  # 925 val batches ~ 16.5 trainval epochs
+    assert transfer_epochs(10, 20, 30, "steps") == 7
+    assert transfer_epochs(1, 10, 100, "steps") == 1  # never zero epochs
+    with pytest.raises(ValueError, match="unknown epoch transfer rule 'updates'"):
+        transfer_epochs(5, 10, 15, "updates")
+    with pytest.raises(ValueError, match="batches per epoch must be >= 1"):
+        transfer_epochs(5, 0, 15, "steps")
+
+
+def test_transfer_rule_defaults_to_epochs() -> None:
+    assert transfer_rule(compose([]).model) == "epochs"
+    assert transfer_rule(compose(["model=clswgan"]).model) == "steps"
+    assert transfer_rule(compose(["+model.search.transfer=steps"]).model) == "steps"
