@@ -108,6 +108,7 @@ def clswgan_costs(repeats: int) -> tuple[float, float]:
             hp.gp_weight,
             hp.cls_weight,
         )
+        model.update_generator_average()  # gen_ema, as in training
 
     real_x, real_y = torch.rand(N_REAL, D), torch.randint(0, SEEN, (N_REAL,))
 

@@ -264,14 +264,19 @@ class CLSWGAN(GenerativeZSL):
             backward=self.manual_backward,
         )
         self.check_finite(losses["critic_loss"], "critic loss")
-        if self.generator_ema is not None:
-            ema_update(self.generator_ema, self.generator, float(hp.gen_ema))
+        self.update_generator_average()
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items() if k != "generator_loss"},
             on_step=False,
             on_epoch=True,
         )
         return losses["generator_loss"]
+
+    def update_generator_average(self) -> None:
+        """One step of the ``gen_ema`` weight average, after a generator step (no-op when
+        ``gen_ema`` is null)."""
+        if self.generator_ema is not None:
+            ema_update(self.generator_ema, self.generator, float(self.hparams.gen_ema))
 
     # -- generation ---------------------------------------------------------------------
     def sampler(self) -> FeatureGenerator:
