@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0, help="draw of the inner train classes")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--name", default=None, help="results file name")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where results go")
     parser.add_argument("overrides", nargs="*", help="extra config overrides (key=value)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -162,9 +163,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "outer_history": outer,
     }
     name = args.name or f"{str(cfg.data.name).lower()}_{args.model}_transfer"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=float))
-    (RESULTS / f"{name}.md").write_text(report(result, args))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"{name}.json").write_text(json.dumps(result, indent=2, default=float))
+    (args.out_dir / f"{name}.md").write_text(report(result, args))
     print(report(result, args))
     return result
 
@@ -177,9 +178,10 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"Validation classes only. Inner fit: {r['inner_seen_classes']} of the train classes "
         f"as seen classes ({r['inner_batches_per_epoch']} batches per epoch); outer fit: all "
         f"{r['outer_seen_classes']} ({r['outer_batches_per_epoch']} batches per epoch); both "
-        f"evaluated on the validation classes every epoch, default config of the model "
-        f"(`{json.dumps(r['params'], sort_keys=True)}`). Machine: {r['machine']}; fits took "
-        f"{r['seconds']['inner']:.0f} s and {r['seconds']['outer']:.0f} s.",
+        "evaluated on the validation classes every epoch, the model's config with the "
+        f"command's overrides (`{json.dumps(r['params'], sort_keys=True)}`). Machine: "
+        f"{r['machine']}; fits took {r['seconds']['inner']:.0f} s and "
+        f"{r['seconds']['outer']:.0f} s.",
         "",
         f"Command: `python experiments/transfer_check.py --root {args.root} --dataset "
         f"{args.dataset} --feature-file {args.feature_file} --model {args.model} --epochs "

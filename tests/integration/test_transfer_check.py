@@ -1,0 +1,62 @@
+"""``experiments/transfer_check.py`` on the tiny benchmark: the nested split keeps a fraction of
+the train classes and every validation class, and each rule's outer epoch follows
+``transfer_epochs`` from the epoch the inner fit selected."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+from conftest import REPO_ROOT, TRAIN_CLASSES, VAL_CLASSES, write_xlsa17
+
+from zsl.data.xlsa17 import load_xlsa17
+from zsl.selection import transfer_epochs
+
+
+def load_script():
+    path = REPO_ROOT / "experiments" / "transfer_check.py"
+    spec = importlib.util.spec_from_file_location("transfer_check", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_inner_split_keeps_a_fraction_of_the_train_classes(tmp_path: Path) -> None:
+    script = load_script()
+    ds = write_xlsa17(tmp_path / "data")
+    data = load_xlsa17(ds.root, "TINY", "res101.mat", protocol="val")
+    inner = script.inner_split(data, 0.6, seed=0)
+    kept = inner.classes_of("train_loc")
+    assert len(kept) == 3 and set(kept) < set(TRAIN_CLASSES)
+    train = data.locs["train_loc"]
+    np.testing.assert_array_equal(inner.locs["train_loc"], train[np.isin(data.labels[train], kept)])
+    np.testing.assert_array_equal(inner.locs["val_loc"], data.locs["val_loc"])
+    assert set(inner.classes_of("val_loc")) == set(VAL_CLASSES)
+
+
+def test_transfer_check_reports_both_rules(tmp_path: Path) -> None:
+    script = load_script()
+    ds = write_xlsa17(tmp_path / "data")
+    result = script.main(
+        ["--root", str(ds.root), "--dataset", "cub", "--feature-file", "res101.mat"]
+        + ["--model", "ale", "--epochs", "4", "--inner-fraction", "0.6"]
+        + ["--out-dir", str(tmp_path / "out"), "--name", "tiny", "data.name=TINY"]
+        + ["data.batch_size=4"]
+    )
+    assert result["inner_seen_classes"] == 3 and result["outer_seen_classes"] == 5
+    assert result["inner_batches_per_epoch"] < result["outer_batches_per_epoch"]
+    assert len(result["inner_history"]) == len(result["outer_history"]) == 4
+    chosen = result["inner_selected_epoch"]
+    for rule, row in result["rules"].items():
+        expected = transfer_epochs(
+            chosen, result["inner_batches_per_epoch"], result["outer_batches_per_epoch"], rule
+        )
+        assert row["outer_epoch"] == min(4, expected)
+        at = next(h for h in result["outer_history"] if h["epoch"] == row["outer_epoch"])
+        assert row[result["metric"]] == at[result["metric"]]
+    saved = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    assert saved["rules"] == result["rules"]
+    assert "| steps |" in (tmp_path / "out" / "tiny.md").read_text()
