@@ -159,40 +159,30 @@ class Runner:
         tcfg = self.cfg.trainer
         callbacks = list(callbacks or [])
         try:
-            return self._trainer(tcfg, max_epochs, logger, validate, callbacks)
+            return pl.Trainer(
+                max_epochs=1 if self.model_cls.closed_form else max_epochs,
+                accelerator=tcfg.accelerator,
+                strategy=dist.make_strategy(str(tcfg.get("strategy", "auto"))),
+                devices=tcfg.devices,
+                num_nodes=int(tcfg.get("num_nodes", 1)),
+                # the datamodule shards every batch itself (ShardedBatchSampler)
+                use_distributed_sampler=False,
+                precision=tcfg.precision,
+                deterministic=tcfg.deterministic,
+                logger=logger,
+                callbacks=callbacks,
+                # only our own ModelCheckpoints (Lightning would add a default one otherwise)
+                enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+                enable_progress_bar=bool(tcfg.enable_progress_bar),
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                limit_val_batches=1.0 if validate else 0,
+                log_every_n_steps=int(tcfg.log_every_n_steps),
+                gradient_clip_val=tcfg.get("gradient_clip_val"),
+                default_root_dir=str(self.run_dir) if self.run_dir else None,
+            )
         except ValueError as err:  # Lightning's checks of its arguments (e.g. precision)
             raise ConfigError(f"trainer: {err}") from err
-
-    def _trainer(
-        self,
-        tcfg: DictConfig,
-        max_epochs: int,
-        logger: Logger | bool,
-        validate: bool,
-        callbacks: list[Callback],
-    ) -> pl.Trainer:
-        return pl.Trainer(
-            max_epochs=1 if self.model_cls.closed_form else max_epochs,
-            accelerator=tcfg.accelerator,
-            strategy=dist.make_strategy(str(tcfg.get("strategy", "auto"))),
-            devices=tcfg.devices,
-            num_nodes=int(tcfg.get("num_nodes", 1)),
-            # the datamodule shards every batch itself (ShardedBatchSampler)
-            use_distributed_sampler=False,
-            precision=tcfg.precision,
-            deterministic=tcfg.deterministic,
-            logger=logger,
-            callbacks=callbacks,
-            # only our own ModelCheckpoints (Lightning would add a default one otherwise)
-            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-            enable_progress_bar=bool(tcfg.enable_progress_bar),
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=1.0 if validate else 0,
-            log_every_n_steps=int(tcfg.log_every_n_steps),
-            gradient_clip_val=tcfg.get("gradient_clip_val"),
-            default_root_dir=str(self.run_dir) if self.run_dir else None,
-        )
 
     def fit_val(
         self,
@@ -370,8 +360,8 @@ def _select_and_test(
         metrics = dict(best.metrics)
         per_class = None
     else:
-        if not runner.model_cls.closed_form:
-            rule = transfer_rule(cfg.model)
+        rule = transfer_rule(cfg.model)
+        if rule != "epochs" and not runner.model_cls.closed_form:  # only steps needs the sizes
             batches = (runner.train_batches("val"), runner.train_batches("test"))
             final_epochs = transfer_epochs(best.epochs, *batches, rule)
         model = runner.fit_test(

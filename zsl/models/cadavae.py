@@ -119,12 +119,10 @@ class CADAVAE(GenerativeZSL):
             raise ValueError(f"unseen_spread must be >= 0, got {unseen_spread}")
         check_positive(
             latent_dim=latent_dim,
-            lr=lr,
             warmup_scale=warmup_scale,
             n_seen_per_class=n_seen_per_class,
             n_synth=n_synth,
             cls_epochs=cls_epochs,
-            cls_lr=cls_lr,
             cls_batch_size=cls_batch_size,
         )
         super().__init__(feature_dim, n_attributes, n_classes)

@@ -165,11 +165,9 @@ class CLSWGAN(GenerativeZSL):
         check_positive(
             gen_hidden=gen_hidden,
             critic_hidden=critic_hidden,
-            lr=lr,
             n_critic=n_critic,
             n_synth=n_synth,
             cls_epochs=cls_epochs,
-            cls_lr=cls_lr,
             cls_batch_size=cls_batch_size,
         )
         super().__init__(feature_dim, n_attributes, n_classes)
