@@ -1,6 +1,6 @@
 """Benchmark runner: methods x datasets x seeds through the normal ``train.py`` path.
 
-Each run is a full ``zsl.cli.main`` call (selection on validation classes, one test fit) with
+Each run is a full ``zsl.cli.train.main`` call (selection on validation classes, one test fit) with
 its own run directory; the table aggregates the runs' ``metrics.json`` as mean ± std over seeds.
 
     python experiments/benchmark.py --name cub_vgg --datasets cub \
@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from zsl.cli import main as train_main  # noqa: E402
+from zsl.cli.train import main as train_main  # noqa: E402
 
 METRICS = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_h_cal")
 

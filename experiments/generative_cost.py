@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from zsl.models.cadavae import CADAVAE
-from zsl.models.clswgan import CLSWGAN, clswgan_iteration
+from zsl.conf import CONFIG_DIR
+from zsl.models.generative.cadavae import CADAVAE
+from zsl.models.generative.clswgan import CLSWGAN, clswgan_iteration
 
-ROOT = Path(__file__).resolve().parents[1]
+
 D, A, SEEN, UNSEEN, BATCH, N_REAL = 4096, 312, 150, 50, 128, 7057
 
 
@@ -44,7 +45,7 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> floa
 
 
 def params(name: str) -> dict:
-    cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{name}.yaml")
+    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
     out = OmegaConf.to_container(cfg.params, resolve=True)
     out["projection_plot"] = False
     return out  # type: ignore[return-value]

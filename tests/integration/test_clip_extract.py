@@ -1,9 +1,9 @@
 """Images to results, end to end, on a small image folder drawn on the fly.
 
-6 classes x 8 PIL-drawn 64x64 images -> ``python -m zsl.custom`` (features from a randomly
+6 classes x 8 PIL-drawn 64x64 images -> ``python -m zsl.data.custom`` (features from a randomly
 initialised torchvision resnet18) -> ``python train.py`` trains ALE on it (subprocess, started
 as soon as the dataset exists and awaited by the last test, so it overlaps the CLIP work) ->
-``python -m zsl.extract`` with a tiny random CLIP (image features and text semantics: ALE in
+``python -m zsl.features.extract`` with a tiny random CLIP (image features and text semantics: ALE in
 CLIP space) -> ``model=clip`` zero-shot on the same split, checked against a NumPy reference.
 The tiny CLIP is built offline from a ``CLIPConfig`` and a character-level tokenizer written
 here; no hub access is needed.
@@ -26,8 +26,9 @@ import scipy.io
 from conftest import REPO_ROOT
 from PIL import Image, ImageDraw
 
-from zsl import custom, extract
-from zsl.cli import main as train_main
+from zsl.data import custom
+from zsl.features import extract
+from zsl.cli.train import main as train_main
 from zsl.data.errors import DataError
 
 pytestmark = pytest.mark.slow

@@ -300,7 +300,7 @@ def cli_args(name: str, data_dir: Path, run_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def cli_procs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Start every ``train.py`` run (they run while the workers below do)."""
-    from zsl.config import compose
+    from zsl.cli.config import compose
     from zsl.data.synthetic import SyntheticSpec, ensure_synthetic
 
     base = tmp_path_factory.mktemp("ddp_cli")

@@ -1,6 +1,6 @@
 """Every bad input to ``python train.py`` stops with one clear line (README, Troubleshooting).
 
-Each case builds its bad input from the tiny xlsa17 fixture, calls ``zsl.cli.main`` in-process
+Each case builds its bad input from the tiny xlsa17 fixture, calls ``zsl.cli.train.main`` in-process
 and checks that it exits with a single line naming what is wrong and where (file, key, class,
 config key). A few cases run ``train.py`` as a real subprocess to check that stderr holds that
 line and no traceback. The README's troubleshooting table lists the same cases.
@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import N_CLASSES, REPO_ROOT, UNSEEN, TinyXlsa17, write_xlsa17
 
-from zsl.cli import main
+from zsl.cli.train import main
 
 pytestmark = pytest.mark.slow
 

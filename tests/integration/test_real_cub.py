@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zsl.cli import main
+from zsl.cli.train import main
 from zsl.data.splits import make_split
-from zsl.data.xlsa17 import load_xlsa17
+from zsl.data.formats.xlsa17 import load_xlsa17
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 

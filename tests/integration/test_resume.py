@@ -219,7 +219,7 @@ def test_resumed_run_equals_uninterrupted_run(cases: dict[str, Case], name: str)
 
 
 def test_resuming_a_finished_run_is_refused(cases: dict[str, Case]) -> None:
-    from zsl.cli import main
+    from zsl.cli.train import main
 
     run_dir = cases["ale"].reference.run_dir
     with pytest.raises(SystemExit, match="already finished"):

@@ -2,7 +2,7 @@
 
 The three successful runs are started together (one module-scoped fixture) because each
 subprocess spends most of its time importing torch and Lightning; the failure checks call
-``zsl.cli.main`` in-process (they stop before any training starts).
+``zsl.cli.train.main`` in-process (they stop before any training starts).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def test_val_protocol_never_needs_test_keys(cli_runs: dict[str, CliRun]) -> None
 
 
 def test_second_run_into_same_output_dir_fails(cli_runs: dict[str, CliRun]) -> None:
-    from zsl.cli import main
+    from zsl.cli.train import main
 
     run = cli_runs["test_csv"]
     assert run.returncode == 0, run.explain()
@@ -178,7 +178,7 @@ def test_second_run_into_same_output_dir_fails(cli_runs: dict[str, CliRun]) -> N
 def test_unknown_model_fails_before_reading_data(
     tmp_path: Path, override: str, message: str
 ) -> None:
-    from zsl.cli import main
+    from zsl.cli.train import main
 
     missing_root = tmp_path / "no_such_data_root"
     run_dir = tmp_path / "run"
@@ -300,9 +300,9 @@ def test_wandb_offline_run_holds_model_artifacts(cli_runs: dict[str, CliRun]) ->
 def test_steps_transfer_repeats_the_selected_number_of_updates(tmp_path: Path) -> None:
     """``model.search.transfer=steps``: the trainval fit runs the selected epochs scaled by the
     ratio of training batches per epoch (val protocol / trainval), and says so."""
-    from zsl.cli import Runner, main
-    from zsl.config import compose
-    from zsl.selection import transfer_epochs
+    from zsl.cli.train import Runner, main
+    from zsl.cli.config import compose
+    from zsl.run.selection import transfer_epochs
 
     ds = write_xlsa17(tmp_path / "data")
     args = cli_args(ds.root, tmp_path / "run", "data.batch_size=8", "trainer.max_epochs=6")

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from conftest import REPO_ROOT, TRAIN_CLASSES, VAL_CLASSES, write_xlsa17
 
-from zsl.data.xlsa17 import load_xlsa17
-from zsl.selection import transfer_epochs
+from zsl.data.formats.xlsa17 import load_xlsa17
+from zsl.run.selection import transfer_epochs
 
 
 def load_script():

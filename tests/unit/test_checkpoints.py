@@ -1,4 +1,4 @@
-"""Checkpoints and resume pieces (``zsl.checkpoints``, trial records, the CLI runner's
+"""Checkpoints and resume pieces (``zsl.run.store``, trial records, the CLI runner's
 callbacks): RNG/history round trips, monitors on validation metrics only, atomic trial records,
 the ``resume=`` config rule and the SIGTERM guard. The end-to-end SIGTERM + resume runs are in
 ``tests/integration/test_resume.py``."""
@@ -20,7 +20,7 @@ from conftest import TinyXlsa17
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from zsl.checkpoints import (
+from zsl.run.store import (
     ResumeError,
     TrainingInterrupted,
     last_checkpoint,
@@ -32,10 +32,10 @@ from zsl.checkpoints import (
     validation_checkpoints,
     write_json_atomic,
 )
-from zsl.cli import Runner
-from zsl.config import compose
-from zsl.selection import Trial, ValFit, grid_points, load_trial, save_trial, select
-from zsl.tracking import previous_wandb_id
+from zsl.cli.train import Runner
+from zsl.cli.config import compose
+from zsl.run.selection import Trial, ValFit, grid_points, load_trial, save_trial, select
+from zsl.reporting.tracking import previous_wandb_id
 
 
 def draws() -> tuple[torch.Tensor, np.ndarray, float]:
@@ -238,7 +238,7 @@ def test_resume_target_resolution(tiny: TinyXlsa17, tmp_path: Path) -> None:
 
 
 def test_main_reports_resume_errors(tmp_path: Path) -> None:
-    from zsl.cli import main
+    from zsl.cli.train import main
 
     with pytest.raises(SystemExit, match="^resume error: resume=.*no such run directory"):
         main([f"resume={tmp_path / 'missing'}"])

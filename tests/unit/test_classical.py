@@ -13,17 +13,17 @@ import pytorch_lightning as pl
 import scipy.linalg
 import torch
 
-from zsl.cli import Runner
-from zsl.config import compose, to_container
+from zsl.cli.train import Runner
+from zsl.cli.config import compose, to_container
 from zsl.data.datamodule import ZSLBatch, ZSLDataModule
-from zsl.data.xlsa17 import ZSLData
+from zsl.data.formats.xlsa17 import ZSLData
 from zsl.models.base import ZSLModule
-from zsl.models.components import FIT_CACHE, class_counts, class_sums, gram
-from zsl.models.dap import DAP, dap_log_posterior
-from zsl.models.eszsl import ESZSL, eszsl_weights
-from zsl.models.latem import LATEM
-from zsl.models.losses import hinge_rank_loss, structured_hinge_loss, warp_rank_loss
-from zsl.models.sae import SAE, sae_weights, solve_sylvester_psd
+from zsl.models.classical.components import FIT_CACHE, class_counts, class_sums, gram
+from zsl.models.classical.dap import DAP, dap_log_posterior
+from zsl.models.classical.eszsl import ESZSL, eszsl_weights
+from zsl.models.classical.latem import LATEM
+from zsl.models.classical.losses import hinge_rank_loss, structured_hinge_loss, warp_rank_loss
+from zsl.models.classical.sae import SAE, sae_weights, solve_sylvester_psd
 
 FAMILY = ("ale", "dap", "devise", "sje", "eszsl", "sae", "latem")
 
@@ -243,7 +243,7 @@ def runner(name: str) -> Runner:
 
 
 def build(name: str, dim: int, n_att: int, n_classes: int) -> ZSLModule:
-    """A model with the defaults of ``configs/model/<name>.yaml``."""
+    """A model with the defaults of ``zsl/conf/model/<name>.yaml``."""
     run = runner(name)
     return run.model_cls(dim, n_att, n_classes, **to_container(run.cfg.model.params))
 

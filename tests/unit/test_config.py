@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from zsl.config import CONFIG_DIR, ConfigError, available, compose
-from zsl.selection import transfer_epochs, transfer_rule
+from zsl.cli.config import CONFIG_DIR, ConfigError, available, compose
+from zsl.run.selection import transfer_epochs, transfer_rule
 
 
 def test_compose_defaults() -> None:

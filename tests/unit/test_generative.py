@@ -1,6 +1,6 @@
 """Feature-generating GZSL (f-CLSWGAN, CADA-VAE) on tiny synthetic data: the WGAN-GP penalty
 against finite differences, seen-only generator training data, overfitting a tiny dataset,
-checkpoint round trips of ``zsl.generate``, the second-stage classifier and short Lightning
+checkpoint round trips of ``zsl.cli.generate``, the second-stage classifier and short Lightning
 fits + tests of both models."""
 
 from __future__ import annotations
@@ -16,22 +16,23 @@ import torch
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
+from zsl.conf import CONFIG_DIR as CONF_DIR
 from zsl.data.datamodule import ZSLBatch, ZSLDataModule
-from zsl.generate import generate, load_generator, main
+from zsl.cli.generate import generate, load_generator, main
 from zsl.models import get_model_class
 from zsl.models.base import LeakageError
-from zsl.models.cadavae import CADAVAE, gaussian_kl, gaussian_w2, within_class_std
-from zsl.models.clswgan import CLSWGAN, clswgan_iteration, gradient_penalty
-from zsl.models.gen_nets import FeatureCritic, FeatureGenerator, ema_update
-from zsl.models.generative import (
+from zsl.models.generative.cadavae import CADAVAE, gaussian_kl, gaussian_w2, within_class_std
+from zsl.models.generative.clswgan import CLSWGAN, clswgan_iteration, gradient_penalty
+from zsl.models.generative.nets import FeatureCritic, FeatureGenerator, ema_update
+from zsl.models.generative.base import (
     GenerativeZSL,
     fit_softmax_classifier,
     linear_warmup,
     principal_basis,
 )
-from zsl.plots import plot_feature_projection, plot_seen_unseen_curve
+from zsl.reporting.plots import plot_feature_projection, plot_seen_unseen_curve
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+CONFIG_DIR = CONF_DIR / "model"
 
 SMALL = {
     "clswgan": dict(

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from zsl.data.datamodule import ZSLBatch, ZSLDataModule
 from zsl.data.splits import FeatureScaler, make_split
-from zsl.data.xlsa17 import load_xlsa17
-from zsl.models.ale import ALE
+from zsl.data.formats.xlsa17 import load_xlsa17
+from zsl.models.classical.ale import ALE
 from zsl.models.base import LeakageError, ZSLModule
 
 PROTOCOL_CLASSES = {  # protocol -> (training classes, unseen evaluation classes)
@@ -32,7 +32,7 @@ def datamodule(ds: TinyXlsa17, protocol: str = "test", **kwargs: Any) -> ZSLData
 
 
 def build_model(dm: ZSLDataModule, cls: type[ZSLModule] = ALE, **params: Any) -> ZSLModule:
-    """As ``zsl.cli.Runner.model`` does: shapes from the data, then the class space."""
+    """As ``zsl.cli.train.Runner.model`` does: shapes from the data, then the class space."""
     space = dm.class_space
     model = cls(space.feature_dim, space.n_attributes, space.n_classes, **params)
     model.set_class_space(space)

@@ -136,7 +136,7 @@ def test_large_index_columns_fall_back_to_float64():
 
 
 def test_generated_folder_goes_through_the_xlsa17_loader(default_dir):
-    xlsa17 = pytest.importorskip("zsl.data.xlsa17")
+    xlsa17 = pytest.importorskip("zsl.data.formats.xlsa17")
     for protocol in ("val", "test"):
         data = xlsa17.load_xlsa17(default_dir.parent, default_dir.name, protocol=protocol)
         assert data.features.shape == (data.labels.size, SyntheticSpec().feature_dim)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zsl.data.errors import DataError
 from zsl.data.splits import FeatureScaler, Preprocess, ProtocolSplit, make_split
-from zsl.data.xlsa17 import Protocol, ZSLData, load_xlsa17
+from zsl.data.formats.xlsa17 import Protocol, ZSLData, load_xlsa17
 
 
 @dataclass

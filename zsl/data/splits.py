@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from zsl.data.errors import DataError
-from zsl.data.xlsa17 import Protocol, ZSLData
+from zsl.data.formats.xlsa17 import Protocol, ZSLData
 
 Preprocess = Literal["none", "l2", "minmax"]
 

@@ -1,7 +1,7 @@
 """Model registry: ``model.name`` in a config -> a :class:`ZSLModule` subclass.
 
 Modules are imported lazily, so ``python train.py model=ale`` does not import the CLIP or
-generative code. A new model adds one line here and one ``configs/model/<name>.yaml``.
+generative code. A new model adds one line here and one ``zsl/conf/model/<name>.yaml``.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ if TYPE_CHECKING:
     from zsl.models.base import ZSLModule
 
 MODELS: dict[str, str] = {
-    "ale": "zsl.models.ale:ALE",
-    "dap": "zsl.models.dap:DAP",
-    "devise": "zsl.models.devise:DeViSE",
-    "sje": "zsl.models.sje:SJE",
-    "eszsl": "zsl.models.eszsl:ESZSL",
-    "sae": "zsl.models.sae:SAE",
-    "latem": "zsl.models.latem:LATEM",
-    "clswgan": "zsl.models.clswgan:CLSWGAN",
-    "cadavae": "zsl.models.cadavae:CADAVAE",
+    "ale": "zsl.models.classical.ale:ALE",
+    "dap": "zsl.models.classical.dap:DAP",
+    "devise": "zsl.models.classical.devise:DeViSE",
+    "sje": "zsl.models.classical.sje:SJE",
+    "eszsl": "zsl.models.classical.eszsl:ESZSL",
+    "sae": "zsl.models.classical.sae:SAE",
+    "latem": "zsl.models.classical.latem:LATEM",
+    "clswgan": "zsl.models.generative.clswgan:CLSWGAN",
+    "cadavae": "zsl.models.generative.cadavae:CADAVAE",
     "clip": "zsl.models.clip:CLIPZeroShot",
 }
 

@@ -16,9 +16,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from zsl.checkpoints import rng_state, set_rng_state
+from zsl.run.store import rng_state, set_rng_state
 from zsl.data.datamodule import ClassSpace, ZSLBatch
-from zsl.data.xlsa17 import ZSLData
+from zsl.data.formats.xlsa17 import ZSLData
 from zsl.metrics import PerClassAccuracy, SeenUnseenStats
 
 

@@ -34,9 +34,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zsl.data.errors import DataError
-from zsl.data.xlsa17 import ZSLData
-from zsl.extract import Backbone, BackboneSpec, extract_features, extract_to_file
-from zsl.images import pick_device, resolve_image_paths
+from zsl.data.formats.xlsa17 import ZSLData
+from zsl.features.extract import Backbone, BackboneSpec, extract_features, extract_to_file
+from zsl.features.images import pick_device, resolve_image_paths
 from zsl.models.base import ModelLoadError, ZSLModule
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -121,7 +121,7 @@ def load_clip(source: str = DEFAULT_CLIP_MODEL) -> CLIPBundle:
     except ImportError as err:
         raise ImportError("CLIP needs transformers and pillow: pip install 'zsl[clip]'") from err
     hint = (
-        "model.params.model (python -m zsl.extract: --weights) takes a Hugging Face model id "
+        "model.params.model (python -m zsl.features.extract: --weights) takes a Hugging Face model id "
         f"such as {DEFAULT_CLIP_MODEL} or a local directory holding a CLIPModel and its "
         "CLIPProcessor written with save_pretrained"
     )
@@ -183,7 +183,7 @@ class CLIPPixels:
 
 
 def clip_image_backbone(source: str = DEFAULT_CLIP_MODEL) -> Backbone:
-    """CLIP's image tower as an extraction backbone (``python -m zsl.extract --backbone clip``)."""
+    """CLIP's image tower as an extraction backbone (``python -m zsl.features.extract --backbone clip``)."""
     bundle = load_clip(source)
     return Backbone(
         CLIPImageEncoder(bundle.model), CLIPPixels(bundle.image_processor), f"clip weights={source}"

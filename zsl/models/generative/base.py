@@ -283,7 +283,7 @@ class GenerativeZSL(ZSLModule):
 
     # -- checkpoints ------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the model class so :func:`zsl.generate.load_generator` can rebuild it."""
+        """Record the model class so :func:`zsl.cli.generate.load_generator` can rebuild it."""
         super().on_save_checkpoint(checkpoint)
         checkpoint["zsl_model_class"] = f"{type(self).__module__}:{type(self).__qualname__}"
 
@@ -311,7 +311,7 @@ class GenerativeZSL(ZSLModule):
     def save_projection_plot(self, n_classes: int = 5, n_per_class: int = 100) -> Path | None:
         """PCA plot of real vs synthetic examples of a few unseen classes, saved into the run
         directory (and logged as an image to W&B)."""
-        from zsl.plots import plot_feature_projection
+        from zsl.reporting.plots import plot_feature_projection
 
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "eval_x"):

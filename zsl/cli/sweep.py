@@ -1,4 +1,4 @@
-"""Write a W&B sweep YAML for a model's ``search`` grid: ``python -m zsl.sweep model=ale``.
+"""Write a W&B sweep YAML for a model's ``search`` grid: ``python -m zsl.cli.sweep model=ale``.
 
 Every sweep point runs ``train.py`` with the ``val`` protocol (validation classes only), so a
 sweep can fan out over many machines with ``wandb agent`` without touching the test split;
@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from zsl.config import ConfigError, compose
-from zsl.selection import grid_points
+from zsl.cli.config import ConfigError, compose
+from zsl.run.selection import grid_points
 
 
 def sweep_config(argv: list[str]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ CVPR 2018, https://arxiv.org/abs/1712.00981).
 A conditional Wasserstein GAN with gradient penalty (Gulrajani et al., NeurIPS 2017) generates
 image features from class semantics, G(z, a); the generator also minimises the cross-entropy of
 a softmax classifier pre-trained (and frozen) on the seen classes, weighted by ``cls_weight``
-(beta in the paper). The GZSL classifier of :class:`~zsl.models.generative.GenerativeZSL` is
+(beta in the paper). The GZSL classifier of :class:`~zsl.models.generative.base.GenerativeZSL` is
 then trained on real seen + generated unseen features.
 
 Training uses Lightning's manual optimisation: every batch of real seen features is split into
@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zsl.data.datamodule import ZSLBatch
-from zsl.models.gen_nets import FeatureCritic, FeatureGenerator, ema_update, randn
-from zsl.models.generative import (
+from zsl.models.generative.nets import FeatureCritic, FeatureGenerator, ema_update, randn
+from zsl.models.generative.base import (
     GenerativeZSL,
     check_positive,
     check_second_stage,
@@ -126,7 +126,7 @@ class CLSWGAN(GenerativeZSL):
     Defaults are the paper's (4096 hidden units, Adam 1e-4 / betas (0.5, 0.999), 5 critic
     steps, lambda 10, beta 0.01, noise size = number of attributes, 300 synthetic features per
     unseen class, final classifier 25 epochs at 1e-3, no weight averaging);
-    ``configs/model/clswgan.yaml`` shrinks the networks for CPU budgets.
+    ``zsl/conf/model/clswgan.yaml`` shrinks the networks for CPU budgets.
 
     ``gen_ema`` in [0, 1): per-step decay of the generator's weight average that synthesises
     features (``generator_ema``; null = synthesise from the trained generator itself).

@@ -1,4 +1,4 @@
-"""``python -m zsl.custom``: your own images and attributes -> a complete xlsa17 dataset folder.
+"""``python -m zsl.data.custom``: your own images and attributes -> a complete xlsa17 dataset folder.
 
 Input: an image folder with one sub-folder per class, a CSV with one row per class (header
 row ``class,<attribute names...>``, first column the sub-folder name) and the list of unseen
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from zsl.data.errors import DataError
-from zsl.extract import (
+from zsl.features.extract import (
     CLIP_BACKBONE,
     DEFAULT_BACKBONE,
     BackboneSpec,
@@ -38,7 +38,7 @@ from zsl.extract import (
     matlab_cell,
     savemat_atomic,
 )
-from zsl.images import ImageFolder, list_image_folder
+from zsl.features.images import ImageFolder, list_image_folder
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ def build_custom_dataset(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m zsl.custom",
+        prog="python -m zsl.data.custom",
         description="Build an xlsa17-format ZSL dataset from an image folder and a class x "
         "attribute CSV.",
     )
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backbone",
         default=DEFAULT_BACKBONE,
-        help=f"torchvision classification model or '{CLIP_BACKBONE}' (python -m zsl.extract -h)",
+        help=f"torchvision classification model or '{CLIP_BACKBONE}' (python -m zsl.features.extract -h)",
     )
     parser.add_argument(
         "--weights", default=None, help="imagenet | none | checkpoint; clip: model id or dir"
@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``python -m zsl.custom``; returns the dataset folder."""
+    """Entry point of ``python -m zsl.data.custom``; returns the dataset folder."""
     args = build_parser().parse_args(argv)
     return build_custom_dataset(
         args.images,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zsl.models.ale import Bilinear
+from zsl.models.classical.ale import Bilinear
 from zsl.models.base import ZSLModule
-from zsl.models.components import FIT_CACHE, class_sums, fingerprint, gram
+from zsl.models.classical.components import FIT_CACHE, class_sums, fingerprint, gram
 
 
 def eszsl_weights(
@@ -54,7 +54,7 @@ class ESZSL(ZSLModule):
     lambda (ridge on the attribute side); the xlsa17 grids are 10^k, k in -3..3.
     ``negative_label`` is the entry of Y for the wrong classes: -1 in the paper; 0 regresses
     one-hot targets, which avoids fitting the large constant part of a {-1, +1} code through
-    non-negative, uncentred CNN features (see configs/model/eszsl.yaml).
+    non-negative, uncentred CNN features (see zsl/conf/model/eszsl.yaml).
     """
 
     closed_form = True

@@ -1,9 +1,9 @@
 """Synthesise image features for new classes from a trained generative model's checkpoint.
 
-``python -m zsl.generate --checkpoint run/model.ckpt --attributes new.npy --n 100 --out x.npy``
+``python -m zsl.cli.generate --checkpoint run/model.ckpt --attributes new.npy --n 100 --out x.npy``
 
 The checkpoint is one written by ``trainer.save_checkpoint`` for a
-:class:`~zsl.models.generative.GenerativeZSL` model (f-CLSWGAN, CADA-VAE); the model class is
+:class:`~zsl.models.generative.base.GenerativeZSL` model (f-CLSWGAN, CADA-VAE); the model class is
 read from the checkpoint (recorded by ``on_save_checkpoint``) or passed explicitly. The
 attribute vectors may describe classes that did not exist at training time; they must be
 preprocessed like the training semantics (xlsa17 ``att``: every class vector L2-normalised),
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from zsl.models.generative import GenerativeZSL
+from zsl.models.generative.base import GenerativeZSL
 
 
 def _class_from_path(path: str) -> type[GenerativeZSL]:
@@ -47,7 +47,7 @@ def load_generator(
         if recorded is None:
             raise ValueError(
                 f"{path} does not record its model class (not saved from a GenerativeZSL "
-                "model?); pass model_cls=..., e.g. zsl.models.clswgan.CLSWGAN"
+                "model?); pass model_cls=..., e.g. zsl.models.generative.clswgan.CLSWGAN"
             )
         model_cls = _class_from_path(str(recorded))
     model = model_cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
@@ -86,7 +86,7 @@ def generate(
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
-        prog="python -m zsl.generate",
+        prog="python -m zsl.cli.generate",
         description="Synthesise features for (new) classes from a generative model checkpoint.",
     )
     parser.add_argument("--checkpoint", required=True, help="Lightning checkpoint (model.ckpt)")

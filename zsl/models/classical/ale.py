@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from zsl.data.datamodule import ZSLBatch
 from zsl.models.base import ZSLModule
-from zsl.models.losses import warp_rank_loss
+from zsl.models.classical.losses import warp_rank_loss
 
 
 class Bilinear(nn.Module):

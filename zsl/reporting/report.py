@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from zsl import dist, tracking
+from zsl import dist
+from zsl.reporting import tracking
 from zsl.models.base import ZSLModule
 
 
@@ -18,7 +19,7 @@ def write_reports(
     table to W&B. Returns the files written (none on the other ranks of a DDP run)."""
     if not dist.is_global_zero():
         return []
-    from zsl.plots import plot_seen_unseen_curve
+    from zsl.reporting.plots import plot_seen_unseen_curve
 
     written: list[Path] = []
     if model.last_curve is not None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zsl.models.base import ZSLModule
-from zsl.models.components import FIT_CACHE, class_counts, class_sums, fingerprint, gram
+from zsl.models.classical.components import FIT_CACHE, class_counts, class_sums, fingerprint, gram
 
 Direction = Literal["f2s", "s2f"]
 

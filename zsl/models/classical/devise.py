@@ -5,9 +5,9 @@ rank loss summed over all wrong classes."""
 
 from __future__ import annotations
 
-from zsl.models.ale import Bilinear
-from zsl.models.components import RankingModel
-from zsl.models.losses import hinge_rank_loss
+from zsl.models.classical.ale import Bilinear
+from zsl.models.classical.components import RankingModel
+from zsl.models.classical.losses import hinge_rank_loss
 
 
 class DeViSE(RankingModel):

@@ -5,7 +5,7 @@ the ``val`` protocol and record validation metrics per epoch -> pick the point, 
 count and the calibration gamma -> (``data.protocol=test``) refit on ``trainval`` and evaluate
 the test split exactly once -> print a table, write ``config.yaml``, ``metrics.json`` and
 ``selection.json`` into the run directory. Checkpoints, per-point records and
-``resume=<run dir>``: see :mod:`zsl.checkpoints`.
+``resume=<run dir>``: see :mod:`zsl.run.store`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from zsl import dist, tracking
-from zsl.checkpoints import (
+from zsl import dist
+from zsl.reporting import tracking
+from zsl.run.store import (
     BEST,
     CHECKPOINT_DIR,
     LAST,
@@ -41,14 +42,14 @@ from zsl.checkpoints import (
     sigterm_guard,
     validation_checkpoints,
 )
-from zsl.config import ConfigError, compose, to_container
+from zsl.cli.config import ConfigError, compose, to_container
 from zsl.data.datamodule import ZSLDataModule
 from zsl.data.errors import DataError
-from zsl.data.xlsa17 import ZSLData, load_xlsa17
+from zsl.data.formats.xlsa17 import ZSLData, load_xlsa17
 from zsl.models import get_model_class
 from zsl.models.base import LeakageError, ModelLoadError, ZSLModule
-from zsl.report import write_reports
-from zsl.selection import (
+from zsl.reporting.report import write_reports
+from zsl.run.selection import (
     Selection,
     ValFit,
     grid_points,
@@ -277,7 +278,7 @@ def _interruptible(trainer: pl.Trainer, stage: Callable[[], object], what: str) 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Selection on validation classes, then (test protocol) one final test evaluation.
 
-    With ``cfg.resume`` set (by :func:`zsl.checkpoints.resume_config`) the run continues in
+    With ``cfg.resume`` set (by :func:`zsl.run.store.resume_config`) the run continues in
     ``run_dir``: recorded grid points are skipped and interrupted fits resume from their
     ``last.ckpt``. SIGTERM stops the run with :class:`TrainingInterrupted` (how to resume is
     in its message)."""
@@ -440,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = compose(argv)
-        if cfg.get("resume"):  # the interrupted run's saved config (see zsl.checkpoints)
+        if cfg.get("resume"):  # the interrupted run's saved config (see zsl.run.store)
             cfg = resume_config(cfg, argv)
     except ConfigError as err:
         raise SystemExit(f"config error: {err}") from None

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from zsl.data.datamodule import ZSLBatch
 from zsl.models.base import ZSLModule
-from zsl.models.components import adam
+from zsl.models.classical.components import adam
 
 #: attribute priors are kept inside [floor, 1 - floor] so that no log-prior is infinite
 PRIOR_FLOOR = 1e-3

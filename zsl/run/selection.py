@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from zsl import dist
-from zsl.checkpoints import ResumeError, write_json_atomic
+from zsl.run.store import ResumeError, write_json_atomic
 
 
 @dataclass

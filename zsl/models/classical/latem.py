@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from zsl.models.components import RankingModel
-from zsl.models.losses import structured_hinge_loss
+from zsl.models.classical.components import RankingModel
+from zsl.models.classical.losses import structured_hinge_loss
 
 
 class LatentBilinear(nn.Module):

@@ -4,9 +4,9 @@ trained with the structured max-margin loss max_y' (Delta(y, y') + F(x, y')) - F
 
 from __future__ import annotations
 
-from zsl.models.ale import Bilinear
-from zsl.models.components import RankingModel
-from zsl.models.losses import structured_hinge_loss
+from zsl.models.classical.ale import Bilinear
+from zsl.models.classical.components import RankingModel
+from zsl.models.classical.losses import structured_hinge_loss
 
 
 class SJE(RankingModel):

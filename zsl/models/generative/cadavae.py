@@ -40,8 +40,8 @@ import torch
 from torch import Tensor
 
 from zsl.data.datamodule import ZSLBatch
-from zsl.models.gen_nets import Decoder, GaussianEncoder, randn, reparameterize
-from zsl.models.generative import GenerativeZSL, check_positive, check_second_stage, linear_warmup
+from zsl.models.generative.nets import Decoder, GaussianEncoder, randn, reparameterize
+from zsl.models.generative.base import GenerativeZSL, check_positive, check_second_stage, linear_warmup
 
 
 def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:

@@ -1,12 +1,12 @@
-"""``python -m zsl.extract``: image features and CLIP class-name semantics in the xlsa17 format.
+"""``python -m zsl.features.extract``: image features and CLIP class-name semantics in the xlsa17 format.
 
-Three sources, one output format (what :func:`zsl.data.xlsa17.load_xlsa17` reads):
+Three sources, one output format (what :func:`zsl.data.formats.xlsa17.load_xlsa17` reads):
 
 * ``--images DIR``: an image folder with one sub-folder per class (classes sorted by name,
   labels 1-based in that order, ``image_files`` absolute paths);
 * ``--from FEATURES.mat``: re-extract the images listed in an existing xlsa17 feature file, in
   its order and with its labels (so the ``*_loc`` arrays of ``att_splits.mat`` still index
-  it); stored paths are resolved under ``--image-root`` (see :mod:`zsl.images`);
+  it); stored paths are resolved under ``--image-root`` (see :mod:`zsl.features.images`);
 * ``--text-semantics ATT_SPLITS.mat``: a copy of ``att_splits.mat`` whose ``att`` holds CLIP
   text embeddings of the class names (the attributes are kept as ``att_attributes``).
 
@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from zsl.data.errors import DataError
-from zsl.images import (
+from zsl.features.images import (
     ImageFiles,
     Transform,
     batch_plan,
@@ -318,7 +318,7 @@ def write_feature_file(
 
 def _finished(path: Path, backbone: str, image_files: Sequence[str]) -> np.ndarray:
     """The features of an existing output made with the same settings; raises otherwise."""
-    from zsl.data.xlsa17 import _strings
+    from zsl.data.formats.xlsa17 import _strings
 
     mat = scipy.io.loadmat(str(path))
     old = str(np.asarray(mat["backbone"]).ravel()[0]) if "backbone" in mat else "<unknown>"
@@ -384,7 +384,7 @@ def write_text_semantics(
 ) -> np.ndarray:
     """Copy ``att_splits.mat`` with ``att`` replaced by CLIP text embeddings (E x C, unit
     columns) of the class names; the attributes are kept as ``att_attributes``."""
-    from zsl.data.xlsa17 import _strings
+    from zsl.data.formats.xlsa17 import _strings
     from zsl.models.clip import DEFAULT_CLIP_MODEL, class_text_embeddings, load_clip
 
     split_file, output = Path(split_file), Path(output)
@@ -421,7 +421,7 @@ def write_text_semantics(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m zsl.extract",
+        prog="python -m zsl.features.extract",
         description="Extract image features (or CLIP class-name semantics) in the xlsa17 format.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``python -m zsl.extract``; returns the written file."""
+    """Entry point of ``python -m zsl.features.extract``; returns the written file."""
     args = build_parser().parse_args(argv)
     if args.text_semantics is not None:
         write_text_semantics(
@@ -486,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         paths = [p.resolve() for p in folder.paths]
         labels0, image_files = folder.labels, [str(p) for p in paths]
     else:
-        from zsl.data.xlsa17 import _read_mat, _strings
+        from zsl.data.formats.xlsa17 import _read_mat, _strings
 
         mat = _read_mat(args.from_file)
         if "image_files" not in mat or "labels" not in mat:
@@ -511,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 def run_cli(argv: Sequence[str] | None = None) -> None:
-    """``python -m zsl.extract``: :func:`main`, with bad input (missing or unreadable files,
+    """``python -m zsl.features.extract``: :func:`main`, with bad input (missing or unreadable files,
     unknown backbones, weights that do not load or fit) reported as one line, exit status 1."""
     try:
         main(argv)

@@ -219,7 +219,7 @@ def sigterm_guard() -> Iterator[None]:
     Lightning (2.x, ``_SignalConnector``) installs its own handler, which also calls this one
     (the previously installed handler): it only sets ``trainer.received_sigterm``, and the
     loops raise ``SIGTERMException`` (a ``SystemExit`` with code 0) after the current batch;
-    the caller turns that into :class:`TrainingInterrupted` (see ``zsl.cli.Runner``).
+    the caller turns that into :class:`TrainingInterrupted` (see ``zsl.cli.train.Runner``).
     """
 
     def handler(signum: int, frame: Any) -> None:

@@ -1,6 +1,6 @@
-"""Config composition: ``configs/train.yaml`` + one YAML per group + dot-list overrides.
+"""Config composition: ``zsl/conf/train.yaml`` + one YAML per group + dot-list overrides.
 
-``group=name`` picks ``configs/<group>/<name>.yaml``; ``a.b=value`` overrides an existing key
+``group=name`` picks ``zsl/conf/<group>/<name>.yaml``; ``a.b=value`` overrides an existing key
 (unknown keys fail listing the valid ones); ``+a.b=value`` adds a new key. An
 ``experiment=name`` file may pick groups in its own ``defaults`` and override any key; the
 command line wins over it. Everything is validated before any data is loaded: key names,
@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("data", "model", "trainer", "logger")
 #: handed to Lightning as they are; it accepts several types for them (devices=2/auto/[0, 1])
 UNTYPED_KEYS = frozenset(
@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 
 def available(group: str, config_dir: Path = CONFIG_DIR) -> list[str]:
-    """Names of the configs of one group (``configs/<group>/*.yaml``)."""
+    """Names of the configs of one group (``zsl/conf/<group>/*.yaml``)."""
     return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
 
 
@@ -209,7 +209,7 @@ def validate(cfg: DictConfig) -> None:
     if search is not None:
         if search.get("metric", "zsl_t1") not in ("zsl_t1", "gzsl_h", "gzsl_h_cal"):
             raise ConfigError("model.search.metric must be zsl_t1, gzsl_h or gzsl_h_cal")
-        from zsl.selection import TRANSFER_RULES
+        from zsl.run.selection import TRANSFER_RULES
 
         if search.get("transfer", "epochs") not in TRANSFER_RULES:
             raise ConfigError(
