@@ -20,7 +20,6 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -28,7 +27,6 @@ from omegaconf import OmegaConf
 from zsl.conf import CONFIG_DIR
 from zsl.models.generative.cadavae import CADAVAE
 from zsl.models.generative.clswgan import CLSWGAN, clswgan_iteration
-
 
 D, A, SEEN, UNSEEN, BATCH, N_REAL = 4096, 312, 150, 50, 128, 7057
 

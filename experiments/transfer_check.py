@@ -38,10 +38,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from zsl.cli.train import Runner  # noqa: E402
 from zsl.cli.config import compose, to_container  # noqa: E402
+from zsl.cli.train import Runner  # noqa: E402
 from zsl.data.datamodule import ZSLDataModule  # noqa: E402
-from zsl.data.formats.xlsa17 import ZSLData  # noqa: E402
+from zsl.data.types import ZSLData  # noqa: E402
 from zsl.run.selection import (  # noqa: E402
     TRANSFER_RULES,
     best_epoch,

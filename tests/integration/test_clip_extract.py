@@ -26,10 +26,10 @@ import scipy.io
 from conftest import REPO_ROOT
 from PIL import Image, ImageDraw
 
-from zsl.data import custom
-from zsl.features import extract
 from zsl.cli.train import main as train_main
+from zsl.data import custom
 from zsl.data.errors import DataError
+from zsl.features import extract
 
 pytestmark = pytest.mark.slow
 

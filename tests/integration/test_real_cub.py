@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from zsl.cli.train import main
-from zsl.data.splits import make_split
 from zsl.data.formats.xlsa17 import load_xlsa17
+from zsl.data.splits import make_split
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 

@@ -300,8 +300,8 @@ def test_wandb_offline_run_holds_model_artifacts(cli_runs: dict[str, CliRun]) ->
 def test_steps_transfer_repeats_the_selected_number_of_updates(tmp_path: Path) -> None:
     """``model.search.transfer=steps``: the trainval fit runs the selected epochs scaled by the
     ratio of training batches per epoch (val protocol / trainval), and says so."""
-    from zsl.cli.train import Runner, main
     from zsl.cli.config import compose
+    from zsl.cli.train import Runner, main
     from zsl.run.selection import transfer_epochs
 
     ds = write_xlsa17(tmp_path / "data")

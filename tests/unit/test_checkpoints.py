@@ -20,6 +20,10 @@ from conftest import TinyXlsa17
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
+from zsl.cli.config import compose
+from zsl.cli.train import Runner
+from zsl.reporting.tracking import previous_wandb_id
+from zsl.run.selection import Trial, ValFit, grid_points, load_trial, save_trial, select
 from zsl.run.store import (
     ResumeError,
     TrainingInterrupted,
@@ -32,10 +36,6 @@ from zsl.run.store import (
     validation_checkpoints,
     write_json_atomic,
 )
-from zsl.cli.train import Runner
-from zsl.cli.config import compose
-from zsl.run.selection import Trial, ValFit, grid_points, load_trial, save_trial, select
-from zsl.reporting.tracking import previous_wandb_id
 
 
 def draws() -> tuple[torch.Tensor, np.ndarray, float]:

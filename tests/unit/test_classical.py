@@ -13,10 +13,10 @@ import pytorch_lightning as pl
 import scipy.linalg
 import torch
 
-from zsl.cli.train import Runner
 from zsl.cli.config import compose, to_container
-from zsl.data.datamodule import ZSLBatch, ZSLDataModule
-from zsl.data.formats.xlsa17 import ZSLData
+from zsl.cli.train import Runner
+from zsl.data.datamodule import ZSLDataModule
+from zsl.data.types import ZSLBatch, ZSLData
 from zsl.models.base import ZSLModule
 from zsl.models.classical.components import FIT_CACHE, class_counts, class_sums, gram
 from zsl.models.classical.dap import DAP, dap_log_posterior

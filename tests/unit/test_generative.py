@@ -16,20 +16,21 @@ import torch
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
-from zsl.conf import CONFIG_DIR as CONF_DIR
-from zsl.data.datamodule import ZSLBatch, ZSLDataModule
 from zsl.cli.generate import generate, load_generator, main
+from zsl.conf import CONFIG_DIR as CONF_DIR
+from zsl.data.datamodule import ZSLDataModule
+from zsl.data.types import ZSLBatch
 from zsl.models import get_model_class
 from zsl.models.base import LeakageError
-from zsl.models.generative.cadavae import CADAVAE, gaussian_kl, gaussian_w2, within_class_std
-from zsl.models.generative.clswgan import CLSWGAN, clswgan_iteration, gradient_penalty
-from zsl.models.generative.nets import FeatureCritic, FeatureGenerator, ema_update
 from zsl.models.generative.base import (
     GenerativeZSL,
     fit_softmax_classifier,
     linear_warmup,
     principal_basis,
 )
+from zsl.models.generative.cadavae import CADAVAE, gaussian_kl, gaussian_w2, within_class_std
+from zsl.models.generative.clswgan import CLSWGAN, clswgan_iteration, gradient_penalty
+from zsl.models.generative.nets import FeatureCritic, FeatureGenerator, ema_update
 from zsl.reporting.plots import plot_feature_projection, plot_seen_unseen_curve
 
 CONFIG_DIR = CONF_DIR / "model"

@@ -14,11 +14,16 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from zsl.data import custom
-from zsl.features import extract
 from zsl.data.errors import DataError
 from zsl.data.formats.xlsa17 import load_xlsa17
+from zsl.features import extract
 from zsl.features.extract import Backbone, BackboneSpec, extract_features, extract_to_file
-from zsl.features.images import batch_plan, imagenet_transform, list_image_folder, resolve_image_paths
+from zsl.features.images import (
+    batch_plan,
+    imagenet_transform,
+    list_image_folder,
+    resolve_image_paths,
+)
 from zsl.models.base import ModelLoadError
 from zsl.models.clip import clean_class_name, prompt_names, resolve_templates
 

@@ -12,11 +12,12 @@ import torch
 from conftest import PER_CLASS, SEEN, TRAIN_CLASSES, UNSEEN, VAL_CLASSES, TinyXlsa17, write_xlsa17
 from torch import Tensor
 
-from zsl.data.datamodule import ZSLBatch, ZSLDataModule
-from zsl.data.splits import FeatureScaler, make_split
+from zsl.data.datamodule import ZSLDataModule
 from zsl.data.formats.xlsa17 import load_xlsa17
-from zsl.models.classical.ale import ALE
+from zsl.data.splits import FeatureScaler, make_split
+from zsl.data.types import ZSLBatch
 from zsl.models.base import LeakageError, ZSLModule
+from zsl.models.classical.ale import ALE
 
 PROTOCOL_CLASSES = {  # protocol -> (training classes, unseen evaluation classes)
     "test": (set(SEEN), set(UNSEEN)),

@@ -19,7 +19,8 @@ from conftest import (
 )
 
 from zsl.data.errors import DataError
-from zsl.data.formats.xlsa17 import ZSLData, load_xlsa17
+from zsl.data.formats.xlsa17 import load_xlsa17
+from zsl.data.types import ZSLData
 
 TEST_KEYS = ("trainval_loc", "test_seen_loc", "test_unseen_loc")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,46 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zsl.data.errors import DataError
+from zsl.data.formats.xlsa17 import Protocol, load_xlsa17
 from zsl.data.splits import FeatureScaler, Preprocess, ProtocolSplit, make_split
-from zsl.data.formats.xlsa17 import Protocol, ZSLData, load_xlsa17
-
-
-@dataclass
-class ZSLBatch:
-    """A mini-batch: features [B, D] and global class ids [B].
-
-    ``share`` is ``B * world_size / global_batch_size``: 1.0 in a single process; under DDP a
-    rank's mean loss multiplied by it makes the averaged gradient equal the gradient of the
-    mean loss over the whole global batch, even when the ranks' slices differ in size.
-    """
-
-    features: torch.Tensor
-    labels: torch.Tensor
-    share: float = 1.0
-
-    def to(self, device: torch.device | str) -> ZSLBatch:
-        return ZSLBatch(self.features.to(device), self.labels.to(device), self.share)
-
-
-@dataclass(frozen=True)
-class ClassSpace:
-    """What a model needs to know about the classes of one protocol (read from data)."""
-
-    semantics: (
-        torch.Tensor
-    )  # [C, A] all classes of the benchmark (rows outside the universe unused)
-    seen_ids: torch.Tensor  # sorted global ids trained on
-    unseen_ids: torch.Tensor  # sorted global ids only evaluated on
-    feature_dim: int
-    class_names: tuple[str, ...]
-
-    @property
-    def n_classes(self) -> int:
-        return int(self.semantics.shape[0])
-
-    @property
-    def n_attributes(self) -> int:
-        return int(self.semantics.shape[1])
+from zsl.data.types import ClassSpace, ExampleSet, ZSLBatch, ZSLData
 
 
 class _TensorBatches(Dataset):
@@ -218,6 +180,16 @@ class ZSLDataModule(pl.LightningDataModule):
             class_names=data.class_names,
         )
         self.split = split
+
+    def training_examples(self) -> ExampleSet:
+        """The preprocessed seen-class training examples (after ``setup()``)."""
+        self.setup()
+        return ExampleSet(self.train_x, self.train_y)
+
+    def evaluation_examples(self) -> ExampleSet:
+        """The preprocessed evaluation examples (validation or test, by protocol)."""
+        self.setup()
+        return ExampleSet(self.eval_x, self.eval_y)
 
     # -- loaders -----------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

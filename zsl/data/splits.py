@@ -15,7 +15,8 @@ from typing import Literal
 import numpy as np
 
 from zsl.data.errors import DataError
-from zsl.data.formats.xlsa17 import Protocol, ZSLData
+from zsl.data.types import ProtocolName as Protocol
+from zsl.data.types import ZSLData
 
 Preprocess = Literal["none", "l2", "minmax"]
 

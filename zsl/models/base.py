@@ -9,26 +9,20 @@ logging. Subclasses fill hooks: ``configure_models``, ``training_loss`` (iterati
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
-from zsl.run.store import rng_state, set_rng_state
-from zsl.data.datamodule import ClassSpace, ZSLBatch
-from zsl.data.formats.xlsa17 import ZSLData
-from zsl.metrics import PerClassAccuracy, SeenUnseenStats
+from zsl.data.types import ClassSpace, ExampleSet, ZSLBatch, ZSLData, ZSLDataSource
+from zsl.errors import LeakageError, ModelLoadError
+from zsl.evaluation import Evaluation, ZSLEvaluator
 
-
-class LeakageError(RuntimeError):
-    """A model asked for unseen-class information it must not see during training."""
-
-
-class ModelLoadError(RuntimeError):
-    """Pre-trained weights a model needs (e.g. CLIP's) could not be loaded."""
-
+__all__ = ["LeakageError", "ModelLoadError", "ZSLModule", "check_common_hparams"]
 
 #: hyper-parameters that must be positive / non-negative wherever a model has them
 POSITIVE_HPARAMS = ("lr", "cls_lr", "pretrain_lr")
@@ -59,6 +53,9 @@ class ZSLModule(pl.LightningModule):
     def __init__(self, feature_dim: int, n_attributes: int, n_classes: int) -> None:
         super().__init__()
         self.save_hyperparameters()
+        for key, value in list(self.hparams.items()):  # typed config objects are stored as dicts
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                self.hparams[key] = dataclasses.asdict(value)
         check_common_hparams(type(self).__name__, dict(self.hparams))
         self.feature_dim, self.n_attributes, self.n_classes = feature_dim, n_attributes, n_classes
         self.register_buffer("semantics", torch.zeros(n_classes, n_attributes))
@@ -66,10 +63,10 @@ class ZSLModule(pl.LightningModule):
         self.register_buffer("unseen_ids", torch.zeros(0, dtype=torch.long))
         # calibrated-stacking gamma; NaN = choose it on the evaluation itself (val protocol)
         self.register_buffer("gamma", torch.tensor(float("nan")))
-        self.eval_history: list[dict[str, float]] = []
-        self.last_eval: dict[str, float] = {}
-        self.last_per_class: Tensor | None = None
-        self.last_curve: tuple[Tensor, Tensor, Tensor] | None = None
+        # the seen-class training examples this model was bound to (see bind)
+        self._training_examples: ExampleSet | None = None
+        # metric states of the running validation/test pass (outside the module tree)
+        self.evaluator: ZSLEvaluator | None = None
         if self.closed_form:
             # the fit happens in training_step with no optimizer and no loss to return, which
             # Lightning accepts under DDP only with manual optimisation
@@ -77,6 +74,14 @@ class ZSLModule(pl.LightningModule):
         self.configure_models()
 
     # -- hooks for subclasses ---------------------------------------------------------
+    @classmethod
+    def trainer_arguments(cls) -> dict[str, Any]:
+        """Trainer arguments this model needs whatever the config says (as anomalib's models
+        declare theirs). Closed-form models fit once, in one step of one epoch."""
+        if cls.closed_form:
+            return {"max_epochs": 1, "limit_train_batches": 1}
+        return {}
+
     @classmethod
     def adapt_data(cls, data: ZSLData, params: dict[str, Any], data_cfg: dict[str, Any]) -> ZSLData:
         """Transform the loaded benchmark before splitting (default: unchanged). CLIP uses it
@@ -106,7 +111,39 @@ class ZSLModule(pl.LightningModule):
         """Closed-form fit on the whole training set (``closed_form = True`` models)."""
         raise NotImplementedError(f"{type(self).__name__} must implement fit_closed_form")
 
-    # -- classes ----------------------------------------------------------------------
+    # -- classes and training data -------------------------------------------------------
+    def bind(self, source: ZSLDataSource) -> None:
+        """Install a protocol's classes and hand over its seen-class training examples.
+
+        ``trainer.fit(model, datamodule)`` does this itself (see :meth:`setup`); call it
+        explicitly to use a model outside a trainer."""
+        self.set_class_space(source.class_space)
+        self._training_examples = source.training_examples()
+
+    def setup(self, stage: str) -> None:
+        """Bind to the trainer's datamodule when it is a :class:`ZSLDataSource` and this model
+        has no training examples yet (a fresh model, or one loaded from a checkpoint)."""
+        if self._training_examples is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if isinstance(datamodule, ZSLDataSource):
+            datamodule.setup(stage)  # type: ignore[attr-defined]
+            self.bind(datamodule)
+        elif self.seen_ids.numel() == 0:
+            raise RuntimeError(
+                f"{type(self).__name__} has no class space: pass a ZSLDataModule to the trainer "
+                "(trainer.fit(model, datamodule=dm)) or call model.bind(dm) first"
+            )
+
+    def training_examples(self) -> ExampleSet:
+        """The seen-class training examples handed over by :meth:`bind`."""
+        if self._training_examples is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no training examples: bind it to a datamodule "
+                "(model.bind(dm), or trainer.fit/validate/test with datamodule=dm)"
+            )
+        return self._training_examples
+
     def set_class_space(self, space: ClassSpace) -> None:
         """Install the protocol's classes; shapes must match the model's."""
         if space.semantics.shape != (self.n_classes, self.n_attributes):
@@ -153,10 +190,13 @@ class ZSLModule(pl.LightningModule):
 
     # -- training ---------------------------------------------------------------------
     def training_step(self, batch: ZSLBatch, batch_idx: int) -> Tensor | None:
-        local = self.to_local(batch.labels)
-        if self.closed_form:
-            self.fit_closed_form(batch.features, local, self.seen_semantics())
+        if self.closed_form:  # one fit on the whole training set, whatever the batches are
+            examples = self.training_examples()
+            features = examples.features.to(self.device)
+            local = self.to_local(examples.labels.to(self.device))
+            self.fit_closed_form(features, local, self.seen_semantics())
             return None
+        local = self.to_local(batch.labels)
         loss = self.training_loss(batch, local, self.seen_semantics())
         self.check_finite(loss, "loss")
         # sync_dist: the epoch mean over every rank's examples (what one process would log)
@@ -197,40 +237,25 @@ class ZSLModule(pl.LightningModule):
 
     def _start_eval(self) -> None:
         self.on_eval_start()
-        seen = torch.zeros(self.n_classes, dtype=torch.bool)
-        seen[self.seen_ids.cpu()] = True
-        # kept out of the module tree so checkpoints do not depend on evaluation state
-        self._metrics = {
-            "stats": SeenUnseenStats(seen, universe_mask=self.universe_mask().cpu()).to(
-                self.device
-            ),
-            "per_class": PerClassAccuracy(self.n_classes).to(self.device),
-        }
+        self.evaluator = ZSLEvaluator(self.seen_ids, self.universe_mask(), self.device)
 
     def _eval_step(self, batch: ZSLBatch) -> None:
         with torch.no_grad():
             scores = self.all_scores(batch.features)
         if torch.isnan(scores).any():  # e.g. weights that diverged without a NaN loss
             self.check_finite(scores[torch.isnan(scores)], "scores")
-        finite = scores.masked_fill(torch.isinf(scores), -1e30)
-        self._metrics["stats"].update(finite, batch.labels)
-        self._metrics["per_class"].update(scores.argmax(dim=1), batch.labels)
+        assert self.evaluator is not None
+        self.evaluator.update(scores, batch.labels)
 
-    def _finish_eval(self, stage: str, gamma: float | None) -> dict[str, float]:
-        stats = self._metrics["stats"]
-        u, s, h = stats.gzsl(0.0)
-        out = {"zsl_t1": stats.zsl_accuracy(), "gzsl_u": u, "gzsl_s": s, "gzsl_h": h}
-        out["ausuc"] = stats.ausuc()
-        if gamma is None:  # choose gamma on this (validation) evaluation
-            gamma = stats.best_gamma("h")
-        cu, cs, ch = stats.gzsl(gamma)
-        out.update(gzsl_u_cal=cu, gzsl_s_cal=cs, gzsl_h_cal=ch, gamma=float(gamma))
-        self.last_per_class = self._metrics["per_class"].compute().cpu()
-        self.last_curve = stats.curve()
-        for key, value in out.items():
-            self.log(f"{stage}/{key}", value, prog_bar=key in ("zsl_t1", "gzsl_h"), sync_dist=False)
-        self.last_eval = out
-        return out
+    def _finish_eval(self, stage: str, gamma: float | None) -> Evaluation:
+        """Compute and log the pass's metrics. Validation chooses gamma on itself; a test pass
+        uses the gamma chosen on validation, or reports uncalibrated numbers only."""
+        assert self.evaluator is not None
+        result = self.evaluator.compute(gamma, choose_gamma=stage == "val")
+        for key, value in result.metrics.items():
+            if not math.isnan(value):
+                self.log(f"{stage}/{key}", value, prog_bar=key in ("zsl_t1", "gzsl_h"))
+        return result
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval()
@@ -241,8 +266,7 @@ class ZSLModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        out = self._finish_eval("val", None)
-        self.eval_history.append({"epoch": self.current_epoch + 1, **out})
+        self._finish_eval("val", None)
 
     def on_test_epoch_start(self) -> None:
         self._start_eval()
@@ -252,19 +276,19 @@ class ZSLModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         gamma = float(self.gamma)
-        self._finish_eval("test", None if math.isnan(gamma) else gamma)
+        if math.isnan(gamma):
+            rank_zero_warn(
+                f"{type(self).__name__}: no calibration gamma was selected on validation classes, "
+                "so only uncalibrated numbers are reported (a gamma chosen on the test split "
+                "would leak it); set model.gamma from a validation run to calibrate"
+            )
+        self._finish_eval("test", gamma)
 
     # -- checkpoints ------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Besides weights and optimizer state, keep what a resumed fit needs to continue
-        exactly: the per-epoch validation history and the global RNG states."""
-        checkpoint["zsl_eval_history"] = [dict(entry) for entry in self.eval_history]
-        checkpoint["zsl_rng_state"] = rng_state()
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the validation history; restore the RNG states only when a trainer resumes
-        a fit from the checkpoint (``trainer.fit(..., ckpt_path=...)``), not when a model is
-        merely loaded (``load_from_checkpoint``)."""
-        self.eval_history = [dict(entry) for entry in checkpoint.get("zsl_eval_history", [])]
-        if self._trainer is not None and "zsl_rng_state" in checkpoint:
-            set_rng_state(checkpoint["zsl_rng_state"])
+        """Resize the class-id buffers to the stored ones before the state dict is loaded
+        (a fresh model has empty ones), so ``load_from_checkpoint`` works for every model."""
+        state = checkpoint.get("state_dict", {})
+        for name in ("seen_ids", "unseen_ids"):
+            if name in state:
+                setattr(self, name, torch.empty_like(state[name]))

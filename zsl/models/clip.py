@@ -34,7 +34,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zsl.data.errors import DataError
-from zsl.data.formats.xlsa17 import ZSLData
+from zsl.data.types import ZSLData
 from zsl.features.extract import Backbone, BackboneSpec, extract_features, extract_to_file
 from zsl.features.images import pick_device, resolve_image_paths
 from zsl.models.base import ModelLoadError, ZSLModule

@@ -28,14 +28,22 @@ def _np(values: ArrayLike) -> np.ndarray:
 
 
 def plot_seen_unseen_curve(
-    gammas: ArrayLike, u: ArrayLike, s: ArrayLike, path: str | Path, title: str = ""
+    gammas: ArrayLike,
+    u: ArrayLike,
+    s: ArrayLike,
+    path: str | Path,
+    title: str = "",
+    chosen: tuple[float, float, float] | None = None,
 ) -> Path:
     """The seen--unseen accuracy curve of calibrated stacking (Chao et al., ECCV 2016).
 
     ``gammas``, ``u``, ``s`` are the points of the curve (e.g. ``SeenUnseenStats.curve()``;
     accuracies in percent). Plots unseen accuracy against seen accuracy, the area under the
     curve (AUSUC, trapezoid rule as in ``zsl.metrics``) in the legend, and marks the
-    uncalibrated point (``gamma = 0``) and the point of highest harmonic mean H.
+    uncalibrated point (``gamma = 0``) and, with ``chosen = (gamma, u, s)`` (the gamma selected
+    on validation classes and the accuracies it gives here), that point; without it, the point of highest harmonic mean H of this
+    curve (only meaningful for a validation curve: on the test split it would be a
+    test-selected number).
     """
     g, uu, ss = _np(gammas), _np(u), _np(s)
     if not (g.shape == uu.shape == ss.shape) or g.ndim != 1 or g.size == 0:
@@ -48,7 +56,14 @@ def plot_seen_unseen_curve(
     ausuc = float(np.sum(np.diff(uu / 100) * (ss[1:] + ss[:-1]) / 200) * 100)
     total = uu + ss
     h = np.where(total > 0, 2 * uu * ss / np.where(total > 0, total, 1), 0.0)
-    best = int(np.argmax(h))
+    if chosen is None or not np.isfinite(chosen[0]):
+        best = int(np.argmax(h))
+        star_s, star_u = ss[best], uu[best]
+        star = f"best H {h[best]:.1f} (gamma={g[best]:.3g})"
+    else:
+        star_s, star_u = chosen[2], chosen[1]
+        chosen_h = 2 * star_u * star_s / (star_u + star_s) if star_u + star_s > 0 else 0.0
+        star = f"validation-chosen gamma={chosen[0]:.3g}: H {chosen_h:.1f}"
     zero = int(np.argmin(np.abs(g)))  # the curve point nearest the uncalibrated gamma = 0
 
     fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
@@ -61,12 +76,12 @@ def plot_seen_unseen_curve(
         label=f"gamma=0: u {uu[zero]:.1f}, s {ss[zero]:.1f}, H {h[zero]:.1f}",
     )
     ax.plot(
-        ss[best],
-        uu[best],
+        star_s,
+        star_u,
         "*",
         ms=12,
         color="tab:green",
-        label=f"best H {h[best]:.1f} (gamma={g[best]:.3g})",
+        label=star,
     )
     ax.set_xlabel("seen-class accuracy s (%)")
     ax.set_ylabel("unseen-class accuracy u (%)")

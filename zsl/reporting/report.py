@@ -8,42 +8,54 @@ import torch
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from zsl import dist
+from zsl.data.types import ClassSpace
+from zsl.evaluation import Evaluation
 from zsl.reporting import tracking
-from zsl.models.base import ZSLModule
 
 
 def write_reports(
-    model: ZSLModule, class_names: tuple[str, ...], run_dir: Path, logger: Logger, stage: str
+    evaluation: Evaluation,
+    space: ClassSpace,
+    run_dir: Path,
+    logger: Logger,
+    stage: str,
+    title: str = "",
 ) -> list[Path]:
-    """Save the seen-unseen curve and the per-class accuracy chart; log both and a per-class
-    table to W&B. Returns the files written (none on the other ranks of a DDP run)."""
+    """Save the seen-unseen curve and the per-class accuracy chart of one evaluation; log both
+    and a per-class table to W&B. Returns the files written (none on the other ranks of a DDP
+    run). ``title`` names the model, dataset and split in the figures."""
     if not dist.is_global_zero():
         return []
     from zsl.reporting.plots import plot_seen_unseen_curve
 
     written: list[Path] = []
-    if model.last_curve is not None:
-        gammas, u, s = model.last_curve
-        path = run_dir / f"{stage}_seen_unseen_curve.png"
-        plot_seen_unseen_curve(gammas, u, s, path, title=f"{stage}: seen-unseen accuracy curve")
-        written.append(path)
-    if model.last_per_class is not None:
-        acc = model.last_per_class
-        seen = set(model.seen_ids.tolist())
-        ids = torch.cat([model.seen_ids, model.unseen_ids]).cpu().tolist()
-        rows = [
-            [class_names[i], "seen" if i in seen else "unseen", round(100 * float(acc[i]), 3)]
-            for i in ids
-            if not torch.isnan(acc[i])
-        ]
-        tracking.log_table(
-            logger, f"{stage}/per_class_accuracy", ["class", "split", "accuracy"], rows
-        )
-        path = run_dir / f"{stage}_per_class_accuracy.png"
-        plot_per_class_accuracy(
-            [r[0] for r in rows], [r[2] for r in rows], [r[1] == "seen" for r in rows], path
-        )
-        written.append(path)
+    gammas, u, s = evaluation.curve
+    path = run_dir / f"{stage}_seen_unseen_curve.png"
+    m = evaluation.metrics
+    chosen = (
+        None
+        if evaluation.gamma_source == "none"
+        else (m["gamma"], m["gzsl_u_cal"], m["gzsl_s_cal"])
+    )
+    plot_seen_unseen_curve(
+        gammas, u, s, path, title=f"{title or stage}: seen-unseen curve", chosen=chosen
+    )
+    written.append(path)
+    acc = evaluation.per_class
+    seen = set(space.seen_ids.tolist())
+    ids = torch.cat([space.seen_ids, space.unseen_ids]).cpu().tolist()
+    names = space.class_names
+    rows = [
+        [names[i], "seen" if i in seen else "unseen", round(100 * float(acc[i]), 3)]
+        for i in ids
+        if not torch.isnan(acc[i])
+    ]
+    tracking.log_table(logger, f"{stage}/per_class_accuracy", ["class", "split", "accuracy"], rows)
+    path = run_dir / f"{stage}_per_class_accuracy.png"
+    plot_per_class_accuracy(
+        [r[0] for r in rows], [r[2] for r in rows], [r[1] == "seen" for r in rows], path
+    )
+    written.append(path)
     if isinstance(logger, WandbLogger):
         for path in written:
             logger.log_image(key=f"{stage}/{path.stem}", images=[str(path)])

@@ -5,23 +5,17 @@ history (one entry per epoch, or one for closed-form models) picks the epoch cou
 best point wins on ``model.search.metric``, and the gamma chosen on validation at that point
 is the one the final test evaluation uses. The test split is never read here.
 
-With ``trials_dir`` every finished point is recorded as ``<trials_dir>/<i>.json`` (written
-atomically); a resumed run reads those back instead of fitting the points again.
+Pure functions: the engine (:mod:`zsl.run.protocol`) fits the points and hands their
+validation histories here; the run store (:mod:`zsl.run.store`) records them.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-
-from zsl import dist
-from zsl.run.store import ResumeError, write_json_atomic
 
 
 @dataclass
@@ -79,7 +73,13 @@ def grid_points(model_cfg: DictConfig, use_grid: bool = True) -> list[dict[str, 
         return [base]
     keys = list(grid)
     values = [list(grid[k]) for k in keys]
-    return [{**base, **dict(zip(keys, combo))} for combo in itertools.product(*values)]
+    points = []
+    for combo in itertools.product(*values):
+        point = dict(base)
+        for key, value in zip(keys, combo):
+            set_param(point, str(key), value)
+        points.append(point)
+    return points
 
 
 def best_epoch(history: list[dict[str, float]], metric: str) -> dict[str, float]:
@@ -123,56 +123,37 @@ def transfer_epochs(epochs: int, val_batches: int, trainval_batches: int, rule: 
     return max(1, round(epochs * val_batches / trainval_batches))
 
 
-def save_trial(trials_dir: Path, index: int, trial: Trial) -> Path:
-    """Record a finished grid point as ``<trials_dir>/<index>.json`` (atomically)."""
-    path = trials_dir / f"{index}.json"
-    write_json_atomic(path, asdict(trial))
-    return path
+def set_param(params: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``params[a][b] = value`` for ``dotted = "a.b"`` (grids name nested options so,
+    e.g. ``second_stage.cls_pca``), copying the nested mappings it changes."""
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        params[head] = value
+        return
+    inner = dict(params.get(head) or {})
+    set_param(inner, rest, value)
+    params[head] = inner
 
 
-def load_trial(trials_dir: Path, index: int, params: dict[str, Any]) -> Trial | None:
-    """The recorded grid point ``index``, or None if it has not finished; refuses a record
-    made for other parameters (the grid of the run changed)."""
-    path = trials_dir / f"{index}.json"
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    if data.get("params") != json.loads(json.dumps(params, default=float)):
-        raise ResumeError(
-            f"{path} records parameters {data.get('params')} but grid point {index} is "
-            f"{params}; the run's search grid changed, start a new run"
-        )
-    return Trial(**data)
-
-
-def select(
-    model_cfg: DictConfig,
-    fit_val: Callable[[int, dict[str, Any]], ValFit],
+def make_trial(
+    params: dict[str, Any],
+    fit: ValFit,
+    metric: str,
     select_epochs: bool = True,
-    use_grid: bool = True,
-    trials_dir: Path | None = None,
-) -> Selection:
-    """Run ``fit_val(index, params)`` for every grid point and pick the best.
+) -> Trial:
+    """The record of one validated grid point: its epoch chosen on ``metric`` (or the last
+    epoch when epochs are not selected), the metrics there and the matching checkpoint."""
+    chosen = best_epoch(fit.history, metric) if select_epochs else fit.history[-1]
+    metrics = {k: v for k, v in chosen.items() if k != "epoch"}
+    checkpoint = fit.best_checkpoint
+    if not select_epochs and fit.last_checkpoint is not None:
+        checkpoint = fit.last_checkpoint
+    return Trial(params, int(chosen["epoch"]), metrics, fit.history, fit.seconds, checkpoint)
 
-    With ``trials_dir``, points recorded there are reused and new ones are recorded."""
-    metric = search_metric(model_cfg)
-    trials = []
-    for index, params in enumerate(grid_points(model_cfg, use_grid)):
-        trial = load_trial(trials_dir, index, params) if trials_dir is not None else None
-        if trial is None:
-            fit = fit_val(index, params)
-            chosen = best_epoch(fit.history, metric) if select_epochs else fit.history[-1]
-            metrics = {k: v for k, v in chosen.items() if k != "epoch"}
-            checkpoint = fit.best_checkpoint
-            if not select_epochs and fit.last_checkpoint is not None:
-                checkpoint = fit.last_checkpoint
-            trial = Trial(
-                params, int(chosen["epoch"]), metrics, fit.history, fit.seconds, checkpoint
-            )
-            if trials_dir is not None and dist.is_global_zero():  # DDP: one writer
-                save_trial(trials_dir, index, trial)
-        else:
-            print(f"grid point {index}: already validated ({trials_dir}/{index}.json), skipped")
-        trials.append(trial)
+
+def choose(trials: list[Trial], metric: str) -> Selection:
+    """The best trial on the validation ``metric`` (the first one on ties)."""
+    if not trials:
+        raise ValueError("no grid point was validated")
     best = max(trials, key=lambda t: t.metrics[metric])
     return Selection(best, trials, metric)

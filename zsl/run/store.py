@@ -24,24 +24,23 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+
+from zsl.run.callbacks import LAST
+from zsl.run.selection import Trial
 
 CHECKPOINT_DIR = "checkpoints"
 TRIALS_DIR = "trials"
-LAST = "last.ckpt"
-BEST = "best.ckpt"
 
 
 class TrainingInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt
@@ -55,75 +54,6 @@ class ResumeError(ValueError):
     """``resume=...`` cannot continue the given run (bad path, changed config, finished run)."""
 
 
-# ----------------------------------------------------------------------------- RNG states
-
-
-def rng_state() -> dict[str, Any]:
-    """The global RNG states (torch CPU and CUDA, NumPy, Python ``random``) as tensors and
-    plain Python values, so checkpoints holding them load with ``weights_only=True``."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
-    version, internal, gauss_next = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [str(kind), torch.from_numpy(np.asarray(keys, np.int64)), int(pos)]
-        + [int(has_gauss), float(cached)],
-        "python": [int(version), list(internal), gauss_next],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned (CUDA only where it was saved and is present)."""
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------- callbacks
-
-
-def validation_checkpoints(directory: Path, metric: str, keep_last: bool) -> list[ModelCheckpoint]:
-    """Callbacks of a val-protocol fit: ``best.ckpt`` by ``val/<metric>`` (max; the first
-    epoch reaching the best value, as in selection) and, if ``keep_last``, ``last.ckpt`` of
-    every epoch (what a resumed fit starts from)."""
-    if "/" in metric:  # a bare name such as zsl_t1; never a test/... key
-        raise ValueError(f"expected a metric name such as zsl_t1, got {metric!r}")
-    best = ModelCheckpoint(
-        dirpath=directory,
-        filename=Path(BEST).stem,
-        monitor=f"val/{metric}",
-        mode="max",
-        save_top_k=1,
-        save_last=False,
-        save_on_train_epoch_end=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    return [best, *([last_checkpoint(directory)] if keep_last else [])]
-
-
-def last_checkpoint(directory: Path) -> ModelCheckpoint:
-    """``last.ckpt`` rewritten at the end of every training epoch; monitors nothing.
-
-    (Lightning's ``save_last=True`` writes ``last.ckpt`` only in epochs that also saved a
-    top-k checkpoint, so a monitored callback cannot provide it.)"""
-    return ModelCheckpoint(
-        dirpath=directory,
-        filename=Path(LAST).stem,
-        monitor=None,
-        save_top_k=1,
-        save_last=False,
-        save_on_train_epoch_end=True,
-        enable_version_counter=False,
-    )
-
-
 def resume_path(directory: Path) -> Path | None:
     """``directory/last.ckpt`` if an interrupted fit left one, else None (start afresh)."""
     path = directory / LAST
@@ -131,6 +61,57 @@ def resume_path(directory: Path) -> Path | None:
 
 
 # ----------------------------------------------------------------------------- files
+
+
+def make_run_dir(
+    output_dir: str | None, runs_dir: str, stem: str, resume: str | None = None
+) -> Path:
+    """The run directory: ``resume``'s, ``output_dir`` (which must be empty or absent), else
+    ``<runs_dir>/<stem>_<time>`` (a suffix ``-1``, ``-2``, ... when runs start in the same
+    second, e.g. the jobs of a multirun). Never overwrites a run."""
+    if resume:
+        return Path(resume)
+    if output_dir:
+        run_dir = Path(output_dir)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise FileExistsError(
+                f"run directory {run_dir} already exists and is not empty; choose another "
+                "output_dir"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+    base = Path(runs_dir) / f"{stem}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        run_dir = base if n == 0 else base.with_name(f"{base.name}-{n}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a new run directory next to {base}")
+
+
+def save_trial(trials_dir: Path, index: int, trial: Trial) -> Path:
+    """Record a finished grid point as ``<trials_dir>/<index>.json`` (atomically)."""
+    path = trials_dir / f"{index}.json"
+    write_json_atomic(path, asdict(trial))
+    return path
+
+
+def load_trial(trials_dir: Path, index: int, params: dict[str, Any]) -> Trial | None:
+    """The recorded grid point ``index``, or None if it has not finished; refuses a record
+    made for other parameters (the grid of the run changed)."""
+    path = trials_dir / f"{index}.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("params") != json.loads(json.dumps(params, default=float)):
+        raise ResumeError(
+            f"{path} records parameters {data.get('params')} but grid point {index} is "
+            f"{params}; the run's search grid changed, start a new run"
+        )
+    return Trial(**data)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -11,43 +11,18 @@ Only the split keys of the requested protocol are read: the ``val`` protocol nev
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import scipy.io
 
 from zsl.data.errors import DataError
+from zsl.data.types import PROTOCOL_KEYS, ProtocolName, ZSLData
 
-Protocol = Literal["val", "test"]
-PROTOCOL_KEYS: dict[str, tuple[str, ...]] = {
-    "val": ("train_loc", "val_loc"),
-    "test": ("trainval_loc", "test_seen_loc", "test_unseen_loc"),
-}
-
-
-@dataclass(frozen=True)
-class ZSLData:
-    """One benchmark in memory: 0-based labels/locs, features as rows, semantics as rows."""
-
-    name: str
-    features: np.ndarray  # [N, D] float32
-    labels: np.ndarray  # [N] int64, global class ids in [0, C)
-    semantics: np.ndarray  # [C, A] float32, one row per class
-    class_names: tuple[str, ...]
-    locs: Mapping[str, np.ndarray] = field(repr=False)  # 0-based image indices per split key
-    image_files: tuple[str, ...] | None = field(default=None, repr=False)
-    source: str = ""
-
-    @property
-    def n_classes(self) -> int:
-        return int(self.semantics.shape[0])
-
-    def classes_of(self, key: str) -> np.ndarray:
-        """Sorted global class ids that occur among the images of split ``key``."""
-        return np.unique(self.labels[self.locs[key]])
+Protocol = ProtocolName
 
 
 def _read_mat(path: Path) -> dict[str, Any]:
@@ -270,3 +245,85 @@ def check_split_integrity(data: ZSLData, protocol: Protocol) -> None:
     else:
         _overlap(data, "train_loc", "val_loc")
         _class_leak(data, "train_loc", "val_loc", "validation classes must not be trained on")
+
+
+def read(
+    root: str | Path,
+    dataset: str,
+    feature_file: str = "res101.mat",
+    protocol: Protocol = "test",
+    semantics_key: str = "att",
+) -> ZSLData:
+    """The format registry's reader (:func:`zsl.data.formats.read_dataset`)."""
+    return load_xlsa17(root, dataset, feature_file, protocol, semantics_key)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def matlab_cell(strings: Sequence[str]) -> np.ndarray:
+    """A MATLAB cell array (N x 1) of strings, as ``scipy.io.savemat`` writes it."""
+    cell = np.empty((len(strings), 1), dtype=object)
+    for i, value in enumerate(strings):
+        cell[i, 0] = np.array([value])
+    return cell
+
+
+def loc_column(indices0: np.ndarray) -> np.ndarray:
+    """0-based image indices -> the file's 1-based column vector."""
+    return (np.asarray(indices0, dtype=np.int64) + 1).reshape(-1, 1).astype(np.float64)
+
+
+def savemat_atomic(path: Path, content: dict[str, Any]) -> None:
+    """``scipy.io.savemat`` into a temporary file renamed over ``path`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            scipy.io.savemat(handle, content, do_compression=False, oned_as="column")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_splits(
+    folder: Path,
+    att: np.ndarray,
+    class_names: Sequence[str],
+    locs0: Mapping[str, np.ndarray],
+    extra: Mapping[str, Any] | None = None,
+    split_file: str = "att_splits.mat",
+) -> Path:
+    """Write ``<folder>/att_splits.mat``: ``att`` (A x C), ``allclasses_names`` and every split
+    of ``locs0`` (0-based indices, written 1-based), plus ``extra`` keys."""
+    content: dict[str, Any] = {
+        "att": np.asarray(att, dtype=np.float64),
+        "allclasses_names": matlab_cell(list(class_names)),
+        **{key: loc_column(idx) for key, idx in locs0.items()},
+        **dict(extra or {}),
+    }
+    path = Path(folder) / split_file
+    savemat_atomic(path, content)
+    return path
+
+
+def write_features(
+    path: Path,
+    features: np.ndarray,
+    labels0: np.ndarray,
+    image_files: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a feature file: ``features`` D x N (rows of ``features`` are images),
+    ``labels`` N x 1 (written 1-based), optional ``image_files`` and ``extra`` keys."""
+    content: dict[str, Any] = {
+        "features": np.ascontiguousarray(np.asarray(features, dtype=np.float32).T),
+        "labels": (np.asarray(labels0, dtype=np.int64) + 1).reshape(-1, 1).astype(np.float64),
+        **dict(extra or {}),
+    }
+    if image_files is not None:
+        content["image_files"] = matlab_cell(list(image_files))
+    savemat_atomic(Path(path), content)
+    return Path(path)

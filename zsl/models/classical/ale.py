@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from zsl.data.datamodule import ZSLBatch
+from zsl.data.types import ZSLBatch
 from zsl.models.base import ZSLModule
 from zsl.models.classical.losses import warp_rank_loss
 

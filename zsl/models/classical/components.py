@@ -22,7 +22,7 @@ from scipy.linalg import blas
 from torch import Tensor, nn
 from torch.torch_version import TorchVersion
 
-from zsl.data.datamodule import ZSLBatch
+from zsl.data.types import ZSLBatch
 from zsl.models.base import ZSLModule
 
 T = TypeVar("T")

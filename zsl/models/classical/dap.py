@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zsl.data.datamodule import ZSLBatch
+from zsl.data.types import ZSLBatch
 from zsl.models.base import ZSLModule
 from zsl.models.classical.components import adam
 

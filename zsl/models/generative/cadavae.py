@@ -34,14 +34,20 @@ to the seen classes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from zsl.data.datamodule import ZSLBatch
+from zsl.data.types import ZSLBatch
+from zsl.models.generative.base import (
+    GenerativeZSL,
+    check_positive,
+    linear_warmup,
+)
 from zsl.models.generative.nets import Decoder, GaussianEncoder, randn, reparameterize
-from zsl.models.generative.base import GenerativeZSL, check_positive, check_second_stage, linear_warmup
+from zsl.models.generative.second_stage import SecondStage
 
 
 def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
@@ -80,6 +86,8 @@ class CADAVAE(GenerativeZSL):
     ``warmup_scale`` multiplies every warm-up epoch, for shorter schedules.
     """
 
+    default_second_stage = SecondStage(n_synth=400, cls_epochs=23, cls_lr=1e-3, cls_batch_size=32)
+
     example_space = "latent codes"
     feature_scale: Tensor
     semantic_scale: Tensor
@@ -102,30 +110,17 @@ class CADAVAE(GenerativeZSL):
         distance_warmup: Sequence[float] = (6, 22),
         warmup_scale: float = 1.0,
         n_seen_per_class: int = 200,
-        n_synth: int = 400,
-        synth_ratio: float | None = None,
-        cls_epochs: int = 23,
-        cls_steps: int | None = None,
-        cls_pca: int | None = None,
-        cls_lr: float = 1e-3,
-        cls_batch_size: int = 32,
-        cls_weight_decay: float = 0.0,
         unseen_spread: float = 0.0,
-        eval_seed: int = 0,
-        projection_plot: bool = True,
+        second_stage: SecondStage | Mapping[str, Any] | None = None,
     ) -> None:
-        check_second_stage(synth_ratio, cls_steps, cls_pca)
         if not unseen_spread >= 0:
             raise ValueError(f"unseen_spread must be >= 0, got {unseen_spread}")
         check_positive(
             latent_dim=latent_dim,
             warmup_scale=warmup_scale,
             n_seen_per_class=n_seen_per_class,
-            n_synth=n_synth,
-            cls_epochs=cls_epochs,
-            cls_batch_size=cls_batch_size,
         )
-        super().__init__(feature_dim, n_attributes, n_classes)
+        super().__init__(feature_dim, n_attributes, n_classes, second_stage)
 
     def configure_models(self) -> None:
         hp = self.hparams

@@ -28,21 +28,21 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zsl.data.datamodule import ZSLBatch
-from zsl.models.generative.nets import FeatureCritic, FeatureGenerator, ema_update, randn
+from zsl.data.types import ZSLBatch
 from zsl.models.generative.base import (
     GenerativeZSL,
     check_positive,
-    check_second_stage,
     fit_softmax_classifier,
 )
+from zsl.models.generative.nets import FeatureCritic, FeatureGenerator, ema_update, randn
+from zsl.models.generative.second_stage import SecondStage
 
 
 def gradient_penalty(
@@ -132,6 +132,8 @@ class CLSWGAN(GenerativeZSL):
     features (``generator_ema``; null = synthesise from the trained generator itself).
     """
 
+    default_second_stage = SecondStage(n_synth=300, cls_epochs=25, cls_lr=1e-3, cls_batch_size=64)
+
     def __init__(
         self,
         feature_dim: int,
@@ -148,29 +150,16 @@ class CLSWGAN(GenerativeZSL):
         gen_ema: float | None = None,
         pretrain_epochs: int = 50,
         pretrain_lr: float = 1e-3,
-        n_synth: int = 300,
-        synth_ratio: float | None = None,
-        cls_epochs: int = 25,
-        cls_steps: int | None = None,
-        cls_pca: int | None = None,
-        cls_lr: float = 1e-3,
-        cls_batch_size: int = 64,
-        cls_weight_decay: float = 0.0,
-        eval_seed: int = 0,
-        projection_plot: bool = True,
+        second_stage: SecondStage | Mapping[str, Any] | None = None,
     ) -> None:
-        check_second_stage(synth_ratio, cls_steps, cls_pca)
         if gen_ema is not None and not 0.0 <= gen_ema < 1.0:
             raise ValueError(f"gen_ema must be in [0, 1) or null, got {gen_ema}")
         check_positive(
             gen_hidden=gen_hidden,
             critic_hidden=critic_hidden,
             n_critic=n_critic,
-            n_synth=n_synth,
-            cls_epochs=cls_epochs,
-            cls_batch_size=cls_batch_size,
         )
-        super().__init__(feature_dim, n_attributes, n_classes)
+        super().__init__(feature_dim, n_attributes, n_classes, second_stage)
         self.automatic_optimization = False
 
     def configure_models(self) -> None:
@@ -219,7 +208,7 @@ class CLSWGAN(GenerativeZSL):
                 "preprocessing (l2 / minmax of ReLU features)",
                 stacklevel=2,
             )
-        gen = torch.Generator().manual_seed(int(self.hparams.eval_seed))
+        gen = torch.Generator().manual_seed(self.second_stage.eval_seed)
         weight, bias = fit_softmax_classifier(
             x,
             self.to_local(y),
