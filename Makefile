@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
-.PHONY: venv train test lint typecheck clean
+.PHONY: venv train test lint typecheck check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e ".[dev,clip]"
+	$(PY) -m pip install -q -e ".[dev,clip,sweep,cluster]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -27,6 +27,8 @@ test: venv
 lint: venv
 	$(PY) -m ruff check zsl tests experiments train.py
 	$(PY) -m ruff format --check zsl tests experiments train.py
+
+check: lint typecheck
 
 typecheck: venv
 	$(PY) -m mypy zsl

@@ -311,7 +311,7 @@ def test_extract_clip_image_features_and_text_semantics(ws: Workspace, tiny_clip
 
 def _reference_zsl_t1(ws: Workspace, tiny_clip: Path) -> float:
     """Per-class top-1 over the unseen classes, computed directly from the CLIP embeddings."""
-    from zsl.models.clip import class_text_embeddings, clip_image_backbone, load_clip
+    from zsl.features.clip import class_text_embeddings, clip_image_backbone, load_clip
 
     feats = scipy.io.loadmat(str(ws.dataset / "resnet18.mat"))
     splits = scipy.io.loadmat(str(ws.dataset / "att_splits.mat"))
@@ -386,7 +386,7 @@ def test_model_clip_missing_weights_is_one_line(ws: Workspace) -> None:
 def test_clip_weight_loading_errors(monkeypatch: pytest.MonkeyPatch, tiny_clip: Path) -> None:
     import transformers
 
-    from zsl.models.clip import CLIPLoadError, load_clip
+    from zsl.features.clip import CLIPLoadError, load_clip
 
     with pytest.raises(CLIPLoadError, match="local directory .*missing-clip not found"):
         load_clip("/nowhere/missing-clip")

@@ -42,7 +42,7 @@ def _check_key(cfg: DictConfig, dotted: str) -> None:
     for i, part in enumerate(parts):
         if not isinstance(node, DictConfig) or part not in node:
             where = ".".join(parts[:i]) or "<top level>"
-            valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+            valid = sorted(map(str, node.keys())) if isinstance(node, DictConfig) else []
             raise ConfigError(
                 f"unknown config key {dotted!r}: {where} has no {part!r}; valid keys there: "
                 f"{', '.join(map(str, valid))} (use +{dotted}=... to add a new key)"

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from zsl.cli.config import ConfigError, compose
+from zsl.cli.compose import compose
+from zsl.errors import ConfigError
 from zsl.run.selection import grid_points
 
 

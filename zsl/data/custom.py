@@ -1,4 +1,4 @@
-"""``python -m zsl.data.custom``: your own images and attributes -> a complete xlsa17 dataset folder.
+"""``zsl-custom``: your own images and attributes -> a complete xlsa17 dataset folder.
 
 Input: an image folder with one sub-folder per class, a CSV with one row per class (header
 row ``class,<attribute names...>``, first column the sub-folder name) and the list of unseen
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backbone",
         default=DEFAULT_BACKBONE,
-        help=f"torchvision classification model or '{CLIP_BACKBONE}' (python -m zsl.features.extract -h)",
+        help=f"torchvision classification model or '{CLIP_BACKBONE}' (zsl-extract -h)",
     )
     parser.add_argument(
         "--weights", default=None, help="imagenet | none | checkpoint; clip: model id or dir"

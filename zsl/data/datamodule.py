@@ -148,10 +148,12 @@ class ZSLDataModule(pl.LightningDataModule):
                 from zsl.data.synthetic import SyntheticSpec, ensure_synthetic
 
                 ensure_synthetic(
-                    Path(self.root) / self.name, SyntheticSpec(**self.synthetic), self.feature_file
+                    Path(self.root) / str(self.name),
+                    SyntheticSpec(**self.synthetic),
+                    self.feature_file,
                 )
             self._data = load_xlsa17(
-                self.root, self.name, self.feature_file, self.protocol, self.semantics_key
+                self.root, str(self.name), self.feature_file, self.protocol, self.semantics_key
             )
         return self._data
 
@@ -171,7 +173,7 @@ class ZSLDataModule(pl.LightningDataModule):
         self.eval_x, self.eval_y = take(split.eval_idx)
         seen = torch.from_numpy(split.seen_classes)
         if not torch.isin(self.train_y, seen).all():  # the guarantee, asserted on tensors
-            raise DataError(self.name, "a training label is not a seen class")
+            raise DataError(str(self.name), "a training label is not a seen class")
         self.class_space = ClassSpace(
             semantics=torch.from_numpy(data.semantics),
             seen_ids=seen,

@@ -1,4 +1,4 @@
-"""``python -m zsl.features.extract``: image features and CLIP class-name semantics in the xlsa17 format.
+"""``zsl-extract``: image features and CLIP class-name semantics in the xlsa17 format.
 
 Three sources, one output format (what :func:`zsl.data.formats.xlsa17.load_xlsa17` reads):
 
@@ -39,16 +39,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from zsl.data.errors import DataError
+from zsl.errors import ModelLoadError
+from zsl.features.backbones import Backbone
 from zsl.features.images import (
     ImageFiles,
-    Transform,
     batch_plan,
     imagenet_transform,
     list_image_folder,
     pick_device,
     resolve_image_paths,
 )
-from zsl.models.base import ModelLoadError
 
 DEFAULT_BACKBONE = "resnet101"
 CLIP_BACKBONE = "clip"
@@ -56,15 +56,6 @@ RANDOM_INIT_SEED = 0
 
 
 # ----------------------------------------------------------------------------- backbones
-
-
-@dataclass
-class Backbone:
-    """A frozen image encoder: ``module(pixels[B, 3, H, W]) -> features[B, D]``."""
-
-    module: nn.Module
-    transform: Transform
-    description: str
 
 
 @dataclass(frozen=True)
@@ -83,7 +74,7 @@ class BackboneSpec:
         if self.weights is not None:
             return str(self.weights)
         if self.is_clip:
-            from zsl.models.clip import DEFAULT_CLIP_MODEL
+            from zsl.features.clip import DEFAULT_CLIP_MODEL
 
             return DEFAULT_CLIP_MODEL
         return "imagenet"
@@ -94,7 +85,7 @@ class BackboneSpec:
 
     def build(self) -> Backbone:
         if self.is_clip:
-            from zsl.models.clip import clip_image_backbone
+            from zsl.features.clip import clip_image_backbone
 
             return clip_image_backbone(self.resolved_weights)
         return torchvision_backbone(self.name, self.resolved_weights)
@@ -385,7 +376,7 @@ def write_text_semantics(
     """Copy ``att_splits.mat`` with ``att`` replaced by CLIP text embeddings (E x C, unit
     columns) of the class names; the attributes are kept as ``att_attributes``."""
     from zsl.data.formats.xlsa17 import _strings
-    from zsl.models.clip import DEFAULT_CLIP_MODEL, class_text_embeddings, load_clip
+    from zsl.features.clip import DEFAULT_CLIP_MODEL, class_text_embeddings, load_clip
 
     split_file, output = Path(split_file), Path(output)
     if output.resolve() == split_file.resolve():
@@ -421,7 +412,7 @@ def write_text_semantics(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m zsl.features.extract",
+        prog="zsl-extract",
         description="Extract image features (or CLIP class-name semantics) in the xlsa17 format.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -469,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``python -m zsl.features.extract``; returns the written file."""
+    """Entry point of ``zsl-extract``; returns the written file."""
     args = build_parser().parse_args(argv)
     if args.text_semantics is not None:
         write_text_semantics(
@@ -511,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 def run_cli(argv: Sequence[str] | None = None) -> None:
-    """``python -m zsl.features.extract``: :func:`main`, with bad input (missing or unreadable files,
+    """``zsl-extract``: :func:`main`, with bad input (missing or unreadable files,
     unknown backbones, weights that do not load or fit) reported as one line, exit status 1."""
     try:
         main(argv)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities.parsing import AttributeDict
 from torch import Tensor
 
 from zsl.data.types import ClassSpace, ExampleSet, ZSLBatch, ZSLData, ZSLDataSource
@@ -49,6 +50,11 @@ class ZSLModule(pl.LightningModule):
     closed_form: ClassVar[bool] = False
     #: generative models may read unseen-class semantics (never unseen features) in training
     uses_unseen_semantics: ClassVar[bool] = False
+    # buffers (registered in __init__)
+    semantics: Tensor
+    seen_ids: Tensor
+    unseen_ids: Tensor
+    gamma: Tensor
 
     def __init__(self, feature_dim: int, n_attributes: int, n_classes: int) -> None:
         super().__init__()
@@ -72,6 +78,11 @@ class ZSLModule(pl.LightningModule):
             # Lightning accepts under DDP only with manual optimisation
             self.automatic_optimization = False
         self.configure_models()
+
+    @property
+    def hp(self) -> AttributeDict:
+        """The saved hyper-parameters with attribute access (``self.hp.lr``)."""
+        return cast(AttributeDict, self.hparams)
 
     # -- hooks for subclasses ---------------------------------------------------------
     @classmethod

@@ -41,8 +41,8 @@ def plot_seen_unseen_curve(
     accuracies in percent). Plots unseen accuracy against seen accuracy, the area under the
     curve (AUSUC, trapezoid rule as in ``zsl.metrics``) in the legend, and marks the
     uncalibrated point (``gamma = 0``) and, with ``chosen = (gamma, u, s)`` (the gamma selected
-    on validation classes and the accuracies it gives here), that point; without it, the point of highest harmonic mean H of this
-    curve (only meaningful for a validation curve: on the test split it would be a
+    on validation classes and the accuracies it gives here), that point; without it, the point of
+    highest harmonic mean H of this curve (only meaningful for a validation curve: on the test split it would be a
     test-selected number).
     """
     g, uu, ss = _np(gammas), _np(u), _np(s)

@@ -48,9 +48,7 @@ class ALE(ZSLModule):
         self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
     ) -> Tensor:
         scores = self.scores(batch.features, seen_semantics)
-        return warp_rank_loss(scores, local_labels, self.hparams.margin)
+        return warp_rank_loss(scores, local_labels, self.hp.margin)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        return torch.optim.Adam(self.parameters(), lr=self.hp.lr, weight_decay=self.hp.weight_decay)

@@ -44,7 +44,7 @@ class RankingModel(ZSLModule):
         self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
     ) -> Tensor:
         scores = self.scores(batch.features, seen_semantics)
-        return self.loss(scores, local_labels, self.hparams.margin)
+        return self.loss(scores, local_labels, self.hp.margin)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return adam(self)
@@ -58,7 +58,7 @@ def adam(model: ZSLModule) -> torch.optim.Optimizer:
         p.device.type in ("cpu", "cuda") for p in params
     )
     return torch.optim.Adam(
-        params, lr=model.hparams.lr, weight_decay=model.hparams.weight_decay, fused=fused or None
+        params, lr=model.hp.lr, weight_decay=model.hp.weight_decay, fused=fused or None
     )
 
 

@@ -79,7 +79,7 @@ class ESZSL(ZSLModule):
     def fit_closed_form(
         self, features: Tensor, local_labels: Tensor, seen_semantics: Tensor
     ) -> None:
-        hp = self.hparams
+        hp = self.hp
         weights = eszsl_weights(
             features,
             local_labels,

@@ -47,4 +47,4 @@ class LATEM(RankingModel):
         super().__init__(feature_dim, n_attributes, n_classes)
 
     def configure_models(self) -> None:
-        self.net = LatentBilinear(self.feature_dim, self.n_attributes, self.hparams.n_maps)
+        self.net = LatentBilinear(self.feature_dim, self.n_attributes, self.hp.n_maps)

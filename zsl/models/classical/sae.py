@@ -163,7 +163,7 @@ class SAE(ZSLModule):
         self.register_buffer("weight", torch.zeros(self.n_attributes, self.feature_dim))
 
     def scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
-        if self.hparams.direction == "f2s":
+        if self.hp.direction == "f2s":
             encoded = F.normalize(features @ self.weight.T, dim=1)
             return encoded @ F.normalize(class_semantics, dim=1).T
         decoded = F.normalize(class_semantics @ self.weight, dim=1)
@@ -172,5 +172,5 @@ class SAE(ZSLModule):
     def fit_closed_form(
         self, features: Tensor, local_labels: Tensor, seen_semantics: Tensor
     ) -> None:
-        weights = sae_weights(features, local_labels, seen_semantics, self.hparams.lambda_)
+        weights = sae_weights(features, local_labels, seen_semantics, self.hp.lambda_)
         self.weight.copy_(weights.to(self.weight))

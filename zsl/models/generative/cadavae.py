@@ -123,7 +123,7 @@ class CADAVAE(GenerativeZSL):
         super().__init__(feature_dim, n_attributes, n_classes, second_stage)
 
     def configure_models(self) -> None:
-        hp = self.hparams
+        hp = self.hp
         fenc, fdec = (int(h) for h in hp.feature_hidden)
         aenc, adec = (int(h) for h in hp.attribute_hidden)
         latent = int(hp.latent_dim)
@@ -143,7 +143,7 @@ class CADAVAE(GenerativeZSL):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(
-            self.parameters(), lr=float(self.hparams.lr), betas=(0.9, 0.999), amsgrad=True
+            self.parameters(), lr=float(self.hp.lr), betas=(0.9, 0.999), amsgrad=True
         )
 
     # -- training -----------------------------------------------------------------------
@@ -155,7 +155,7 @@ class CADAVAE(GenerativeZSL):
 
     def loss_weights(self, epoch: int) -> dict[str, float]:
         """KL (beta), cross-reconstruction and distribution-alignment weights at ``epoch``."""
-        hp = self.hparams
+        hp = self.hp
         scale = float(hp.warmup_scale)
 
         def ramp(factor: float, window: Sequence[float]) -> float:
@@ -216,7 +216,7 @@ class CADAVAE(GenerativeZSL):
         """``n_seen_per_class`` latent samples per seen class, each from the posterior of a real
         feature of the class drawn with replacement (the reference implementation's sampling;
         every feature is encoded once)."""
-        n = int(self.hparams.n_seen_per_class)
+        n = int(self.hp.n_seen_per_class)
         mean, logvar = self.feature_encoder(features * self.feature_scale)
         order = torch.argsort(labels, stable=True)
         classes, counts = torch.unique_consecutive(labels[order], return_counts=True)
@@ -241,7 +241,7 @@ class CADAVAE(GenerativeZSL):
         """Attribute-encoder latents, widened by ``unseen_spread`` x the seen classes'
         within-class std (measured by the last :meth:`embed_seen`)."""
         z = self.attribute_latents(class_semantics, n, generator)
-        spread = float(self.hparams.unseen_spread)
+        spread = float(self.hp.unseen_spread)
         if spread > 0:
             z = z + spread * self.latent_within_std * randn(tuple(z.shape), generator, z)
         return z

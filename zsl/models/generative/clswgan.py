@@ -163,7 +163,7 @@ class CLSWGAN(GenerativeZSL):
         self.automatic_optimization = False
 
     def configure_models(self) -> None:
-        hp = self.hparams
+        hp = self.hp
         noise_dim = int(hp.noise_dim or self.n_attributes)
         self.generator = FeatureGenerator(
             self.n_attributes, noise_dim, hp.gen_hidden, self.feature_dim
@@ -184,8 +184,8 @@ class CLSWGAN(GenerativeZSL):
         self.register_buffer("generator_initialised", torch.tensor(False))
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        betas = (float(self.hparams.beta1), 0.999)
-        lr = float(self.hparams.lr)
+        betas = (float(self.hp.beta1), 0.999)
+        lr = float(self.hp.lr)
         return [
             torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas),
             torch.optim.Adam(self.critic.parameters(), lr=lr, betas=betas),
@@ -213,8 +213,8 @@ class CLSWGAN(GenerativeZSL):
             x,
             self.to_local(y),
             self.seen_ids.numel(),
-            int(self.hparams.pretrain_epochs),
-            float(self.hparams.pretrain_lr),
+            int(self.hp.pretrain_epochs),
+            float(self.hp.pretrain_lr),
             512,
             0.0,
             gen,
@@ -234,7 +234,7 @@ class CLSWGAN(GenerativeZSL):
     ) -> Tensor:
         """One f-CLSWGAN iteration with Lightning's manual optimisation (see
         :func:`clswgan_iteration`). Returns the generator loss for logging."""
-        hp = self.hparams
+        hp = self.hp
         opt_g, opt_d = self.optimizers()  # type: ignore[misc, attr-defined]
         losses = clswgan_iteration(
             self.generator,
@@ -263,7 +263,7 @@ class CLSWGAN(GenerativeZSL):
         """One step of the ``gen_ema`` weight average, after a generator step (no-op when
         ``gen_ema`` is null)."""
         if self.generator_ema is not None:
-            ema_update(self.generator_ema, self.generator, float(self.hparams.gen_ema))
+            ema_update(self.generator_ema, self.generator, float(self.hp.gen_ema))
 
     # -- generation ---------------------------------------------------------------------
     def sampler(self) -> FeatureGenerator:

@@ -25,7 +25,9 @@ def ema_update(average: nn.Module, model: nn.Module, decay: float) -> None:
     """Exponential moving average of weights, in place:
     ``average <- decay * average + (1 - decay) * model`` for every parameter and floating-point
     buffer (the two modules must have the same architecture)."""
-    pairs = [*zip(average.parameters(), model.parameters(), strict=True)]
+    pairs: list[tuple[Tensor, Tensor]] = [
+        *zip(average.parameters(), model.parameters(), strict=True)
+    ]
     pairs += [
         (a, m)
         for a, m in zip(average.buffers(), model.buffers(), strict=True)

@@ -3,11 +3,12 @@
 Each run is a full ``zsl.cli.train.main`` call (selection on validation classes, one test fit) with
 its own run directory; the table aggregates the runs' ``metrics.json`` as mean ± std over seeds.
 
-    python experiments/benchmark.py --name cub_vgg --datasets cub \
+    zsl-benchmark --name cub_vgg --datasets cub \
         --root ../shared/data/xlsa17 --feature-file vgg_fc7.mat \
         --methods ale,dap,devise,sje,eszsl,sae,latem --seeds 0,1,2
 
-Writes ``experiments/results/<name>.md`` and ``.csv``. Extra ``key=value`` arguments after
+Writes ``<results-dir>/<name>.md`` and ``.csv`` (default ``results/``).
+Extra ``key=value`` arguments after
 ``--`` are passed to every run (e.g. ``-- trainer.enable_progress_bar=false``).
 """
 
@@ -22,10 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from zsl.cli.train import main as train_main  # noqa: E402
+from zsl.cli.train import main as train_main
 
 METRICS = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_h_cal")
 
@@ -53,7 +51,9 @@ def run_one(
     if args.feature_file:
         argv.append(f"data.feature_file={args.feature_file}")
     print(f"[benchmark] {' '.join(argv + extra)}", flush=True)
-    return train_main(argv + extra)
+    metrics = train_main(argv + extra)
+    assert metrics is not None
+    return metrics
 
 
 def fmt(values: list[float]) -> str:
@@ -124,6 +124,7 @@ def _cpus() -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``zsl-benchmark``."""
     argv = sys.argv[1:] if argv is None else argv
     extra: list[str] = []
     if "--" in argv:
@@ -137,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--root", default=None, help="data root (xlsa17 layout)")
     p.add_argument("--feature-file", default=None)
     p.add_argument("--logger", default="csv", choices=["csv", "wandb"])
-    p.add_argument("--runs-dir", default=str(ROOT / "experiments" / "runs"))
-    p.add_argument("--results-dir", default=str(ROOT / "experiments" / "results"))
+    p.add_argument("--runs-dir", default="runs/benchmark")
+    p.add_argument("--results-dir", default="results")
     p.add_argument("--force", action="store_true", help="rerun runs that already have metrics")
     args = p.parse_args(argv)
     import time
