@@ -1,0 +1,1 @@
+"""Data: xlsa17 loader, synthetic benchmark, protocol splits, datamodule."""

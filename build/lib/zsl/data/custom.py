@@ -1,0 +1,313 @@
+"""``zsl-custom``: your own images and attributes -> a complete xlsa17 dataset folder.
+
+Input: an image folder with one sub-folder per class, a CSV with one row per class (header
+row ``class,<attribute names...>``, first column the sub-folder name) and the list of unseen
+classes. Output, in one command, ``<output>/att_splits.mat`` and ``<output>/<feature file>``
+laid out exactly like the xlsa17 release, so every model trains on it with
+``python train.py data=cub data.root=<parent of output> data.name=<output folder name>
+data.feature_file=<feature file>``.
+
+Splits (all seeded, 1-based MATLAB column vectors, like the proposed split):
+
+* ``test_unseen_loc``: every image of the unseen classes;
+* ``test_seen_loc``: a ``test_seen_fraction`` of the images of every seen class (at least one),
+  the rest is ``trainval_loc``;
+* ``val_loc``: every image of the validation classes (a ``val_fraction`` of the seen classes,
+  or the ones named), ``train_loc``: every image of the other seen classes.
+
+``att`` holds the CSV values per class with L2-normalised columns; ``original_att`` the raw ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zsl.data.errors import DataError
+from zsl.features.extract import (
+    CLIP_BACKBONE,
+    DEFAULT_BACKBONE,
+    BackboneSpec,
+    extract_to_file,
+    matlab_cell,
+    savemat_atomic,
+)
+from zsl.features.images import ImageFolder, list_image_folder
+
+
+@dataclass(frozen=True)
+class AttributeTable:
+    """The class x attribute CSV."""
+
+    class_names: tuple[str, ...]
+    attribute_names: tuple[str, ...]
+    values: np.ndarray  # [C, A] float64, rows in class_names order
+
+    def row(self, name: str) -> np.ndarray:
+        return self.values[self.class_names.index(name)]
+
+
+def read_attribute_csv(path: str | Path) -> AttributeTable:
+    """Read ``class,<attr 1>,...,<attr A>`` rows; every cell after the first must be numeric."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(str(path), "attribute CSV not found")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    if len(rows) < 2 or len(rows[0]) < 2:
+        raise DataError(
+            str(path), "expected a header row 'class,<attribute names...>' and one row per class"
+        )
+    header, body = rows[0], rows[1:]
+    names: list[str] = []
+    values: list[list[float]] = []
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}:{line}", f"{len(row)} cells, the header has {len(header)}")
+        name = row[0].strip()
+        if name in names:
+            raise DataError(f"{path}:{line}", f"class {name!r} appears twice")
+        try:
+            values.append([float(cell) for cell in row[1:]])
+        except ValueError as err:
+            raise DataError(f"{path}:{line}", f"non-numeric attribute value ({err})") from None
+        names.append(name)
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise DataError(str(path), "attribute values must be finite")
+    return AttributeTable(tuple(names), tuple(h.strip() for h in header[1:]), arr)
+
+
+def parse_class_list(spec: str | Path) -> list[str]:
+    """A file with one class per line, or a comma-separated list of class names."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        items = path.read_text().splitlines()
+    else:
+        items = str(spec).split(",")
+    return [item.strip() for item in items if item.strip()]
+
+
+def _ids(names: Sequence[str], folder: ImageFolder, what: str) -> np.ndarray:
+    unknown = [n for n in names if n not in folder.class_names]
+    if unknown:
+        raise DataError(
+            what,
+            f"{unknown[:5]} are not class folders of {folder.root} (e.g. {folder.class_names[:3]})",
+        )
+    if len(set(names)) != len(names):
+        raise DataError(what, "a class is listed twice")
+    return np.asarray(sorted(folder.class_names.index(n) for n in names), dtype=np.int64)
+
+
+def make_splits(
+    labels: np.ndarray,
+    n_classes: int,
+    unseen: np.ndarray,
+    val_classes: np.ndarray | None = None,
+    val_fraction: float = 0.25,
+    test_seen_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """The five xlsa17 split arrays as sorted 0-based image indices (see the module doc)."""
+    if not 0.0 < test_seen_fraction < 1.0:
+        raise ValueError(f"test_seen_fraction must be in (0, 1), got {test_seen_fraction}")
+    rng = np.random.default_rng(seed)
+    seen = np.setdiff1d(np.arange(n_classes), unseen)
+    if unseen.size == 0 or seen.size < 2:
+        raise ValueError(
+            f"need at least one unseen and two seen classes (one to train, one to validate); got "
+            f"{unseen.size} unseen and {seen.size} seen"
+        )
+    if val_classes is None:
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        n_val = min(max(1, int(round(val_fraction * seen.size))), seen.size - 1)
+        val_classes = np.sort(rng.choice(seen, size=n_val, replace=False))
+    elif np.setdiff1d(val_classes, seen).size or val_classes.size in (0, seen.size):
+        raise ValueError("validation classes must be a non-empty proper subset of the seen classes")
+    splits: dict[str, list[int]] = {
+        k: [] for k in ("trainval", "test_seen", "test_unseen", "train", "val")
+    }
+    for cls in range(n_classes):
+        members = np.flatnonzero(labels == cls)
+        if cls in unseen:
+            splits["test_unseen"].extend(members)
+            continue
+        if members.size < 2:
+            raise ValueError(
+                f"seen class {cls} has {members.size} image(s); needs at least 2 "
+                "(training and test_seen)"
+            )
+        k = min(max(1, int(round(test_seen_fraction * members.size))), members.size - 1)
+        held = rng.choice(members, size=k, replace=False)
+        splits["test_seen"].extend(held)
+        splits["trainval"].extend(np.setdiff1d(members, held))
+        splits["val" if cls in val_classes else "train"].extend(members)
+    return {f"{k}_loc": np.sort(np.asarray(v, dtype=np.int64)) for k, v in splits.items()}
+
+
+def build_custom_dataset(
+    images: str | Path,
+    attributes: str | Path,
+    unseen: Sequence[str],
+    output: str | Path,
+    *,
+    val_classes: Sequence[str] | None = None,
+    val_fraction: float = 0.25,
+    test_seen_fraction: float = 0.2,
+    seed: int = 0,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str | None = None,
+    feature_file: str | None = None,
+    overwrite: bool = False,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> Path:
+    """Write ``<output>/att_splits.mat`` and ``<output>/<feature_file>``; returns the folder."""
+    folder = list_image_folder(images)
+    table = read_attribute_csv(attributes)
+    missing = [c for c in folder.class_names if c not in table.class_names]
+    extra = [c for c in table.class_names if c not in folder.class_names]
+    if missing or extra:
+        raise DataError(
+            str(attributes),
+            f"CSV classes must match the class folders of {folder.root}: no row for {missing[:5]}, "
+            f"no folder for {extra[:5]}",
+        )
+    unseen_ids = _ids(unseen, folder, "unseen classes")
+    val_ids = _ids(val_classes, folder, "validation classes") if val_classes else None
+    try:
+        locs = make_splits(
+            folder.labels,
+            len(folder.class_names),
+            unseen_ids,
+            val_ids,
+            val_fraction,
+            test_seen_fraction,
+            seed,
+        )
+    except ValueError as err:
+        raise DataError(str(folder.root), str(err)) from None
+
+    original = np.stack([table.row(c) for c in folder.class_names], axis=1)  # A x C
+    norms = np.linalg.norm(original, axis=0, keepdims=True)
+    if (norms == 0).any():
+        zero = [folder.class_names[i] for i in np.flatnonzero(norms[0] == 0)]
+        raise DataError(str(attributes), f"classes with all-zero attributes: {zero[:5]}")
+    out = Path(output).expanduser()
+    split_mat = {
+        "att": original / norms,
+        "original_att": original,
+        "allclasses_names": matlab_cell(list(folder.class_names)),
+        "attribute_names": matlab_cell(list(table.attribute_names)),
+        **{k: (v + 1).astype(np.float64).reshape(-1, 1) for k, v in locs.items()},
+    }
+    savemat_atomic(out / "att_splits.mat", split_mat)
+
+    spec = BackboneSpec(backbone, weights)
+    if feature_file is None:
+        feature_file = "res101.mat" if backbone == "resnet101" else f"{backbone}.mat"
+    paths = [p.resolve() for p in folder.paths]
+    extract_to_file(
+        out / feature_file,
+        paths,
+        folder.labels,
+        [str(p) for p in paths],
+        spec,
+        overwrite=overwrite,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=progress,
+    )
+    n_seen = len(folder.class_names) - unseen_ids.size
+    print(
+        f"{out}: {len(folder.class_names)} classes ({n_seen} seen, {unseen_ids.size} unseen), "
+        f"{len(folder)} images, {len(table.attribute_names)} attributes; "
+        + ", ".join(f"{k.removesuffix('_loc')} {v.size}" for k, v in locs.items())
+        + "\n"
+        f"train with: python train.py data=cub data.root={out.parent} data.name={out.name} "
+        f"data.feature_file={feature_file}"
+    )
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m zsl.data.custom",
+        description="Build an xlsa17-format ZSL dataset from an image folder and a class x "
+        "attribute CSV.",
+    )
+    parser.add_argument(
+        "--images", type=Path, required=True, help="folder with one sub-folder per class"
+    )
+    parser.add_argument(
+        "--attributes", type=Path, required=True, help="CSV: class,<attribute names...>"
+    )
+    parser.add_argument("--unseen", required=True, help="file with one class per line, or a,b,c")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="dataset folder to write")
+    parser.add_argument(
+        "--val-classes", default=None, help="validation classes (file or a,b); default: seeded"
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.25, help="share of seen classes used for validation"
+    )
+    parser.add_argument(
+        "--test-seen-fraction", type=float, default=0.2, help="share of every seen class held out"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        help=f"torchvision classification model or '{CLIP_BACKBONE}' (zsl-extract -h)",
+    )
+    parser.add_argument(
+        "--weights", default=None, help="imagenet | none | checkpoint; clip: model id or dir"
+    )
+    parser.add_argument(
+        "--feature-file", default=None, help="default res101.mat (resnet101) or <backbone>.mat"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="re-extract an existing feature file"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Entry point of ``python -m zsl.data.custom``; returns the dataset folder."""
+    args = build_parser().parse_args(argv)
+    return build_custom_dataset(
+        args.images,
+        args.attributes,
+        parse_class_list(args.unseen),
+        args.output,
+        val_classes=parse_class_list(args.val_classes) if args.val_classes else None,
+        val_fraction=args.val_fraction,
+        test_seen_fraction=args.test_seen_fraction,
+        seed=args.seed,
+        backbone=args.backbone,
+        weights=args.weights,
+        feature_file=args.feature_file,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+
+
+if __name__ == "__main__":
+    main()

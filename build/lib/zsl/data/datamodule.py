@@ -1,0 +1,214 @@
+"""Lightning datamodule over an xlsa17-format benchmark (real or the built-in synthetic one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from zsl.data.errors import DataError
+from zsl.data.formats.xlsa17 import Protocol, load_xlsa17
+from zsl.data.splits import FeatureScaler, Preprocess, ProtocolSplit, make_split
+from zsl.data.types import ClassSpace, ExampleSet, ZSLBatch, ZSLData
+
+
+class _TensorBatches(Dataset):
+    """In-memory tensors indexed by a whole list of indices at once (no per-sample work)."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, item: tuple[torch.Tensor, float]) -> ZSLBatch:
+        index, share = item
+        return ZSLBatch(self.features[index], self.labels[index], share)
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) outside DDP."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardedBatchSampler(Sampler[tuple[torch.Tensor, float]]):
+    """Global batches of ``batch_size`` indices, each split evenly across DDP ranks.
+
+    The order is a permutation seeded by ``(seed, epoch)`` (``set_epoch``, called by Lightning
+    every epoch), so an epoch's batches do not depend on how many epochs ran in this process:
+    a run resumed from a checkpoint sees exactly the batches an uninterrupted one would. Every
+    rank yields the same number of batches and the ranks' slices partition each global batch
+    with no padding, so metrics gathered across ranks count every example exactly once and a
+    DDP step sees the same global batch as a single process. Yields ``(indices, share)``
+    (see :class:`ZSLBatch`). ``batch_size <= 0`` means one batch of everything.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+        self.batch_size = n if batch_size <= 0 else batch_size
+        self._rank, self._world = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def rank_world(self) -> tuple[int, int]:
+        """Explicit values if given, else the process group's (resolved at iteration time,
+        because datamodules are built before Lightning starts the DDP processes)."""
+        rank, world = _world()
+        return (
+            rank if self._rank is None else self._rank,
+            world if self._world is None else self._world,
+        )
+
+    def _global_batches(self) -> list[torch.Tensor]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=gen)
+        else:
+            order = torch.arange(self.n)
+        batches = list(order.split(self.batch_size))
+        _, world = self.rank_world()
+        if len(batches) > 1 and batches[-1].numel() < world:  # no rank may get an empty slice
+            batches[-2:] = [torch.cat(batches[-2:])]
+        return batches
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        rank, world = self.rank_world()
+        for batch in self._global_batches():
+            part = batch.tensor_split(world)[rank]
+            yield part, part.numel() * world / batch.numel()
+
+    def __len__(self) -> int:
+        return len(self._global_batches())
+
+
+def tensor_loader(
+    features: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0
+) -> DataLoader:
+    """A DataLoader that yields :class:`ZSLBatch` slices of in-memory tensors (sharded
+    across DDP ranks, see :class:`ShardedBatchSampler`)."""
+    data = _TensorBatches(features, labels)
+    sampler = ShardedBatchSampler(len(data), batch_size, shuffle, seed)
+    return DataLoader(data, sampler=sampler, batch_size=None, collate_fn=None)
+
+
+class ZSLDataModule(pl.LightningDataModule):
+    """Loads a benchmark, builds the protocol split, fits preprocessing on training features.
+
+    Guarantees (asserted): training batches hold only seen-class images; evaluation images
+    are disjoint from training images. ``batch_size <= 0`` yields the full training set as
+    one batch (used by closed-form models).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        feature_file: str = "res101.mat",
+        protocol: Protocol = "test",
+        preprocess: Preprocess = "l2",
+        batch_size: int = 256,
+        eval_batch_size: int = 4096,
+        val_seen_fraction: float = 0.2,
+        split_seed: int = 0,
+        semantics_key: str = "att",
+        synthetic: dict[str, Any] | None = None,
+        data: ZSLData | None = None,
+    ) -> None:
+        super().__init__()
+        self.name, self.root, self.feature_file = name, root, feature_file
+        self.protocol: Protocol = protocol
+        self.preprocess: Preprocess = preprocess
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_seen_fraction, self.split_seed = val_seen_fraction, split_seed
+        self.semantics_key = semantics_key
+        self.synthetic = synthetic
+        self._data = data
+        self.split: ProtocolSplit | None = None
+
+    # -- loading -----------------------------------------------------------------------
+    def _load(self) -> ZSLData:
+        if self._data is None:
+            if self.synthetic is not None:
+                from zsl.data.synthetic import SyntheticSpec, ensure_synthetic
+
+                ensure_synthetic(
+                    Path(self.root) / str(self.name),
+                    SyntheticSpec(**self.synthetic),
+                    self.feature_file,
+                )
+            self._data = load_xlsa17(
+                self.root, str(self.name), self.feature_file, self.protocol, self.semantics_key
+            )
+        return self._data
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is not None:
+            return
+        data = self._load()
+        split = make_split(data, self.protocol, self.val_seen_fraction, self.split_seed)
+        scaler = FeatureScaler.fit(self.preprocess, data.features[split.train_idx])
+        labels = torch.from_numpy(data.labels)
+
+        def take(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            feats = torch.from_numpy(np.ascontiguousarray(scaler.transform(data.features[idx])))
+            return feats, labels[torch.from_numpy(idx)]
+
+        self.train_x, self.train_y = take(split.train_idx)
+        self.eval_x, self.eval_y = take(split.eval_idx)
+        seen = torch.from_numpy(split.seen_classes)
+        if not torch.isin(self.train_y, seen).all():  # the guarantee, asserted on tensors
+            raise DataError(str(self.name), "a training label is not a seen class")
+        self.class_space = ClassSpace(
+            semantics=torch.from_numpy(data.semantics),
+            seen_ids=seen,
+            unseen_ids=torch.from_numpy(split.unseen_classes),
+            feature_dim=int(data.features.shape[1]),
+            class_names=data.class_names,
+        )
+        self.split = split
+
+    def training_examples(self) -> ExampleSet:
+        """The preprocessed seen-class training examples (after ``setup()``)."""
+        self.setup()
+        return ExampleSet(self.train_x, self.train_y)
+
+    def evaluation_examples(self) -> ExampleSet:
+        """The preprocessed evaluation examples (validation or test, by protocol)."""
+        self.setup()
+        return ExampleSet(self.eval_x, self.eval_y)
+
+    # -- loaders -----------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        if self.batch_size <= 0:
+            # closed-form models: every rank fits on the whole training set (identical fits)
+            data = _TensorBatches(self.train_x, self.train_y)
+            full = ShardedBatchSampler(len(data), 0, False, rank=0, world_size=1)
+            return DataLoader(data, sampler=full, batch_size=None, collate_fn=None)
+        return tensor_loader(self.train_x, self.train_y, self.batch_size, True, self.split_seed)
+
+    def _eval_loader(self) -> DataLoader:
+        return tensor_loader(self.eval_x, self.eval_y, self.eval_batch_size, False)
+
+    def val_dataloader(self) -> DataLoader | list:
+        # Per-epoch validation only exists in the val protocol: the test split is never
+        # looked at during training.
+        return self._eval_loader() if self.protocol == "val" else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader()

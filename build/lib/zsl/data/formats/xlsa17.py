@@ -1,0 +1,329 @@
+"""Loader for the xlsa17 "proposed split" format (Xian et al., TPAMI 2018).
+
+A dataset folder holds ``att_splits.mat`` (class semantics and split indices) and a feature
+file laid out like ``res101.mat`` (``features`` D x N, ``labels`` N x 1, ``image_files``).
+All MATLAB indices are 1-based; everything returned here is 0-based.
+
+Only the split keys of the requested protocol are read: the ``val`` protocol never touches
+``trainval_loc``/``test_seen_loc``/``test_unseen_loc`` and the ``test`` protocol never needs
+``train_loc``/``val_loc``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.io
+
+from zsl.data.errors import DataError
+from zsl.data.types import PROTOCOL_KEYS, ProtocolName, ZSLData
+
+Protocol = ProtocolName
+
+
+def _read_mat(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(str(path), "file not found")
+    try:
+        return scipy.io.loadmat(str(path))
+    except NotImplementedError as err:  # MATLAB v7.3 (HDF5)
+        raise DataError(
+            str(path), f"MATLAB v7.3 files are not supported, re-save as v7: {err}"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - scipy raises many types for corrupt files
+        raise DataError(
+            str(path), f"cannot read MATLAB file ({type(err).__name__}: {err})"
+        ) from None
+
+
+def _get(mat: Mapping[str, Any], key: str, path: Path) -> Any:
+    if key not in mat:
+        present = sorted(k for k in mat if not k.startswith("__"))
+        raise DataError(f"{path}[{key!r}]", f"missing key; the file has {present}")
+    return mat[key]
+
+
+def _strings(cell: Any) -> tuple[str, ...]:
+    out = []
+    for item in np.asarray(cell, dtype=object).ravel():
+        while isinstance(item, np.ndarray):
+            item = item.ravel()[0] if item.size else ""
+        out.append(str(item))
+    return tuple(out)
+
+
+def _numeric(raw: Any, where: str) -> np.ndarray:
+    """A numeric array, or a DataError naming the key (e.g. a name list given as semantics)."""
+    arr = np.asarray(raw)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise DataError(where, f"expected a numeric matrix, got {arr.dtype} values")
+    return arr
+
+
+def _finite(array: np.ndarray, where: str) -> None:
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(where, f"{int(bad.sum())} non-finite values (first at index {first})")
+
+
+def _index_vector(raw: Any, where: str, upper: int, what: str = "") -> np.ndarray:
+    """1-based MATLAB index column -> 0-based int64 vector, checked against [1, upper]
+    (``what`` says where ``upper`` comes from)."""
+    arr = np.asarray(raw).ravel()
+    if arr.size == 0:
+        raise DataError(where, "is empty")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataError(where, f"expected numeric indices, got dtype {arr.dtype}")
+    as_int = arr.astype(np.int64)
+    if not np.array_equal(as_int, arr):
+        raise DataError(where, "indices are not integers")
+    lo, hi = int(as_int.min()), int(as_int.max())
+    if lo < 1 or hi > upper:
+        hint = f" ({what})" if what else ""
+        if lo == 0:
+            hint += "; 0 found: MATLAB indices are 1-based, was the file saved 0-based?"
+        raise DataError(
+            where, f"1-based indices must lie in [1, {upper}], found range [{lo}, {hi}]{hint}"
+        )
+    return as_int - 1
+
+
+def _split_vector(raw: Any, where: str, n_images: int, feature_file: str) -> np.ndarray:
+    """A split's image indices: in range and each image listed once."""
+    idx = _index_vector(raw, where, n_images, f"{n_images} images in {feature_file}")
+    values, counts = np.unique(idx, return_counts=True)
+    if values.size != idx.size:
+        first = int(values[counts > 1][0]) + 1
+        raise DataError(
+            where,
+            f"{idx.size - values.size} duplicate image indices (first: 1-based index {first}); "
+            "every image must be listed once",
+        )
+    return idx
+
+
+def load_xlsa17(
+    root: str | Path,
+    dataset: str,
+    feature_file: str = "res101.mat",
+    protocol: Protocol = "test",
+    semantics_key: str = "att",
+    split_file: str = "att_splits.mat",
+) -> ZSLData:
+    """Read and validate ``<root>/<dataset>/{split_file, feature_file}`` for one protocol."""
+    if protocol not in PROTOCOL_KEYS:
+        raise DataError("data.protocol", f"unknown protocol {protocol!r}; use 'val' or 'test'")
+    folder = Path(root) / dataset
+    if not folder.is_dir():
+        raise DataError(str(folder), "dataset folder not found (check data.root and data.name)")
+    split_path = folder / split_file
+    feat_path = Path(feature_file) if Path(feature_file).is_absolute() else folder / feature_file
+    splits = _read_mat(split_path)
+    feats = _read_mat(feat_path)
+
+    att_where = f"{split_path}[{semantics_key!r}]"
+    att = _numeric(_get(splits, semantics_key, split_path), att_where).astype(np.float64)
+    if att.ndim != 2:
+        raise DataError(
+            f"{split_path}[{semantics_key!r}]", f"expected a 2-D matrix, got {att.shape}"
+        )
+    _finite(att, f"{split_path}[{semantics_key!r}]")
+    n_classes = att.shape[1]
+    if "allclasses_names" in splits:
+        names = _strings(splits["allclasses_names"])
+        if len(names) != n_classes:
+            transposed = att.shape[0] == len(names)
+            raise DataError(
+                att_where,
+                f"attribute matrix has {n_classes} class columns but allclasses_names lists "
+                f"{len(names)} classes"
+                + (" (it looks transposed: the file must hold A x C)" if transposed else ""),
+            )
+    else:  # FLO ships without names
+        names = tuple(f"class_{i + 1:03d}" for i in range(n_classes))
+
+    features = _numeric(_get(feats, "features", feat_path), f"{feat_path}['features']")
+    if features.ndim != 2:
+        raise DataError(f"{feat_path}['features']", f"expected D x N, got shape {features.shape}")
+    raw_labels = _get(feats, "labels", feat_path)
+    n_images = features.shape[1]
+    if np.asarray(raw_labels).size != n_images:
+        raise DataError(
+            f"{feat_path}['labels']",
+            f"{np.asarray(raw_labels).size} labels but 'features' has {n_images} columns (images)",
+        )
+    labels = _index_vector(
+        raw_labels,
+        f"{feat_path}['labels']",
+        n_classes,
+        f"{n_classes} classes = columns of {split_path.name}[{semantics_key!r}]",
+    )
+    features = features.astype(np.float32, copy=False)
+    _finite(features, f"{feat_path}['features']")  # before transposing: index as in the file
+    features = np.ascontiguousarray(features.T)
+
+    locs = {
+        key: _split_vector(
+            _get(splits, key, split_path), f"{split_path}[{key!r}]", n_images, feat_path.name
+        )
+        for key in PROTOCOL_KEYS[protocol]
+    }
+    image_files = _strings(feats["image_files"]) if "image_files" in feats else None
+    data = ZSLData(
+        name=dataset,
+        features=features,
+        labels=labels,
+        semantics=np.ascontiguousarray(att.T, dtype=np.float32),
+        class_names=names,
+        locs=locs,
+        image_files=image_files,
+        source=str(split_path),
+    )
+    check_split_integrity(data, protocol)
+    return data
+
+
+def _overlap(data: ZSLData, a: str, b: str) -> None:
+    common = np.intersect1d(data.locs[a], data.locs[b])
+    if common.size:
+        raise DataError(
+            f"{data.source}[{a!r}, {b!r}]",
+            f"{common.size} images appear in both splits (first 1-based index {common[0] + 1})",
+        )
+
+
+def _class_leak(data: ZSLData, a: str, b: str, why: str) -> None:
+    """Splits ``a`` and ``b`` must not share a class; the error counts each side's images so
+    the misplaced one is easy to spot."""
+    leaked = np.intersect1d(data.classes_of(a), data.classes_of(b))
+    if leaked.size:
+        in_a, in_b = data.labels[data.locs[a]], data.labels[data.locs[b]]
+        shown = ", ".join(
+            f"{data.class_names[c]} ({int((in_a == c).sum())} images in {a}, "
+            f"{int((in_b == c).sum())} in {b})"
+            for c in leaked[:5]
+        )
+        hint = (
+            "; are the indices 0-based? (read 1-based they leak)" if _zero_based(data, a, b) else ""
+        )
+        raise DataError(
+            f"{data.source}[{a!r}, {b!r}]",
+            f"{leaked.size} class(es) occur in both splits ({why}): {shown}{hint}",
+        )
+
+
+def _zero_based(data: ZSLData, a: str, b: str) -> bool:
+    """Whether splits ``a`` and ``b`` stop sharing classes once read as 0-based (a file saved
+    0-based that happens not to hold index 0 passes the range check)."""
+    shifted = [data.locs[key] + 1 for key in (a, b)]
+    if any(int(s.max()) >= data.labels.size for s in shifted):
+        return False
+    classes = [np.unique(data.labels[s]) for s in shifted]
+    return np.intersect1d(classes[0], classes[1]).size == 0
+
+
+def check_split_integrity(data: ZSLData, protocol: Protocol) -> None:
+    """Raise :class:`DataError` on any seen/unseen leakage between the protocol's splits."""
+    if protocol == "test":
+        _overlap(data, "trainval_loc", "test_seen_loc")
+        _overlap(data, "trainval_loc", "test_unseen_loc")
+        _overlap(data, "test_seen_loc", "test_unseen_loc")
+        _class_leak(data, "trainval_loc", "test_unseen_loc", "unseen classes are never trained on")
+        _class_leak(data, "test_seen_loc", "test_unseen_loc", "a class is either seen or unseen")
+        orphan = np.setdiff1d(data.classes_of("test_seen_loc"), data.classes_of("trainval_loc"))
+        if orphan.size:
+            raise DataError(
+                f"{data.source}['test_seen_loc']",
+                f"{orphan.size} class(es) never appear in trainval_loc, so they are not seen: "
+                + ", ".join(data.class_names[c] for c in orphan[:5]),
+            )
+    else:
+        _overlap(data, "train_loc", "val_loc")
+        _class_leak(data, "train_loc", "val_loc", "validation classes must not be trained on")
+
+
+def read(
+    root: str | Path,
+    dataset: str,
+    feature_file: str = "res101.mat",
+    protocol: Protocol = "test",
+    semantics_key: str = "att",
+) -> ZSLData:
+    """The format registry's reader (:func:`zsl.data.formats.read_dataset`)."""
+    return load_xlsa17(root, dataset, feature_file, protocol, semantics_key)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def matlab_cell(strings: Sequence[str]) -> np.ndarray:
+    """A MATLAB cell array (N x 1) of strings, as ``scipy.io.savemat`` writes it."""
+    cell = np.empty((len(strings), 1), dtype=object)
+    for i, value in enumerate(strings):
+        cell[i, 0] = np.array([value])
+    return cell
+
+
+def loc_column(indices0: np.ndarray) -> np.ndarray:
+    """0-based image indices -> the file's 1-based column vector."""
+    return (np.asarray(indices0, dtype=np.int64) + 1).reshape(-1, 1).astype(np.float64)
+
+
+def savemat_atomic(path: Path, content: dict[str, Any]) -> None:
+    """``scipy.io.savemat`` into a temporary file renamed over ``path`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            scipy.io.savemat(handle, content, do_compression=False, oned_as="column")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_splits(
+    folder: Path,
+    att: np.ndarray,
+    class_names: Sequence[str],
+    locs0: Mapping[str, np.ndarray],
+    extra: Mapping[str, Any] | None = None,
+    split_file: str = "att_splits.mat",
+) -> Path:
+    """Write ``<folder>/att_splits.mat``: ``att`` (A x C), ``allclasses_names`` and every split
+    of ``locs0`` (0-based indices, written 1-based), plus ``extra`` keys."""
+    content: dict[str, Any] = {
+        "att": np.asarray(att, dtype=np.float64),
+        "allclasses_names": matlab_cell(list(class_names)),
+        **{key: loc_column(idx) for key, idx in locs0.items()},
+        **dict(extra or {}),
+    }
+    path = Path(folder) / split_file
+    savemat_atomic(path, content)
+    return path
+
+
+def write_features(
+    path: Path,
+    features: np.ndarray,
+    labels0: np.ndarray,
+    image_files: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a feature file: ``features`` D x N (rows of ``features`` are images),
+    ``labels`` N x 1 (written 1-based), optional ``image_files`` and ``extra`` keys."""
+    content: dict[str, Any] = {
+        "features": np.ascontiguousarray(np.asarray(features, dtype=np.float32).T),
+        "labels": (np.asarray(labels0, dtype=np.int64) + 1).reshape(-1, 1).astype(np.float64),
+        **dict(extra or {}),
+    }
+    if image_files is not None:
+        content["image_files"] = matlab_cell(list(image_files))
+    savemat_atomic(Path(path), content)
+    return Path(path)

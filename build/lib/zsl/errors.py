@@ -1,0 +1,15 @@
+"""Exceptions shared across the package (the CLI turns each into one line)."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A bad config name, key, value or override."""
+
+
+class LeakageError(RuntimeError):
+    """A model asked for unseen-class information it must not see during training."""
+
+
+class ModelLoadError(RuntimeError):
+    """Pre-trained weights a model needs (e.g. CLIP's) could not be loaded."""

@@ -1,0 +1,515 @@
+"""Evaluation metrics of the standard zero-shot learning protocol.
+
+Implements the metrics of the "good, bad and ugly" protocol (Xian et al., TPAMI 2018) as
+:class:`torchmetrics.Metric` subclasses, so that they accumulate over batches and synchronise
+correctly under DDP:
+
+* :class:`PerClassAccuracy` -- per-class top-1 accuracy and its mean over a subset of classes.
+* :class:`SeenUnseenStats` -- per-sample summaries (best seen / best unseen score and class)
+  from which the ZSL accuracy, the GZSL accuracies ``u``, ``s`` and their harmonic mean ``H``
+  at any calibrated-stacking ``gamma`` (Chao et al., ECCV 2016), the exact seen--unseen curve,
+  AUSUC and the ``gamma`` that maximises ``H`` are computed exactly.
+* :func:`harmonic_mean`.
+
+All class ids are *global* ids: integers in ``[0, num_classes)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+__all__ = ["PerClassAccuracy", "SeenUnseenStats", "harmonic_mean"]
+
+# Relative tolerance under which two H values are considered tied in ``best_gamma``.
+_TIE_TOL = 1e-9
+
+
+def harmonic_mean(u: float, s: float) -> float:
+    """Harmonic mean ``2us / (u + s)`` of two accuracies; 0 when ``u + s == 0``.
+
+    NaN inputs propagate to a NaN result.
+    """
+    u = float(u)
+    s = float(s)
+    total = u + s
+    if total == 0.0:
+        return 0.0
+    return 2.0 * u * s / total
+
+
+def _check_num_classes(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return num_classes
+
+
+def _as_class_ids(ids: Tensor, name: str) -> Tensor:
+    """Check that ``ids`` is a 1-D integer tensor and return it as ``long``."""
+    if not isinstance(ids, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
+    if ids.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D tensor of class ids, got shape {tuple(ids.shape)}")
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise ValueError(f"{name} must have an integer dtype (class ids), got {ids.dtype}")
+    return ids.long()
+
+
+def _check_range(ids: Tensor, num_classes: int, name: str) -> None:
+    """Raise ValueError if any id in ``ids`` lies outside ``[0, num_classes)``."""
+    if ids.numel() == 0:
+        return
+    lo = int(ids.min())
+    hi = int(ids.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"{name} contains class ids out of range [0, {num_classes}): min {lo}, max {hi}"
+        )
+
+
+def _check_mask(mask: Tensor, name: str, num_classes: int | None = None) -> Tensor:
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool or mask.ndim != 1:
+        raise ValueError(
+            f"{name} must be a 1-D bool tensor, got dtype {mask.dtype} and shape "
+            f"{tuple(mask.shape)}"
+        )
+    if num_classes is not None and mask.numel() != num_classes:
+        raise ValueError(f"{name} must have {num_classes} entries, got {mask.numel()}")
+    return mask
+
+
+class PerClassAccuracy(Metric):
+    """Per-class top-1 accuracy, accumulated over batches (states are summed under DDP).
+
+    Accuracies are fractions in ``[0, 1]``.
+
+    Args:
+        num_classes: total number of classes (ids are in ``[0, num_classes)``).
+        **kwargs: forwarded to :class:`torchmetrics.Metric`.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    correct: Tensor
+    total: Tensor
+
+    def __init__(self, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = _check_num_classes(num_classes)
+        self.add_state(
+            "correct", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum"
+        )
+        self.add_state(
+            "total", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum"
+        )
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Accumulate a batch of predicted and true global class ids (1-D, same length)."""
+        preds = _as_class_ids(preds, "preds")
+        target = _as_class_ids(target, "target")
+        if preds.shape != target.shape:
+            raise ValueError(
+                f"preds and target must have the same length, got {preds.numel()} and "
+                f"{target.numel()}"
+            )
+        _check_range(preds, self.num_classes, "preds")
+        _check_range(target, self.num_classes, "target")
+        target = target.to(self.total.device)
+        preds = preds.to(self.total.device)
+        self.total += torch.bincount(target, minlength=self.num_classes)
+        self.correct += torch.bincount(target[preds == target], minlength=self.num_classes)
+
+    def compute(self) -> Tensor:
+        """Per-class accuracy, float ``[num_classes]``; NaN for classes without targets."""
+        return self.correct.float() / self.total.float()
+
+    def mean_over(self, class_ids: Tensor) -> Tensor:
+        """Mean accuracy over ``class_ids`` that have at least one target.
+
+        ``class_ids`` is a 1-D tensor of global ids (duplicates are ignored) or a bool mask of
+        length ``num_classes``. Classes without targets are excluded from the mean (never
+        counted as 0). Raises ValueError if none of the given classes has targets.
+        """
+        if isinstance(class_ids, Tensor) and class_ids.dtype == torch.bool:
+            mask = _check_mask(class_ids, "class_ids", self.num_classes)
+            ids = mask.nonzero().flatten()
+        else:
+            ids = _as_class_ids(class_ids, "class_ids")
+            _check_range(ids, self.num_classes, "class_ids")
+            ids = torch.unique(ids)
+        acc = self.compute()
+        selected = acc[ids.to(acc.device)]
+        selected = selected[~torch.isnan(selected)]
+        if selected.numel() == 0:
+            raise ValueError(
+                "mean_over: none of the given classes has any target sample; the mean "
+                "accuracy is undefined"
+            )
+        return selected.mean()
+
+
+class _Summary(NamedTuple):
+    """Concatenated per-sample states (on CPU): ids as long, scores as float64."""
+
+    target: Tensor
+    seen_score: Tensor
+    seen_pred: Tensor
+    unseen_score: Tensor
+    unseen_pred: Tensor
+
+    @property
+    def delta(self) -> Tensor:
+        """``seen_score - unseen_score``: a sample is predicted unseen iff ``gamma > delta``."""
+        return self.seen_score - self.unseen_score
+
+
+class _Curve(NamedTuple):
+    """Seen--unseen step function: point ``k`` holds on ``(values[k-1], values[k]]``."""
+
+    gammas: Tensor  # float64 [m + 1], one representative gamma strictly inside each step
+    u: Tensor  # float64 [m + 1], fraction in [0, 1]
+    s: Tensor  # float64 [m + 1], fraction in [0, 1]
+    values: Tensor  # float64 [m], sorted distinct deltas (the breakpoints)
+
+
+def _per_class_mean(correct: Tensor, target: Tensor, num_classes: int) -> float:
+    """Mean over classes present in ``target`` of the per-class accuracy (fraction); NaN if none."""
+    counts = torch.bincount(target, minlength=num_classes)
+    hits = torch.bincount(target[correct], minlength=num_classes)
+    present = counts > 0
+    if not bool(present.any()):
+        return float("nan")
+    return float((hits[present].double() / counts[present].double()).mean())
+
+
+def _class_weights(correct: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """Weight ``1 / (n_class * n_present_classes)`` for correct samples, 0 otherwise."""
+    counts = torch.bincount(target, minlength=num_classes)
+    n_present = int((counts > 0).sum())
+    weights = torch.zeros(target.numel(), dtype=torch.float64)
+    if n_present == 0:
+        return weights
+    per_sample = 1.0 / (counts[target].double() * n_present)
+    return torch.where(correct, per_sample, weights)
+
+
+class SeenUnseenStats(Metric):
+    """Per-sample summaries for exact ZSL / GZSL evaluation with calibrated stacking.
+
+    For each sample the metric stores its target, the best score among the seen classes of
+    the evaluation universe and its global id, and the same for the unseen classes. Scores of
+    classes outside the universe are ignored (such classes are never predicted).
+
+    Under DDP the states are concatenated across processes. The helper methods
+    (:meth:`zsl_accuracy`, :meth:`gzsl`, :meth:`curve`, :meth:`ausuc`, :meth:`best_gamma`)
+    synchronise the states themselves, so they are collective calls: call them on every rank.
+
+    Accuracies returned by the helpers are in percent (0--100). The decision rule of
+    calibrated stacking, "predict the unseen class iff ``unseen_score > seen_score - gamma``",
+    is evaluated as ``gamma > seen_score - unseen_score`` in float64 for all helpers, so
+    :meth:`gzsl` and :meth:`curve` agree exactly. Scores are stored as float32.
+
+    Args:
+        seen_mask: bool ``[num_classes]``, True for seen classes.
+        universe_mask: bool ``[num_classes]``, classes that take part in the evaluation
+            (default: all). Within the universe, classes not in ``seen_mask`` are unseen.
+        **kwargs: forwarded to :class:`torchmetrics.Metric`.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    _STATE_DTYPES: ClassVar[dict[str, torch.dtype]] = {
+        "target": torch.long,
+        "seen_score": torch.float32,
+        "seen_pred": torch.long,
+        "unseen_score": torch.float32,
+        "unseen_pred": torch.long,
+    }
+
+    seen_mask: Tensor
+    universe_mask: Tensor
+    seen_ids: Tensor
+    unseen_ids: Tensor
+    # cat states: lists of per-batch tensors, a single tensor once synchronised
+    target: list[Tensor] | Tensor
+    seen_score: list[Tensor] | Tensor
+    seen_pred: list[Tensor] | Tensor
+    unseen_score: list[Tensor] | Tensor
+    unseen_pred: list[Tensor] | Tensor
+
+    def __init__(
+        self, seen_mask: Tensor, universe_mask: Tensor | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        seen_mask = _check_mask(seen_mask, "seen_mask")
+        num_classes = seen_mask.numel()
+        if universe_mask is None:
+            universe_mask = torch.ones(num_classes, dtype=torch.bool, device=seen_mask.device)
+        universe_mask = _check_mask(universe_mask, "universe_mask", num_classes).to(
+            seen_mask.device
+        )
+        seen_ids = (seen_mask & universe_mask).nonzero().flatten()
+        unseen_ids = (~seen_mask & universe_mask).nonzero().flatten()
+        if seen_ids.numel() == 0:
+            raise ValueError("the evaluation universe contains no seen class")
+        if unseen_ids.numel() == 0:
+            raise ValueError("the evaluation universe contains no unseen class")
+        self.num_classes = num_classes
+        self.register_buffer("seen_mask", seen_mask.clone(), persistent=False)
+        self.register_buffer("universe_mask", universe_mask.clone(), persistent=False)
+        self.register_buffer("seen_ids", seen_ids, persistent=False)
+        self.register_buffer("unseen_ids", unseen_ids, persistent=False)
+        for name in self._STATE_DTYPES:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    # ------------------------------------------------------------------ accumulation
+
+    def update(self, scores: Tensor, target: Tensor) -> None:
+        """Accumulate a batch: ``scores`` float ``[B, num_classes]``, ``target`` ids ``[B]``."""
+        if not isinstance(scores, Tensor):
+            raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
+        if scores.ndim != 2 or scores.shape[1] != self.num_classes:
+            raise ValueError(
+                f"scores must have shape [B, {self.num_classes}], got {tuple(scores.shape)}"
+            )
+        if not scores.is_floating_point():
+            raise ValueError(f"scores must be a floating-point tensor, got {scores.dtype}")
+        target = _as_class_ids(target, "target")
+        if target.numel() != scores.shape[0]:
+            raise ValueError(
+                f"scores and target disagree on the batch size: {scores.shape[0]} rows of "
+                f"scores but {target.numel()} targets"
+            )
+        _check_range(target, self.num_classes, "target")
+        scores = scores.detach()
+        finite = torch.isfinite(scores)
+        if not bool(finite.all()):
+            n_nan = int(torch.isnan(scores).sum())
+            n_inf = int((~finite).sum()) - n_nan
+            raise ValueError(
+                f"scores must be finite: found {n_nan} NaN and {n_inf} infinite values"
+            )
+        universe = self.universe_mask.bool()
+        target = target.to(universe.device)
+        outside = ~universe[target]
+        if bool(outside.any()):
+            bad = torch.unique(target[outside]).tolist()
+            raise ValueError(f"target class ids {bad} are outside the evaluation universe")
+
+        scores = scores.to(device=universe.device, dtype=torch.float32)
+        seen_ids = self.seen_ids.long()
+        unseen_ids = self.unseen_ids.long()
+        seen_score, seen_arg = scores[:, seen_ids].max(dim=1)
+        unseen_score, unseen_arg = scores[:, unseen_ids].max(dim=1)
+        batch = {
+            "target": target,
+            "seen_score": seen_score,
+            "seen_pred": seen_ids[seen_arg],
+            "unseen_score": unseen_score,
+            "unseen_pred": unseen_ids[unseen_arg],
+        }
+        for name, value in batch.items():
+            state = getattr(self, name)
+            if isinstance(state, Tensor):  # synchronised without unsync: keep concatenating
+                setattr(self, name, [state, value])
+            else:
+                state.append(value)
+
+    def _sync_dist(
+        self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None
+    ) -> None:
+        # A rank that never called ``update`` would otherwise contribute an empty tensor of the
+        # metric's float dtype for *every* state, mismatching the long id states of other ranks.
+        for name, dtype in self._STATE_DTYPES.items():
+            value = getattr(self, name)
+            if isinstance(value, list) and not value:
+                setattr(self, name, [torch.empty(0, dtype=dtype, device=self.device)])
+        super()._sync_dist(dist_sync_fn, process_group=process_group)
+
+    @contextmanager
+    def _synced(self) -> Iterator[None]:
+        """Synchronise states across processes for the duration of the block (if needed)."""
+        if self._is_synced:
+            yield
+            return
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn,
+            should_sync=self._to_sync,
+            should_unsync=self._should_unsync,
+        ):
+            yield
+
+    def _summary(self) -> _Summary:
+        """The (already synchronised) states, concatenated and moved to CPU."""
+        values = []
+        for name, dtype in self._STATE_DTYPES.items():
+            value = getattr(self, name)
+            if isinstance(value, list):
+                value = torch.cat(value) if value else torch.empty(0, dtype=dtype)
+            value = value.detach().cpu().flatten()
+            values.append(value.double() if dtype.is_floating_point else value.long())
+        summary = _Summary(*values)
+        if summary.target.numel() == 0:
+            raise ValueError("SeenUnseenStats has no samples: call update() first")
+        return summary
+
+    def _unseen_target(self, summary: _Summary) -> Tensor:
+        return ~self.seen_mask.bool().cpu()[summary.target]
+
+    # ------------------------------------------------------------------ computations on a summary
+
+    def _zsl(self, summary: _Summary) -> float:
+        unseen = self._unseen_target(summary)
+        correct = summary.unseen_pred[unseen] == summary.target[unseen]
+        return 100.0 * _per_class_mean(correct, summary.target[unseen], self.num_classes)
+
+    def _gzsl(self, summary: _Summary, gamma: float) -> tuple[float, float, float]:
+        pred = torch.where(gamma > summary.delta, summary.unseen_pred, summary.seen_pred)
+        correct = pred == summary.target
+        unseen = self._unseen_target(summary)
+        u = 100.0 * _per_class_mean(correct[unseen], summary.target[unseen], self.num_classes)
+        s = 100.0 * _per_class_mean(correct[~unseen], summary.target[~unseen], self.num_classes)
+        return u, s, harmonic_mean(u, s)
+
+    def _curve(self, summary: _Summary) -> _Curve:
+        unseen = self._unseen_target(summary)
+        if not bool(unseen.any()):
+            raise ValueError("no sample has an unseen target class; the GZSL curve is undefined")
+        if bool(unseen.all()):
+            raise ValueError("no sample has a seen target class; the GZSL curve is undefined")
+        n = summary.target.numel()
+        w_u = torch.zeros(n, dtype=torch.float64)
+        w_s = torch.zeros(n, dtype=torch.float64)
+        w_u[unseen] = _class_weights(
+            summary.unseen_pred[unseen] == summary.target[unseen],
+            summary.target[unseen],
+            self.num_classes,
+        )
+        w_s[~unseen] = _class_weights(
+            summary.seen_pred[~unseen] == summary.target[~unseen],
+            summary.target[~unseen],
+            self.num_classes,
+        )
+        values, inverse = torch.unique(summary.delta, sorted=True, return_inverse=True)
+        m = values.numel()
+        # Weight of each distinct delta: u gains it once gamma > value, s loses it then.
+        bin_u = torch.zeros(m, dtype=torch.float64).index_add_(0, inverse, w_u)
+        bin_s = torch.zeros(m, dtype=torch.float64).index_add_(0, inverse, w_s)
+        zero = torch.zeros(1, dtype=torch.float64)
+        u = torch.cat([zero, torch.cumsum(bin_u, 0)])
+        s = torch.cat([torch.flip(torch.cumsum(torch.flip(bin_s, [0]), 0), [0]), zero])
+        lo, hi = values[:-1], values[1:]
+        mids = lo + (hi - lo) / 2
+        mids = torch.where(mids > lo, mids, hi)  # guard against rounding onto ``lo``
+        gammas = torch.cat([values[:1] - 1.0, mids, values[-1:] + 1.0])
+        return _Curve(gammas=gammas, u=u, s=s, values=values)
+
+    @staticmethod
+    def _area(curve: _Curve) -> float:
+        du = curve.u[1:] - curve.u[:-1]
+        return float((du * (curve.s[1:] + curve.s[:-1]) / 2).sum())
+
+    # ------------------------------------------------------------------ public helpers
+
+    def zsl_accuracy(self) -> float:
+        """ZSL top-1 accuracy (percent): per-class mean over unseen classes on unseen-target
+        samples, predicting among the unseen classes of the universe only."""
+        with self._synced():
+            acc = self._zsl(self._summary())
+        if math.isnan(acc):
+            raise ValueError("no sample has an unseen target class; ZSL accuracy is undefined")
+        return acc
+
+    def gzsl(self, gamma: float = 0.0) -> tuple[float, float, float]:
+        """GZSL accuracies ``(u, s, H)`` in percent with calibrated stacking factor ``gamma``.
+
+        ``gamma`` is subtracted from every seen-class score. ``u`` (``s``) is the per-class
+        mean accuracy over unseen (seen) classes on unseen-target (seen-target) samples.
+        Raises ValueError if there are no unseen-target or no seen-target samples.
+        """
+        gamma = float(gamma)
+        if math.isnan(gamma):
+            raise ValueError("gamma must not be NaN")
+        with self._synced():
+            u, s, h = self._gzsl(self._summary(), gamma)
+        if math.isnan(u):
+            raise ValueError("no sample has an unseen target class; u is undefined")
+        if math.isnan(s):
+            raise ValueError("no sample has a seen target class; s is undefined")
+        return u, s, h
+
+    def curve(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Exact seen--unseen curve ``(gammas, u, s)`` (float64 CPU tensors, u and s in %).
+
+        One point per step of the piecewise-constant function ``gamma -> (u, s)``, ordered
+        by increasing gamma (u non-decreasing, s non-increasing). ``gammas[k]`` lies strictly
+        inside step ``k`` so that ``gzsl(gammas[k]) == (u[k], s[k])``; the ends are
+        ``min(delta) - 1`` (``u == 0``) and ``max(delta) + 1`` (``s == 0``).
+        """
+        with self._synced():
+            c = self._curve(self._summary())
+        return c.gammas, 100.0 * c.u, 100.0 * c.s
+
+    def ausuc(self) -> float:
+        """Area under the seen--unseen curve (Chao et al., 2016), in percent (0--100).
+
+        Computed with the trapezoid rule on ``x = u / 100``, ``y = s / 100`` over the exact
+        curve, then multiplied by 100.
+        """
+        with self._synced():
+            c = self._curve(self._summary())
+        return 100.0 * self._area(c)
+
+    def best_gamma(self, criterion: str = "h") -> float:
+        """Calibration ``gamma`` maximising the harmonic mean H (``criterion="h"``).
+
+        Candidates are the midpoints between consecutive distinct deltas, the two ends of the
+        curve and 0.0; ties (up to a relative 1e-9) go to the smallest ``|gamma|``.
+        """
+        if criterion != "h":
+            raise ValueError(f"unsupported criterion {criterion!r}; only 'h' is supported")
+        with self._synced():
+            c = self._curve(self._summary())
+        total = c.u + c.s
+        h = torch.where(total > 0, 2 * c.u * c.s / total.clamp_min(1e-300), torch.zeros_like(total))
+        # gamma = 0 falls in step k = number of distinct deltas strictly below 0.
+        k_zero = int(torch.searchsorted(c.values, torch.zeros(1, dtype=torch.float64)))
+        gammas = torch.cat([c.gammas, torch.zeros(1, dtype=torch.float64)])
+        h = torch.cat([h, h[k_zero : k_zero + 1]])
+        best = h.max()
+        tied = h >= best - _TIE_TOL * max(float(best), 1e-12)
+        candidates = gammas[tied]
+        return float(candidates[torch.argmin(candidates.abs())])
+
+    def compute(self) -> dict[str, Tensor]:
+        """Summary dict ``{"zsl", "u", "s", "h", "ausuc"}`` (percent, gamma = 0).
+
+        Entries that are undefined for the accumulated samples (e.g. ``u`` without unseen-target
+        samples) are NaN instead of raising.
+        """
+        nan = float("nan")
+        try:
+            summary = self._summary()
+        except ValueError:
+            values = dict.fromkeys(("zsl", "u", "s", "h", "ausuc"), nan)
+        else:
+            u, s, h = self._gzsl(summary, 0.0)
+            try:
+                area = 100.0 * self._area(self._curve(summary))
+            except ValueError:
+                area = nan
+            values = {"zsl": self._zsl(summary), "u": u, "s": s, "h": h, "ausuc": area}
+        return {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}

@@ -1,0 +1,305 @@
+"""The shared base of every ZSL model: one scoring contract, evaluation and calibration.
+
+Every model answers ``scores(features[B, D], class_semantics[C, A]) -> [B, C]``. The base owns
+the class semantics (buffers, global class ids), the training step wiring, validation/test
+evaluation with the standard metrics (ZSL T1, GZSL u/s/H, calibrated stacking, AUSUC) and
+logging. Subclasses fill hooks: ``configure_models``, ``training_loss`` (iterative models) or
+``fit_closed_form`` (``closed_form = True``), ``configure_optimizers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, cast
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities.parsing import AttributeDict
+from torch import Tensor
+
+from zsl.data.types import ClassSpace, ExampleSet, ZSLBatch, ZSLData, ZSLDataSource
+from zsl.errors import LeakageError, ModelLoadError
+from zsl.evaluation import Evaluation, ZSLEvaluator
+
+__all__ = ["LeakageError", "ModelLoadError", "ZSLModule", "check_common_hparams"]
+
+#: hyper-parameters that must be positive / non-negative wherever a model has them
+POSITIVE_HPARAMS = ("lr", "cls_lr", "pretrain_lr")
+NON_NEGATIVE_HPARAMS = ("weight_decay", "cls_weight_decay", "margin")
+
+
+def check_common_hparams(model: str, hparams: dict[str, Any]) -> None:
+    """Raise a ValueError naming ``model`` and the first learning rate that is not positive or
+    weight decay / margin that is negative (NaN counts as bad)."""
+    for name in POSITIVE_HPARAMS:
+        value = hparams.get(name)
+        if isinstance(value, (int, float)) and not value > 0:
+            raise ValueError(f"{model}: {name} must be positive, got {value}")
+    for name in NON_NEGATIVE_HPARAMS:
+        value = hparams.get(name)
+        if isinstance(value, (int, float)) and not value >= 0:
+            raise ValueError(f"{model}: {name} must be >= 0, got {value}")
+
+
+class ZSLModule(pl.LightningModule):
+    """Base LightningModule: subclasses implement ``scores`` and a way to fit."""
+
+    #: closed-form models fit once on the full training set, with no optimizer and no epochs
+    closed_form: ClassVar[bool] = False
+    #: generative models may read unseen-class semantics (never unseen features) in training
+    uses_unseen_semantics: ClassVar[bool] = False
+    # buffers (registered in __init__)
+    semantics: Tensor
+    seen_ids: Tensor
+    unseen_ids: Tensor
+    gamma: Tensor
+
+    def __init__(self, feature_dim: int, n_attributes: int, n_classes: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for key, value in list(self.hparams.items()):  # typed config objects are stored as dicts
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                self.hparams[key] = dataclasses.asdict(value)
+        check_common_hparams(type(self).__name__, dict(self.hparams))
+        self.feature_dim, self.n_attributes, self.n_classes = feature_dim, n_attributes, n_classes
+        self.register_buffer("semantics", torch.zeros(n_classes, n_attributes))
+        self.register_buffer("seen_ids", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("unseen_ids", torch.zeros(0, dtype=torch.long))
+        # calibrated-stacking gamma; NaN = choose it on the evaluation itself (val protocol)
+        self.register_buffer("gamma", torch.tensor(float("nan")))
+        # the seen-class training examples this model was bound to (see bind)
+        self._training_examples: ExampleSet | None = None
+        # metric states of the running validation/test pass (outside the module tree)
+        self.evaluator: ZSLEvaluator | None = None
+        if self.closed_form:
+            # the fit happens in training_step with no optimizer and no loss to return, which
+            # Lightning accepts under DDP only with manual optimisation
+            self.automatic_optimization = False
+        self.configure_models()
+
+    @property
+    def hp(self) -> AttributeDict:
+        """The saved hyper-parameters with attribute access (``self.hp.lr``)."""
+        return cast(AttributeDict, self.hparams)
+
+    # -- hooks for subclasses ---------------------------------------------------------
+    @classmethod
+    def trainer_arguments(cls) -> dict[str, Any]:
+        """Trainer arguments this model needs whatever the config says (as anomalib's models
+        declare theirs). Closed-form models fit once, in one step of one epoch."""
+        if cls.closed_form:
+            return {"max_epochs": 1, "limit_train_batches": 1}
+        return {}
+
+    @classmethod
+    def adapt_data(cls, data: ZSLData, params: dict[str, Any], data_cfg: dict[str, Any]) -> ZSLData:
+        """Transform the loaded benchmark before splitting (default: unchanged). CLIP uses it
+        to replace features and semantics by image/text embeddings of the same images."""
+        return data
+
+    def configure_models(self) -> None:
+        """Build the networks (``self.feature_dim`` etc. are set)."""
+
+    def on_eval_start(self) -> None:
+        """Called before every validation/test pass (e.g. a generative model trains its final
+        classifier here on real seen + synthetic unseen features)."""
+
+    def scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
+        """Compatibility scores [B, C] of features [B, D] against class semantics [C, A]."""
+        raise NotImplementedError
+
+    def training_loss(
+        self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
+    ) -> Tensor:
+        """Loss of an iterative model on a batch of seen-class images."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_loss")
+
+    def fit_closed_form(
+        self, features: Tensor, local_labels: Tensor, seen_semantics: Tensor
+    ) -> None:
+        """Closed-form fit on the whole training set (``closed_form = True`` models)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement fit_closed_form")
+
+    # -- classes and training data -------------------------------------------------------
+    def bind(self, source: ZSLDataSource) -> None:
+        """Install a protocol's classes and hand over its seen-class training examples.
+
+        ``trainer.fit(model, datamodule)`` does this itself (see :meth:`setup`); call it
+        explicitly to use a model outside a trainer."""
+        self.set_class_space(source.class_space)
+        self._training_examples = source.training_examples()
+
+    def setup(self, stage: str) -> None:
+        """Bind to the trainer's datamodule when it is a :class:`ZSLDataSource` and this model
+        has no training examples yet (a fresh model, or one loaded from a checkpoint)."""
+        if self._training_examples is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if isinstance(datamodule, ZSLDataSource):
+            datamodule.setup(stage)  # type: ignore[attr-defined]
+            self.bind(datamodule)
+        elif self.seen_ids.numel() == 0:
+            raise RuntimeError(
+                f"{type(self).__name__} has no class space: pass a ZSLDataModule to the trainer "
+                "(trainer.fit(model, datamodule=dm)) or call model.bind(dm) first"
+            )
+
+    def training_examples(self) -> ExampleSet:
+        """The seen-class training examples handed over by :meth:`bind`."""
+        if self._training_examples is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no training examples: bind it to a datamodule "
+                "(model.bind(dm), or trainer.fit/validate/test with datamodule=dm)"
+            )
+        return self._training_examples
+
+    def set_class_space(self, space: ClassSpace) -> None:
+        """Install the protocol's classes; shapes must match the model's."""
+        if space.semantics.shape != (self.n_classes, self.n_attributes):
+            raise ValueError(
+                f"{type(self).__name__}: class semantics of shape {tuple(space.semantics.shape)} "
+                f"do not match the model's ({self.n_classes}, {self.n_attributes})"
+            )
+        if space.feature_dim != self.feature_dim:
+            raise ValueError(
+                f"{type(self).__name__}: data has {space.feature_dim}-d features, "
+                f"model was built for {self.feature_dim}"
+            )
+        self.semantics = space.semantics.to(self.semantics)
+        self.seen_ids = space.seen_ids.to(self.seen_ids.device)
+        self.unseen_ids = space.unseen_ids.to(self.unseen_ids.device)
+
+    def seen_semantics(self) -> Tensor:
+        return self.semantics[self.seen_ids]
+
+    def unseen_semantics(self) -> Tensor:
+        """Unseen semantics; refused while training a non-generative model."""
+        if self.training and not self.uses_unseen_semantics:
+            raise LeakageError(
+                f"{type(self).__name__} asked for unseen-class semantics during training"
+            )
+        return self.semantics[self.unseen_ids]
+
+    def universe_mask(self) -> Tensor:
+        mask = torch.zeros(self.n_classes, dtype=torch.bool, device=self.semantics.device)
+        mask[self.seen_ids] = True
+        mask[self.unseen_ids] = True
+        return mask
+
+    def to_local(self, labels: Tensor) -> Tensor:
+        """Global seen-class ids -> positions in ``seen_ids``; raises on any unseen label."""
+        pos = torch.searchsorted(self.seen_ids, labels)
+        pos = pos.clamp(max=self.seen_ids.numel() - 1)
+        if not torch.equal(self.seen_ids[pos], labels):
+            bad = labels[self.seen_ids[pos] != labels][:5].tolist()
+            raise LeakageError(
+                f"{type(self).__name__}: training batch holds non-seen classes {bad}"
+            )
+        return pos
+
+    # -- training ---------------------------------------------------------------------
+    def training_step(self, batch: ZSLBatch, batch_idx: int) -> Tensor | None:
+        if self.closed_form:  # one fit on the whole training set, whatever the batches are
+            examples = self.training_examples()
+            features = examples.features.to(self.device)
+            local = self.to_local(examples.labels.to(self.device))
+            self.fit_closed_form(features, local, self.seen_semantics())
+            return None
+        local = self.to_local(batch.labels)
+        loss = self.training_loss(batch, local, self.seen_semantics())
+        self.check_finite(loss, "loss")
+        # sync_dist: the epoch mean over every rank's examples (what one process would log)
+        n = int(batch.labels.numel())
+        self.log(
+            "train/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=n,
+        )
+        # DDP: weight this rank's mean loss by its share of the global batch (ZSLBatch.share)
+        return loss * batch.share if batch.share != 1.0 else loss
+
+    def check_finite(self, value: Tensor, what: str) -> None:
+        if not torch.isfinite(value).all():
+            raise FloatingPointError(
+                f"{type(self).__name__}: non-finite {what} "
+                f"({value.detach().flatten()[:4].tolist()}) at epoch {self.current_epoch}, "
+                f"step {self.global_step}"
+            )
+
+    def configure_optimizers(self) -> Any:
+        return None  # closed-form models; iterative ones override
+
+    # -- evaluation -------------------------------------------------------------------
+    def all_scores(self, features: Tensor) -> Tensor:
+        """Scores against every class; classes outside the protocol's universe get -inf."""
+        out = self.scores(features, self.semantics)
+        if out.shape != (features.shape[0], self.n_classes):
+            raise ValueError(
+                f"{type(self).__name__}.scores returned {tuple(out.shape)}, expected "
+                f"({features.shape[0]}, {self.n_classes})"
+            )
+        return out.masked_fill(~self.universe_mask(), float("-inf"))
+
+    def _start_eval(self) -> None:
+        self.on_eval_start()
+        self.evaluator = ZSLEvaluator(self.seen_ids, self.universe_mask(), self.device)
+
+    def _eval_step(self, batch: ZSLBatch) -> None:
+        with torch.no_grad():
+            scores = self.all_scores(batch.features)
+        if torch.isnan(scores).any():  # e.g. weights that diverged without a NaN loss
+            self.check_finite(scores[torch.isnan(scores)], "scores")
+        assert self.evaluator is not None
+        self.evaluator.update(scores, batch.labels)
+
+    def _finish_eval(self, stage: str, gamma: float | None) -> Evaluation:
+        """Compute and log the pass's metrics. Validation chooses gamma on itself; a test pass
+        uses the gamma chosen on validation, or reports uncalibrated numbers only."""
+        assert self.evaluator is not None
+        result = self.evaluator.compute(gamma, choose_gamma=stage == "val")
+        for key, value in result.metrics.items():
+            if not math.isnan(value):
+                self.log(f"{stage}/{key}", value, prog_bar=key in ("zsl_t1", "gzsl_h"))
+        return result
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def validation_step(self, batch: ZSLBatch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self._finish_eval("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def test_step(self, batch: ZSLBatch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        gamma = float(self.gamma)
+        if math.isnan(gamma):
+            rank_zero_warn(
+                f"{type(self).__name__}: no calibration gamma was selected on validation classes, "
+                "so only uncalibrated numbers are reported (a gamma chosen on the test split "
+                "would leak it); set model.gamma from a validation run to calibrate"
+            )
+        self._finish_eval("test", gamma)
+
+    # -- checkpoints ------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resize the class-id buffers to the stored ones before the state dict is loaded
+        (a fresh model has empty ones), so ``load_from_checkpoint`` works for every model."""
+        state = checkpoint.get("state_dict", {})
+        for name in ("seen_ids", "unseen_ids"):
+            if name in state:
+                setattr(self, name, torch.empty_like(state[name]))

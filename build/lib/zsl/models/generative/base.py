@@ -1,0 +1,237 @@
+"""The shared base of feature-generating GZSL models and the reasons behind its second stage.
+
+A generative model (f-CLSWGAN, CADA-VAE) learns, on seen classes only, to produce examples of
+a class from its semantic vector. Before every validation/test pass
+(:meth:`GenerativeZSL.on_eval_start`) it synthesises ``n_synth`` examples per unseen class
+and trains a fresh softmax classifier over the protocol's universe (seen + unseen, global
+class ids) on real seen + synthetic unseen examples. ``scores`` returns that classifier's
+log-probabilities, so GZSL needs no calibration trick to reach unseen classes.
+
+How many synthetic examples: ``n_synth`` per unseen class (the papers' rule), or, when
+``synth_ratio`` is set, ``synth_ratio`` times as many synthetic unseen examples in total as
+there are real seen examples in the classifier's training set (an addition, not in the
+papers). The papers' rule makes the unseen share of the classifier's data depend on how many
+seen classes the protocol has -- the validation protocol of CUB has 100 seen classes, the test
+protocol 150 -- so a count selected on validation classes gives the short, not fully converged
+classifier a smaller unseen share at test time and more seen-class bias. ``synth_ratio`` keeps
+the share that validation selected. For the same reason ``cls_steps`` (optional, also an
+addition) fixes the classifier's number of updates: with ``cls_epochs`` the larger trainval
+set (and a larger ``synth_ratio``) means more updates, and a longer-trained classifier learns
+the real-vs-synthetic gap and drifts to the seen classes.
+
+Where the classifier may look: with ``cls_pca = k`` (optional, an addition, null = the papers)
+the classifier sees only the top-``k`` principal components of the real seen training examples
+(equivalently: its weight is constrained to their span, a rank-``k`` softmax). A generator
+varies its outputs along few directions, and a classifier on all 4096 feature dimensions
+learns to tell real from synthetic along the directions where only real features vary; real
+unseen test images then look "real", hence seen. Measured on CUB VGG validation classes with
+one trained f-CLSWGAN generator: GZSL H 42.3 on all dimensions, 44.7 on the top 256.
+
+"Examples" live in the model's *classifier space*: image features for f-CLSWGAN, latent codes
+for CADA-VAE (:meth:`GenerativeZSL.embed`, :meth:`GenerativeZSL.embed_seen`,
+:meth:`GenerativeZSL.synthesize`).
+
+ZSL (unseen classes only) uses the same GZSL classifier: the base takes the arg-max of its
+scores among the unseen classes. No second, unseen-only classifier is trained; the softmax
+over the universe, restricted to unseen classes, ranks them exactly as a classifier whose
+seen logits were removed, and training one more classifier per evaluation would double the
+evaluation cost for a number that is not what these models are for.
+
+The classifier is deliberately kept out of the module tree (like the base's metrics), so a
+checkpoint holds only the generator; it is retrained at evaluation time from the generator,
+the class space and the seen training features the model was bound to.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from zsl.models.base import ZSLModule
+from zsl.models.generative.second_stage import SecondStage, fit_softmax_classifier, principal_basis
+
+__all__ = ["GenerativeZSL", "SecondStage", "check_positive", "linear_warmup"]
+
+
+class GenerativeZSL(ZSLModule):
+    """Base of feature-generating models: the GZSL classifier on real seen + synthetic unseen.
+
+    Subclasses build their generator in ``configure_models``, train it (``training_loss``) and
+    implement :meth:`synthesize` (plus :meth:`embed` / :meth:`embed_seen` when the classifier
+    space is not the feature space) and :meth:`generate_features`. Hyper-parameters read here:
+    ``n_synth``, ``synth_ratio``, ``cls_epochs``, ``cls_steps``, ``cls_pca``, ``cls_lr``,
+    ``cls_batch_size``, ``cls_weight_decay`` and ``eval_seed`` (all in :class:`SecondStage`).
+    """
+
+    uses_unseen_semantics: ClassVar[bool] = True
+    #: what the classifier is trained on (for plot titles): "features" or "latent codes"
+    example_space: ClassVar[str] = "features"
+    #: the paper's second-stage settings; ``second_stage`` entries override them
+    default_second_stage: ClassVar[SecondStage] = SecondStage()
+
+    def __init__(
+        self,
+        feature_dim: int,
+        n_attributes: int,
+        n_classes: int,
+        second_stage: SecondStage | Mapping[str, Any] | None = None,
+    ) -> None:
+        #: the typed second-stage settings (stored as a dict in ``hparams.second_stage``)
+        self.second_stage = SecondStage.from_value(second_stage, self.default_second_stage)
+        super().__init__(feature_dim, n_attributes, n_classes)
+        # (weight [E, U], bias [U], universe ids [U]); outside the module tree on purpose
+        self._classifier: tuple[Tensor, Tensor, Tensor] | None = None
+        # (key, mean, basis) of the last cls_pca basis: the real seen features of f-CLSWGAN are
+        # the same at every evaluation, so their PCA is computed once
+        self._basis_cache: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
+
+    # -- hooks for subclasses ---------------------------------------------------------
+    def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` synthetic examples in classifier space per row of ``class_semantics`` [K, A]
+        -> [K * n, E], grouped by row (row ``k`` owns ``k*n .. k*n + n - 1``)."""
+        raise NotImplementedError
+
+    def embed(self, features: Tensor) -> Tensor:
+        """Image features [B, D] -> classifier space [B, E] (the identity by default)."""
+        return features
+
+    def embed_seen(
+        self, features: Tensor, labels: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """The real seen training examples of the classifier (default: the features as they are)."""
+        return self.embed(features), labels
+
+    def generate_features(
+        self, attributes: Tensor, n: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``n`` synthetic image features per attribute vector [K, A] -> [K * n, D]."""
+        raise NotImplementedError
+
+    # -- data ---------------------------------------------------------------------------
+    def seen_training_data(self) -> tuple[Tensor, Tensor]:
+        """Real seen-class training features and global labels, handed over by :meth:`bind`."""
+        examples = self.training_examples()
+        x, y = examples.features.to(self.device), examples.labels.to(self.device)
+        self.to_local(y)  # raises if a training label is not a seen class
+        return x, y
+
+    def _eval_generator(self) -> torch.Generator:
+        """A private RNG for evaluation, so evaluating never perturbs the training RNG stream."""
+        return torch.Generator().manual_seed(self.second_stage.eval_seed + int(self.current_epoch))
+
+    # -- the second stage -------------------------------------------------------------
+    @torch.inference_mode(False)
+    def fit_classifier(self) -> None:
+        """Train the GZSL softmax classifier on the real seen training examples (from the
+        datamodule, through :meth:`embed_seen`) + synthetic unseen ones."""
+        gen = self._eval_generator()
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            x, y = self.seen_training_data()
+            real, real_y = self.embed_seen(x, y, gen)
+        self.train(was_training)
+        self.train_classifier(real, real_y, gen)
+
+    @torch.inference_mode(False)
+    def train_classifier(self, real: Tensor, real_y: Tensor, generator: torch.Generator) -> None:
+        """Fit the GZSL softmax classifier over the protocol's universe (global ids) on ``real``
+        seen examples in classifier space [N, E] with global labels [N] plus
+        :meth:`n_synth_per_class` synthetic examples per unseen class (``cls_pca``: on the top
+        principal components of ``real``)."""
+        stage = self.second_stage
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            unseen = self.unseen_ids
+            n_synth = self.n_synth_per_class(real.shape[0])
+            synth = self.synthesize(self.unseen_semantics(), n_synth, generator)
+            synth_y = unseen.repeat_interleave(n_synth)
+        self.train(was_training)
+        universe = torch.nonzero(self.universe_mask()).squeeze(1)
+        inputs = torch.cat([real, synth]).detach().clone()
+        targets = torch.searchsorted(universe, torch.cat([real_y, synth_y]))
+        self.check_finite(synth, "synthetic examples")
+        rank = stage.cls_pca
+        if rank is not None:
+            mean, basis = self.classifier_basis(real, int(rank))
+            inputs = (inputs - mean) @ basis
+        weight, bias = fit_softmax_classifier(
+            inputs,
+            targets,
+            universe.numel(),
+            stage.cls_epochs,
+            stage.cls_lr,
+            stage.cls_batch_size,
+            stage.cls_weight_decay,
+            generator,
+            stage.cls_steps,
+        )
+        if rank is not None:  # fold the projection in: (x - mean) @ basis @ w + b
+            weight = basis @ weight
+            bias = bias - mean @ weight
+        self._classifier = (weight, bias, universe)
+
+    def classifier_basis(self, real: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Mean and top-``k`` principal directions of the real seen classifier inputs (cached
+        while the inputs and ``k`` stay the same)."""
+        key = (tuple(real.shape), k, float(real.sum()), float(real.pow(2).sum()))
+        if self._basis_cache is None or self._basis_cache[0] != key:
+            self._basis_cache = (key, *principal_basis(real, k))
+        return self._basis_cache[1], self._basis_cache[2]
+
+    def n_synth_per_class(self, n_real_seen: int) -> int:
+        """Synthetic examples per unseen class: ``n_synth``, or with ``synth_ratio`` set
+        ``round(synth_ratio * n_real_seen / n_unseen_classes)`` (at least 1)."""
+        ratio = self.second_stage.synth_ratio
+        if ratio is None:
+            return int(self.second_stage.n_synth)
+        return max(1, round(float(ratio) * n_real_seen / self.unseen_ids.numel()))
+
+    def on_eval_start(self) -> None:
+        self.fit_classifier()
+
+    def scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
+        """Log-probabilities of the GZSL classifier; ``-inf`` for classes outside the universe.
+
+        The classifier is trained on the installed class space, so ``class_semantics`` must be
+        ``self.semantics`` (the base always passes it)."""
+        if self._classifier is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: the GZSL classifier is trained at the start of each "
+                "validation/test pass (on_eval_start); call fit_classifier() first"
+            )
+        if class_semantics.shape != self.semantics.shape:
+            raise ValueError(
+                f"{type(self).__name__} scores the classes of its class space "
+                f"{tuple(self.semantics.shape)}, got semantics {tuple(class_semantics.shape)}"
+            )
+        weight, bias, universe = self._classifier
+        logp = torch.log_softmax(torch.addmm(bias, self.embed(features), weight), dim=1)
+        out = logp.new_full((features.shape[0], self.n_classes), float("-inf"))
+        out[:, universe] = logp
+        return out
+
+    # -- checkpoints ------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the model class so :func:`zsl.cli.generate.load_generator` can rebuild it."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["zsl_model_class"] = f"{type(self).__module__}:{type(self).__qualname__}"
+
+
+def linear_warmup(epoch: float, start: float, end: float) -> float:
+    """0 before ``start``, 1 from ``end`` on, linear in between (CADA-VAE's warm-up)."""
+    if end <= start:
+        return 1.0 if epoch >= start else 0.0
+    return min(max((epoch - start) / (end - start), 0.0), 1.0)
+
+
+def check_positive(**values: float) -> None:
+    """Raise a ValueError naming every non-positive (or NaN) value."""
+    bad = [f"{k}={v}" for k, v in values.items() if not (v > 0) or math.isnan(v)]
+    if bad:
+        raise ValueError(f"must be positive: {', '.join(bad)}")

@@ -1,0 +1,139 @@
+"""Networks of the feature-generating models (plain ``nn.Module``s, no training logic).
+
+* f-CLSWGAN (Xian et al., CVPR 2018): :class:`FeatureGenerator` G(z, a) and
+  :class:`FeatureCritic` D(x, a), one hidden LeakyReLU layer each.
+* CADA-VAE (Schönfeld et al., CVPR 2019): :class:`GaussianEncoder` (x -> mean, log-variance)
+  and :class:`Decoder` (z -> x), one hidden ReLU layer each.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def init_normal(module: nn.Module, std: float = 0.02) -> None:
+    """N(0, std) weights and zero biases for every ``nn.Linear`` (the f-CLSWGAN init)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, 0.0, std)
+            nn.init.zeros_(layer.bias)
+
+
+@torch.no_grad()
+def ema_update(average: nn.Module, model: nn.Module, decay: float) -> None:
+    """Exponential moving average of weights, in place:
+    ``average <- decay * average + (1 - decay) * model`` for every parameter and floating-point
+    buffer (the two modules must have the same architecture)."""
+    pairs: list[tuple[Tensor, Tensor]] = [
+        *zip(average.parameters(), model.parameters(), strict=True)
+    ]
+    pairs += [
+        (a, m)
+        for a, m in zip(average.buffers(), model.buffers(), strict=True)
+        if a.is_floating_point()
+    ]
+    for avg, cur in pairs:
+        if avg.shape != cur.shape:
+            raise ValueError(
+                f"ema_update: averaged tensor {tuple(avg.shape)} vs model {tuple(cur.shape)}"
+            )
+        avg.lerp_(cur, 1.0 - decay)
+
+
+def init_xavier(module: nn.Module, gain: float = 0.5) -> None:
+    """Xavier-uniform weights and zero biases for every ``nn.Linear`` (the CADA-VAE init)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight, gain=gain)
+            nn.init.zeros_(layer.bias)
+
+
+class FeatureGenerator(nn.Module):
+    """G(z, a): Gaussian noise [B, Z] and class semantics [B, A] -> features [B, D].
+
+    The output goes through a ReLU because CNN (post-ReLU) features are non-negative.
+    """
+
+    def __init__(self, n_attributes: int, noise_dim: int, hidden: int, feature_dim: int) -> None:
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.hidden = nn.Sequential(nn.Linear(n_attributes + noise_dim, hidden), nn.LeakyReLU(0.2))
+        self.output = nn.Linear(hidden, feature_dim)
+        init_normal(self)
+
+    def forward(self, noise: Tensor, semantics: Tensor) -> Tensor:
+        return torch.relu(self.output(self.hidden(torch.cat([noise, semantics], dim=1))))
+
+    @torch.no_grad()
+    def init_output_bias(self, feature_mean: Tensor) -> None:
+        """Start the outputs at the mean training feature (data-dependent init): with the
+        N(0, 0.02) init the ReLU outputs start around 0 and output units whose pre-activation
+        turns negative for every input never recover (dead features)."""
+        self.output.bias.copy_(feature_mean)
+
+    def sample(
+        self, semantics: Tensor, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``n`` features per row of ``semantics`` [K, A] -> (features [K*n, D], rows [K*n])."""
+        rows = torch.arange(semantics.shape[0], device=semantics.device).repeat_interleave(n)
+        noise = randn((rows.numel(), self.noise_dim), generator, semantics)
+        return self(noise, semantics[rows]), rows
+
+
+class FeatureCritic(nn.Module):
+    """D(x, a): a feature [B, D] and its class semantics [B, A] -> an unbounded score [B]."""
+
+    def __init__(self, feature_dim: int, n_attributes: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(feature_dim + n_attributes, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 1),
+        )
+        init_normal(self)
+
+    def forward(self, features: Tensor, semantics: Tensor) -> Tensor:
+        return self.net(torch.cat([features, semantics], dim=1)).squeeze(1)
+
+
+class GaussianEncoder(nn.Module):
+    """x [B, I] -> (mean [B, L], log-variance [B, L]) of a diagonal Gaussian posterior."""
+
+    def __init__(self, in_dim: int, hidden: int, latent_dim: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU())
+        self.mean = nn.Linear(hidden, latent_dim)
+        self.logvar = nn.Linear(hidden, latent_dim)
+        init_xavier(self)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.body(x)
+        return self.mean(h), self.logvar(h)
+
+
+class Decoder(nn.Module):
+    """z [B, L] -> reconstruction [B, O] (one hidden ReLU layer, linear output)."""
+
+    def __init__(self, latent_dim: int, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
+        )
+        init_xavier(self)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """Standard normal noise drawn on the generator's device, returned on ``like``'s device."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device).to(like.device, like.dtype)
+
+
+def reparameterize(
+    mean: Tensor, logvar: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """A sample mean + sigma * eps of N(mean, diag(exp(logvar)))."""
+    return mean + torch.exp(0.5 * logvar) * randn(tuple(mean.shape), generator, mean)

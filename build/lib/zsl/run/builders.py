@@ -1,0 +1,121 @@
+"""Builders of the engine: a run config -> data, datamodule, model and trainer.
+
+Each builder takes the composed config (``zsl/conf/train.yaml`` and its groups) and nothing
+else, so a notebook can call them as the CLI does. Models declare the trainer arguments they
+need (:meth:`zsl.models.base.ZSLModule.trainer_arguments`); the config supplies the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import Logger
+
+from zsl import dist
+from zsl.data.datamodule import ZSLDataModule
+from zsl.data.formats import read_dataset
+from zsl.data.types import ProtocolName, ZSLData
+from zsl.errors import ConfigError
+from zsl.models import get_model_class
+from zsl.models.base import ZSLModule
+from zsl.run.config import to_container
+
+
+def load_data(cfg: DictConfig, protocol: ProtocolName) -> ZSLData:
+    """The benchmark of ``cfg.data`` for one protocol (the synthetic one is generated on first
+    use), as the model sees it (CLIP swaps in image/text embeddings)."""
+    dcfg = cfg.data
+    if dcfg.get("synthetic") is not None:
+        from zsl.data.synthetic import SyntheticSpec, ensure_synthetic
+
+        spec = SyntheticSpec(**OmegaConf.to_container(dcfg.synthetic))  # type: ignore[arg-type]
+        ensure_synthetic(Path(dcfg.root) / dcfg.name, spec, dcfg.feature_file)
+    data = read_dataset(
+        str(dcfg.get("format", "xlsa17")),
+        dcfg.root,
+        dcfg.name,
+        dcfg.feature_file,
+        protocol,
+        str(dcfg.semantics_key),
+    )
+    model_cls = get_model_class(str(cfg.model.name))
+    return model_cls.adapt_data(data, to_container(cfg.model.params), to_container(dcfg))
+
+
+def make_datamodule(
+    cfg: DictConfig, protocol: ProtocolName, data: ZSLData | None = None
+) -> ZSLDataModule:
+    """The datamodule of one protocol, set up (split, preprocessing fitted on training data)."""
+    dcfg = cfg.data
+    closed_form = get_model_class(str(cfg.model.name)).closed_form
+    dm = ZSLDataModule(
+        name=dcfg.name,
+        root=dcfg.root,
+        feature_file=dcfg.feature_file,
+        protocol=protocol,
+        preprocess=dcfg.preprocess,
+        batch_size=0 if closed_form else int(dcfg.batch_size),
+        eval_batch_size=int(dcfg.eval_batch_size),
+        val_seen_fraction=float(dcfg.val_seen_fraction),
+        split_seed=int(dcfg.split_seed),
+        data=data if data is not None else load_data(cfg, protocol),
+    )
+    dm.setup()
+    return dm
+
+
+def make_model(cfg: DictConfig, dm: ZSLDataModule, params: dict[str, Any]) -> ZSLModule:
+    """``cfg.model``'s class built for the datamodule's shapes with ``params``, bound to it."""
+    model_cls = get_model_class(str(cfg.model.name))
+    space = dm.class_space
+    try:
+        model = model_cls(space.feature_dim, space.n_attributes, space.n_classes, **params)
+    except ValueError as err:  # the model's own checks of its hyper-parameters
+        raise ConfigError(f"model.params ({cfg.model.name}): {err}") from err
+    model.bind(dm)
+    return model
+
+
+def make_trainer(
+    cfg: DictConfig,
+    model_cls: type[ZSLModule],
+    max_epochs: int,
+    logger: Logger | bool = False,
+    validate: bool = True,
+    callbacks: list[Callback] | None = None,
+    root_dir: Path | None = None,
+) -> pl.Trainer:
+    """A Lightning trainer from ``cfg.trainer`` and the model's own trainer arguments."""
+    tcfg = cfg.trainer
+    callbacks = list(callbacks or [])
+    kwargs: dict[str, Any] = {
+        "max_epochs": max_epochs,
+        "accelerator": tcfg.accelerator,
+        "strategy": dist.make_strategy(str(tcfg.get("strategy", "auto"))),
+        "devices": tcfg.devices,
+        "num_nodes": int(tcfg.get("num_nodes", 1)),
+        # the datamodule shards every batch itself (ShardedBatchSampler)
+        "use_distributed_sampler": False,
+        "precision": tcfg.precision,
+        "deterministic": tcfg.deterministic,
+        "logger": logger,
+        "callbacks": callbacks,
+        # only our own ModelCheckpoints (Lightning would add a default one otherwise)
+        "enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        "enable_progress_bar": bool(tcfg.enable_progress_bar),
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 1.0 if validate else 0,
+        "log_every_n_steps": int(tcfg.log_every_n_steps),
+        "gradient_clip_val": tcfg.get("gradient_clip_val"),
+        "default_root_dir": str(root_dir) if root_dir else None,
+    }
+    kwargs.update(model_cls.trainer_arguments())
+    try:
+        return pl.Trainer(**kwargs)
+    except ValueError as err:  # Lightning's checks of its arguments (e.g. precision)
+        raise ConfigError(f"trainer: {err}") from err

@@ -1,0 +1,190 @@
+"""Lightning callbacks of the engine: the evaluation record (validation history and the test
+result), the RNG states in checkpoints, the checkpoint files of a run and the feature
+projection plot of generative models.
+
+Results reach the engine through these callbacks (their state is saved with every
+checkpoint, so a resumed fit continues its validation history); nothing is read off a model's
+attributes afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+from zsl.data.types import ExampleSet
+from zsl.evaluation import Evaluation
+
+LAST = "last.ckpt"
+BEST = "best.ckpt"
+
+
+class EvaluationRecorder(Callback):
+    """Collects every validation pass (one entry per epoch) and the test pass of a fit."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+        self.test: Evaluation | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "EvaluationRecorder"
+
+    @staticmethod
+    def _result(pl_module: pl.LightningModule) -> Evaluation:
+        evaluator = getattr(pl_module, "evaluator", None)
+        if evaluator is None or evaluator.result is None:
+            raise RuntimeError(
+                f"{type(pl_module).__name__} finished an evaluation without a result"
+            )
+        result: Evaluation = evaluator.result
+        return result
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        entry = {"epoch": trainer.current_epoch + 1, **self._result(pl_module).metrics}
+        self.history.append(entry)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.test = self._result(pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(entry) for entry in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(entry) for entry in state_dict.get("history", [])]
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (torch CPU and CUDA, NumPy, Python ``random``) as tensors and
+    plain Python values, so checkpoints holding them load with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(kind), torch.from_numpy(np.asarray(keys, np.int64)), int(pos)]
+        + [int(has_gauss), float(cached)],
+        "python": [int(version), list(internal), gauss_next],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (CUDA only where it was saved and is present)."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RngState(Callback):
+    """Saves the global RNG states with every checkpoint and restores them when a trainer
+    resumes a fit from one (``trainer.fit(..., ckpt_path=...)``), so a resumed run draws the
+    same noise as an uninterrupted one. ``load_from_checkpoint`` does not touch them."""
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint["zsl_rng_state"] = rng_state()
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if "zsl_rng_state" in checkpoint:
+            set_rng_state(checkpoint["zsl_rng_state"])
+
+
+def validation_checkpoints(directory: Path, metric: str, keep_last: bool) -> list[ModelCheckpoint]:
+    """Callbacks of a val-protocol fit: ``best.ckpt`` by ``val/<metric>`` (max; the first
+    epoch reaching the best value, as in selection) and, if ``keep_last``, ``last.ckpt`` of
+    every epoch (what a resumed fit starts from)."""
+    if "/" in metric:  # a bare name such as zsl_t1; never a test/... key
+        raise ValueError(f"expected a metric name such as zsl_t1, got {metric!r}")
+    best = ModelCheckpoint(
+        dirpath=directory,
+        filename=Path(BEST).stem,
+        monitor=f"val/{metric}",
+        mode="max",
+        save_top_k=1,
+        save_last=False,
+        save_on_train_epoch_end=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    return [best, *([last_checkpoint(directory)] if keep_last else [])]
+
+
+def last_checkpoint(directory: Path) -> ModelCheckpoint:
+    """``last.ckpt`` rewritten at the end of every training epoch; monitors nothing.
+
+    (Lightning's ``save_last=True`` writes ``last.ckpt`` only in epochs that also saved a
+    top-k checkpoint, so a monitored callback cannot provide it.)"""
+    return ModelCheckpoint(
+        dirpath=directory,
+        filename=Path(LAST).stem,
+        monitor=None,
+        save_top_k=1,
+        save_last=False,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+
+
+class ProjectionPlot(Callback):
+    """After the test pass of a generative model: a PCA plot of real vs synthetic examples of
+    a few unseen test classes, saved as ``<model>_projection.png`` in ``directory``."""
+
+    def __init__(
+        self,
+        directory: Path,
+        examples: ExampleSet,
+        class_names: tuple[str, ...],
+        n_classes: int = 5,
+        n_per_class: int = 100,
+    ) -> None:
+        self.directory, self.examples, self.class_names = directory, examples, class_names
+        self.n_classes, self.n_per_class = n_classes, n_per_class
+        self.path: Path | None = None
+
+    @torch.no_grad()
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from zsl.models.generative.base import GenerativeZSL
+        from zsl.reporting.plots import plot_feature_projection
+
+        if not trainer.is_global_zero or not isinstance(pl_module, GenerativeZSL):
+            return
+        eval_y = self.examples.labels
+        unseen = pl_module.unseen_ids.tolist()
+        classes = [c for c in unseen if bool((eval_y == c).any())][: self.n_classes]
+        if not classes:
+            return
+        gen = torch.Generator().manual_seed(pl_module.second_stage.eval_seed)
+        real, real_y = [], []
+        for c in classes:
+            idx = torch.nonzero(eval_y == c).squeeze(1)[: self.n_per_class]
+            real.append(pl_module.embed(self.examples.features[idx].to(pl_module.device)))
+            real_y.append(torch.full((idx.numel(),), c, dtype=torch.long))
+        ids = torch.tensor(classes, device=pl_module.device)
+        synth = pl_module.synthesize(pl_module.semantics[ids], self.n_per_class, gen)
+        name = type(pl_module).__name__
+        self.path = plot_feature_projection(
+            torch.cat(real).cpu(),
+            torch.cat(real_y),
+            synth.cpu(),
+            ids.cpu().repeat_interleave(self.n_per_class),
+            self.directory / f"{name.lower()}_projection.png",
+            class_names=self.class_names,
+            title=f"{name}: real vs synthetic {pl_module.example_space}, unseen classes",
+        )

@@ -1,0 +1,150 @@
+"""Checks of a composed run config that need no data: names, enums, ranges, value types
+and the model's constructor parameters. The CLI runs them before any data is read; the
+engine's builders turn the model's and Lightning's own checks into :class:`ConfigError` too.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from zsl.errors import ConfigError
+
+__all__ = ["ConfigError", "to_container", "type_problem", "validate"]
+
+#: the leading constructor arguments of every model, read from the data (never in params)
+SHAPE_ARGS = ("self", "feature_dim", "n_attributes", "n_classes")
+_MISSING = object()
+
+
+def type_problem(default: Any, value: Any) -> str | None:
+    """Why ``value`` cannot replace ``default`` (``None``: it can). Integers pass for floats;
+    nothing is checked against a ``null`` default or a string one (the caller converts)."""
+    if default is None or value is None or isinstance(default, str):
+        return None
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+        expected = "true or false"
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        expected = "a number"
+    elif isinstance(default, ListConfig | list):
+        ok = isinstance(value, ListConfig | list)
+        expected = "a list [a,b,...]"
+    elif isinstance(default, DictConfig | dict):
+        ok = isinstance(value, DictConfig | dict)
+        expected = "a mapping {k: v}"
+    else:
+        return None
+    return None if ok else f"expected {expected} (the default is {_show(default)}), got {value!r}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, DictConfig | ListConfig):
+        return str(OmegaConf.to_container(value))
+    return repr(value)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Semantic checks that need no data: names, enums and numeric ranges."""
+    from zsl.models import MODELS
+
+    if cfg.model.name not in MODELS:
+        raise ConfigError(
+            f"unknown model {cfg.model.name!r}; available: {', '.join(sorted(MODELS))}"
+        )
+    _check_model_params(cfg.model)
+    if cfg.data.protocol not in ("val", "test"):
+        raise ConfigError(f"data.protocol must be 'val' or 'test', got {cfg.data.protocol!r}")
+    if cfg.data.preprocess not in ("none", "l2", "minmax"):
+        raise ConfigError(
+            f"data.preprocess must be none, l2 or minmax, got {cfg.data.preprocess!r}"
+        )
+    fraction = cfg.data.get("val_seen_fraction")
+    if fraction is not None and not 0.0 < float(fraction) < 1.0:
+        raise ConfigError(f"data.val_seen_fraction must be in (0, 1), got {fraction}")
+    if int(cfg.trainer.max_epochs) < 1:
+        raise ConfigError(f"trainer.max_epochs must be >= 1, got {cfg.trainer.max_epochs}")
+    accelerator = cfg.trainer.get("accelerator")
+    if isinstance(accelerator, str):
+        from pytorch_lightning.accelerators import AcceleratorRegistry
+
+        names = sorted({"auto", "gpu", *AcceleratorRegistry.available_accelerators()})
+        if accelerator not in names:
+            raise ConfigError(
+                f"trainer.accelerator {accelerator!r} is unknown; available: {', '.join(names)}"
+            )
+    search = cfg.model.get("search")
+    if search is not None:
+        if search.get("metric", "zsl_t1") not in ("zsl_t1", "gzsl_h", "gzsl_h_cal"):
+            raise ConfigError("model.search.metric must be zsl_t1, gzsl_h or gzsl_h_cal")
+        from zsl.run.selection import TRANSFER_RULES  # noqa: PLC0415
+
+        if search.get("transfer", "epochs") not in TRANSFER_RULES:
+            raise ConfigError(
+                f"model.search.transfer must be 'epochs' or 'steps', got {search.transfer!r}"
+            )
+        for key, values in (search.get("grid") or {}).items():
+            default = OmegaConf.select(cfg.model.params, str(key), default=_MISSING)
+            if default is _MISSING:
+                raise ConfigError(
+                    f"model.search.grid.{key} is not a parameter of {cfg.model.name}; "
+                    f"parameters: {', '.join(cfg.model.params)}"
+                )
+            if not isinstance(values, ListConfig) or len(values) == 0:
+                raise ConfigError(f"model.search.grid.{key} must be a non-empty list")
+            for value in values:
+                problem = type_problem(default, value)
+                if problem:
+                    raise ConfigError(f"model.search.grid.{key}: {problem}")
+
+
+def _check_model_params(model: DictConfig) -> None:
+    """``model.params`` must be constructor arguments of the model (listed when not)."""
+    from zsl.models import get_model_class
+
+    cls = get_model_class(str(model.name))
+    sig = inspect.signature(cls.__init__)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    accepted = [
+        name
+        for name, p in sig.parameters.items()
+        if name not in SHAPE_ARGS and p.kind is not inspect.Parameter.VAR_POSITIONAL
+    ]
+    params = model.get("params") or {}
+    unknown = [key for key in params if key not in accepted]
+    if unknown:
+        raise ConfigError(
+            f"model.params.{unknown[0]} is not a parameter of {model.name} ({cls.__name__}); "
+            f"parameters: {', '.join(accepted)}"
+        )
+    missing = [
+        name
+        for name in accepted
+        if sig.parameters[name].default is inspect.Parameter.empty and name not in params
+    ]
+    if missing:
+        raise ConfigError(f"model.params.{missing[0]} is required by {model.name}")
+    stage = params.get("second_stage")
+    if stage is not None and "second_stage" in accepted:
+        from zsl.models.generative.second_stage import SecondStage
+
+        options = SecondStage.field_names()
+        unknown = [key for key in stage if key not in options]
+        if unknown:
+            raise ConfigError(
+                f"model.params.second_stage.{unknown[0]} is not a second-stage option of "
+                f"{model.name}; options: {', '.join(options)}"
+            )
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]

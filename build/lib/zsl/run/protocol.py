@@ -1,0 +1,333 @@
+"""The protocol as a library: select on validation classes, refit on trainval, test once.
+
+:func:`run_protocol` is the engine behind ``python train.py``: for every point of the model's
+search grid it fits the ``val`` protocol and records the validation history per epoch
+(:mod:`zsl.run.selection` picks the point, the epoch count and the calibration gamma); with
+``data.protocol=test`` it then refits on ``trainval`` and evaluates the test split exactly
+once. It writes ``config.yaml``, ``selection.json``, ``metrics.json``, checkpoints and plots
+into the run directory and returns a :class:`RunResult`. SIGTERM stops it with
+:class:`zsl.run.store.TrainingInterrupted`, whose message says how to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from zsl import dist
+from zsl.data.datamodule import ZSLDataModule
+from zsl.data.types import ProtocolName, ZSLData
+from zsl.evaluation import Evaluation
+from zsl.models import get_model_class
+from zsl.reporting import tracking
+from zsl.reporting.report import write_reports
+from zsl.run.builders import load_data, make_datamodule, make_model, make_trainer
+from zsl.run.callbacks import (
+    BEST,
+    LAST,
+    EvaluationRecorder,
+    ProjectionPlot,
+    RngState,
+    last_checkpoint,
+    validation_checkpoints,
+)
+from zsl.run.config import to_container
+from zsl.run.selection import (
+    Selection,
+    Trial,
+    ValFit,
+    choose,
+    grid_points,
+    make_trial,
+    search_metric,
+    transfer_epochs,
+    transfer_rule,
+)
+from zsl.run.store import (
+    CHECKPOINT_DIR,
+    TRIALS_DIR,
+    TrainingInterrupted,
+    load_trial,
+    resume_path,
+    save_trial,
+    sigterm_guard,
+)
+
+#: the scalar results reported for every run
+REPORT_KEYS = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_u_cal", "gzsl_s_cal", "gzsl_h_cal")
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the reported metrics (``metrics.json``), the selection and, for
+    the test protocol, the single test evaluation."""
+
+    metrics: dict[str, Any]
+    selection: Selection
+    evaluation: Evaluation | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+class Session:
+    """One run's data (loaded once per protocol) and the fits made on it."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        self.model_cls = get_model_class(str(cfg.model.name))
+        self._data: dict[str, ZSLData] = {}
+
+    def data(self, protocol: ProtocolName) -> ZSLData:
+        if protocol not in self._data:
+            self._data[protocol] = load_data(self.cfg, protocol)
+        return self._data[protocol]
+
+    def datamodule(self, protocol: ProtocolName) -> ZSLDataModule:
+        return make_datamodule(self.cfg, protocol, self.data(protocol))
+
+    def fit_validation(self, index: int, params: dict[str, Any], logger: Logger | bool) -> ValFit:
+        """Fit grid point ``index`` on the val protocol, validating every epoch; a
+        ``last.ckpt`` left by an interrupted fit is resumed from."""
+        t0 = time.perf_counter()
+        directory = self.run_dir / CHECKPOINT_DIR / f"val-{index}"
+        pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
+        dm = self.datamodule("val")
+        model = make_model(self.cfg, dm, params)
+        recorder = EvaluationRecorder()
+        keep_last = not self.model_cls.closed_form  # one epoch: nothing to resume
+        callbacks: list[Callback] = [recorder, RngState()]
+        callbacks += validation_checkpoints(directory, search_metric(self.cfg.model), keep_last)
+        trainer = make_trainer(
+            self.cfg,
+            self.model_cls,
+            int(self.cfg.trainer.max_epochs),
+            logger,
+            validate=True,
+            callbacks=callbacks,
+            root_dir=self.run_dir,
+        )
+        fit(trainer, model, dm, directory, f"the validation fit {directory.name}")
+        best, last = directory / BEST, directory / LAST
+        return ValFit(
+            recorder.history,
+            time.perf_counter() - t0,
+            str(best.relative_to(self.run_dir)) if best.is_file() else None,
+            str(last.relative_to(self.run_dir)) if last.is_file() else None,
+        )
+
+    def fit_final(
+        self, params: dict[str, Any], epochs: int, gamma: float, logger: Logger | bool
+    ) -> Evaluation:
+        """Refit on trainval for ``epochs`` and evaluate the test split once with ``gamma``
+        (chosen on validation); saves ``model.ckpt``."""
+        directory = self.run_dir / CHECKPOINT_DIR / "final"
+        pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
+        dm = self.datamodule("test")
+        model = make_model(self.cfg, dm, params)
+        model.gamma.fill_(gamma)
+        recorder = EvaluationRecorder()
+        callbacks: list[Callback] = [recorder, RngState()]
+        if not self.model_cls.closed_form:
+            callbacks.append(last_checkpoint(directory))
+        if self.model_cls.uses_unseen_semantics and hasattr(model, "synthesize"):
+            names = self.data("test").class_names
+            callbacks.append(ProjectionPlot(self.run_dir, dm.evaluation_examples(), names))
+        trainer = make_trainer(
+            self.cfg,
+            self.model_cls,
+            epochs,
+            logger,
+            validate=False,
+            callbacks=callbacks,
+            root_dir=self.run_dir,
+        )
+        fit(trainer, model, dm, directory, "the final trainval fit")
+        interruptible(
+            trainer, lambda: trainer.test(model, dm, verbose=False), "the test evaluation"
+        )
+        trainer.save_checkpoint(self.run_dir / "model.ckpt")
+        assert recorder.test is not None
+        return recorder.test
+
+
+def fit(
+    trainer: pl.Trainer,
+    model: pl.LightningModule,
+    dm: ZSLDataModule,
+    checkpoint_dir: Path | None,
+    what: str,
+) -> None:
+    """``trainer.fit``, resumed from ``checkpoint_dir/last.ckpt`` when an interrupted fit left
+    one; a SIGTERM becomes :class:`TrainingInterrupted` naming where it stopped."""
+    ckpt = resume_path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None and dist.is_global_zero():
+        print(f"resuming {what} from {ckpt}")
+    interruptible(
+        trainer,
+        lambda: trainer.fit(model, dm, ckpt_path=str(ckpt) if ckpt is not None else None),
+        f"{what} (epoch {{epoch}}, step {{step}})",
+    )
+
+
+def interruptible(trainer: pl.Trainer, stage: Callable[[], object], what: str) -> None:
+    """Run a Lightning stage; a SIGTERM during it becomes :class:`TrainingInterrupted`.
+
+    Lightning ends a SIGTERM'd stage after the current batch with ``SIGTERMException`` (a
+    ``SystemExit`` with code 0), or lets it end normally when the signal came during its last
+    batch; ``trainer.received_sigterm`` is set either way. ``what`` may name ``{epoch}``
+    (1-based) and ``{step}``."""
+    try:
+        stage()
+    except SIGTERMException:
+        pass  # trainer.received_sigterm is set: reported below
+    if trainer.received_sigterm:
+        where = what.format(epoch=trainer.current_epoch + 1, step=trainer.global_step)
+        raise TrainingInterrupted(f"SIGTERM received during {where}")
+
+
+def select_on_validation(session: Session, logger: Logger) -> Selection:
+    """Fit every grid point on the val protocol (points recorded in ``trials/`` are reused)
+    and choose the point, its epoch count and its gamma on validation classes."""
+    cfg, run_dir = session.cfg, session.run_dir
+    points = grid_points(cfg.model, bool(cfg.selection.grid))
+    metric = search_metric(cfg.model)
+    trials_dir = run_dir / TRIALS_DIR
+    trials: list[Trial] = []
+    for index, params in enumerate(points):
+        trial = load_trial(trials_dir, index, params)
+        if trial is not None:
+            print(f"grid point {index}: already validated ({trials_dir}/{index}.json), skipped")
+        else:
+            if len(points) > 1 and dist.is_global_zero():
+                print(f"grid point {index + 1}/{len(points)}: {params}", flush=True)
+            # with a single point the val fit is the run itself in the val protocol: log it
+            log = logger if (cfg.data.protocol == "val" and len(points) == 1) else False
+            fitted = session.fit_validation(index, params, log)
+            trial = make_trial(params, fitted, metric, bool(cfg.selection.select_epochs))
+            if dist.is_global_zero():  # DDP: one writer
+                save_trial(trials_dir, index, trial)
+        trials.append(trial)
+    selection = choose(trials, metric)
+    best = selection.best
+    if best.checkpoint is not None:
+        tracking.log_checkpoint(
+            logger,
+            run_dir / best.checkpoint,
+            ["val-best"],
+            {"params": best.params, "epochs": best.epochs, "validation": best.metrics},
+        )
+    cols, rows = selection.rows()
+    tracking.log_table(logger, "selection/validation", cols, rows)
+    record = {
+        "metric": selection.metric,
+        "best": asdict(best),
+        "trials": [asdict(t) for t in selection.trials],
+    }
+    dist.write_text(run_dir / "selection.json", json.dumps(record, indent=2, default=float))
+    return selection
+
+
+def refit_and_test(
+    session: Session, selection: Selection, logger: Logger
+) -> tuple[Evaluation, int, list[Path]]:
+    """The final trainval fit with the selected point and the single test evaluation;
+    returns it, the number of epochs trained and the report files written."""
+    cfg, run_dir, best = session.cfg, session.run_dir, selection.best
+    final_epochs = best.epochs
+    rule = transfer_rule(cfg.model)
+    if rule != "epochs" and not session.model_cls.closed_form:  # only steps needs the sizes
+        batches = (
+            len(session.datamodule("val").train_dataloader()),
+            len(session.datamodule("test").train_dataloader()),
+        )
+        final_epochs = transfer_epochs(best.epochs, *batches, rule)
+    evaluation = session.fit_final(best.params, final_epochs, best.metrics["gamma"], logger)
+    tracking.log_checkpoint(
+        logger,
+        run_dir / "model.ckpt",
+        ["final"],
+        {"params": best.params, "epochs": best.epochs, "test": dict(evaluation.metrics)},
+    )
+    space = session.datamodule("test").class_space
+    title = f"{cfg.model.name} on {cfg.data.name}, test split"
+    reports = write_reports(evaluation, space, run_dir, logger, "test", title)
+    return evaluation, final_epochs, reports
+
+
+def run_protocol(cfg: DictConfig, run_dir: Path) -> RunResult:
+    """Select on validation classes, then (test protocol) refit and test once.
+
+    With ``cfg.resume`` set (by :func:`zsl.run.store.resume_config`) the run continues in
+    ``run_dir``: recorded grid points are skipped and interrupted fits resume from their
+    ``last.ckpt``."""
+    start = time.perf_counter()
+    if cfg.get("resume"):
+        if dist.is_global_zero():
+            print(f"resuming the run in {run_dir} with its config.yaml")
+        # our own checkpoint and CSV log folders are expected to hold files now
+        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+    else:
+        dist.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))  # rank zero only
+    logger: Logger | None = None
+    try:
+        with sigterm_guard():
+            logger = tracking.make_logger(cfg, run_dir, to_container(cfg))
+            result = _stages(Session(cfg, run_dir), logger, start)
+    except TrainingInterrupted as err:
+        if logger is not None:
+            tracking.finish(logger, exit_code=1)
+        raise TrainingInterrupted(
+            f"{err}. Finished grid points and the last epoch-end checkpoint are saved in "
+            f"{run_dir}; continue with: python train.py resume={run_dir}"
+        ) from None
+    return result
+
+
+def _stages(session: Session, logger: Logger, start: float) -> RunResult:
+    """Selection, the final fit and test, ``metrics.json`` and the W&B summary."""
+    cfg, run_dir = session.cfg, session.run_dir
+    selection = select_on_validation(session, logger)
+    best = selection.best
+    evaluation: Evaluation | None = None
+    reports: list[Path] = []
+    final_epochs = best.epochs
+    if cfg.data.protocol == "val":
+        metrics: dict[str, Any] = dict(best.metrics)
+    else:
+        evaluation, final_epochs, reports = refit_and_test(session, selection, logger)
+        metrics = dict(evaluation.metrics)
+    metrics.update(
+        protocol=str(cfg.data.protocol),
+        dataset=str(cfg.data.name),
+        model=str(cfg.model.name),
+        selected_params=best.params,
+        selected_epochs=best.epochs,
+        final_epochs=final_epochs,
+        selection_metric=selection.metric,
+        wall_time_s=time.perf_counter() - start,
+    )
+    if evaluation is not None:
+        names = session.data("test").class_names
+        metrics["per_class_accuracy"] = {
+            name: (None if torch.isnan(acc) else float(acc))
+            for name, acc in zip(names, evaluation.per_class)
+        }
+    dist.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    summary_keys = (*REPORT_KEYS, "ausuc", "gamma", "wall_time_s")
+    tracking.log_summary(logger, {f"final/{k}": v for k, v in metrics.items() if k in summary_keys})
+    files = [run_dir / "config.yaml", run_dir / "metrics.json", run_dir / "selection.json"]
+    plots = sorted(run_dir.glob("*_projection.png"))
+    tracking.attach_files(logger, [*files, *reports, *plots])
+    tracking.finish(logger)
+    return RunResult(metrics, selection, evaluation, [*files, *reports, *plots])

@@ -1,0 +1,159 @@
+"""Model selection on validation classes: grid points x epochs, then the calibration gamma.
+
+Every point of ``model.search.grid`` is fitted with the ``val`` protocol; the validation
+history (one entry per epoch, or one for closed-form models) picks the epoch count, the
+best point wins on ``model.search.metric``, and the gamma chosen on validation at that point
+is the one the final test evaluation uses. The test split is never read here.
+
+Pure functions: the engine (:mod:`zsl.run.protocol`) fits the points and hands their
+validation histories here; the run store (:mod:`zsl.run.store`) records them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass
+class Trial:
+    """One validated grid point."""
+
+    params: dict[str, Any]
+    epochs: int
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    #: checkpoint of the chosen epoch (the fit's best.ckpt by the validation metric; its
+    #: last.ckpt when epochs are not selected), relative to the run directory
+    checkpoint: str | None = None
+
+
+@dataclass
+class ValFit:
+    """What one val-protocol fit hands to selection."""
+
+    history: list[dict[str, float]]
+    seconds: float
+    best_checkpoint: str | None = None
+    last_checkpoint: str | None = None
+
+
+@dataclass
+class Selection:
+    best: Trial
+    trials: list[Trial]
+    metric: str
+
+    def rows(self) -> tuple[list[str], list[list[Any]]]:
+        keys = sorted({k for t in self.trials for k in t.params})
+        cols = [*keys, "epochs", "zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_h_cal", "gamma"]
+        rows = [
+            [t.params[k] for k in keys]
+            + [t.epochs]
+            + [
+                t.metrics[c]
+                for c in ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_h_cal", "gamma")
+            ]
+            for t in self.trials
+        ]
+        return cols, rows
+
+
+def grid_points(model_cfg: DictConfig, use_grid: bool = True) -> list[dict[str, Any]]:
+    """Full parameter dicts for every point of the search grid (just ``params`` if there is
+    no grid or ``use_grid`` is False)."""
+    base: dict[str, Any] = OmegaConf.to_container(model_cfg.params, resolve=True)  # type: ignore
+    search = model_cfg.get("search")
+    grid = dict(search.get("grid") or {}) if (search is not None and use_grid) else {}
+    if not grid:
+        return [base]
+    keys = list(grid)
+    values = [list(grid[k]) for k in keys]
+    points = []
+    for combo in itertools.product(*values):
+        point = dict(base)
+        for key, value in zip(keys, combo):
+            set_param(point, str(key), value)
+        points.append(point)
+    return points
+
+
+def best_epoch(history: list[dict[str, float]], metric: str) -> dict[str, float]:
+    """The first epoch with the highest validation ``metric``."""
+    if not history:
+        raise RuntimeError("no validation results were recorded during the val-protocol fit")
+    return max(history, key=lambda h: (h[metric], -h["epoch"]))
+
+
+def search_metric(model_cfg: DictConfig) -> str:
+    """The validation metric that picks points and epochs (``model.search.metric``)."""
+    search = model_cfg.get("search")
+    return str(search.get("metric", "zsl_t1")) if search is not None else "zsl_t1"
+
+
+#: how the epoch count selected on the val protocol carries over to the trainval fit
+TRANSFER_RULES = ("epochs", "steps")
+
+
+def transfer_rule(model_cfg: DictConfig) -> str:
+    """``model.search.transfer``: ``epochs`` (default) or ``steps``."""
+    search = model_cfg.get("search")
+    return str(search.get("transfer", "epochs")) if search is not None else "epochs"
+
+
+def transfer_epochs(epochs: int, val_batches: int, trainval_batches: int, rule: str) -> int:
+    """Epochs of the final trainval fit for ``epochs`` selected on the val protocol.
+
+    ``epochs``: the same count. ``steps``: the count with about the same number of training
+    batches (``epochs * val_batches / trainval_batches``, rounded, at least 1) -- trainval is
+    larger than the val protocol's training set (CUB: 150 vs 100 classes), so the same epoch
+    count means more updates there."""
+    if rule not in TRANSFER_RULES:
+        raise ValueError(f"unknown epoch transfer rule {rule!r}; use one of {TRANSFER_RULES}")
+    if rule == "epochs":
+        return epochs
+    if val_batches < 1 or trainval_batches < 1:
+        raise ValueError(
+            f"batches per epoch must be >= 1, got val {val_batches}, trainval {trainval_batches}"
+        )
+    return max(1, round(epochs * val_batches / trainval_batches))
+
+
+def set_param(params: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``params[a][b] = value`` for ``dotted = "a.b"`` (grids name nested options so,
+    e.g. ``second_stage.cls_pca``), copying the nested mappings it changes."""
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        params[head] = value
+        return
+    inner = dict(params.get(head) or {})
+    set_param(inner, rest, value)
+    params[head] = inner
+
+
+def make_trial(
+    params: dict[str, Any],
+    fit: ValFit,
+    metric: str,
+    select_epochs: bool = True,
+) -> Trial:
+    """The record of one validated grid point: its epoch chosen on ``metric`` (or the last
+    epoch when epochs are not selected), the metrics there and the matching checkpoint."""
+    chosen = best_epoch(fit.history, metric) if select_epochs else fit.history[-1]
+    metrics = {k: v for k, v in chosen.items() if k != "epoch"}
+    checkpoint = fit.best_checkpoint
+    if not select_epochs and fit.last_checkpoint is not None:
+        checkpoint = fit.last_checkpoint
+    return Trial(params, int(chosen["epoch"]), metrics, fit.history, fit.seconds, checkpoint)
+
+
+def choose(trials: list[Trial], metric: str) -> Selection:
+    """The best trial on the validation ``metric`` (the first one on ties)."""
+    if not trials:
+        raise ValueError("no grid point was validated")
+    best = max(trials, key=lambda t: t.metrics[metric])
+    return Selection(best, trials, metric)

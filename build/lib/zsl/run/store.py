@@ -1,0 +1,217 @@
+"""Checkpoints of a ``train.py`` run and resuming an interrupted one.
+
+Layout inside the run directory::
+
+    checkpoints/val-<i>/best.ckpt   grid point i: epoch with the best val/<model.search.metric>
+    checkpoints/val-<i>/last.ckpt   grid point i: the latest epoch (iterative models)
+    checkpoints/final/last.ckpt     the final trainval fit: the latest epoch
+    trials/<i>.json                 grid point i, once its validation fit has finished
+    model.ckpt                      the final model (after its single test evaluation)
+
+Checkpoints are written at the end of every training epoch (validation, when it runs, comes
+first in the epoch), so a resumed fit redoes at most the epoch that was interrupted. Besides
+weights, optimizer and loop state, every checkpoint holds the module's validation history and
+the RNG states (see :meth:`zsl.models.base.ZSLModule.on_save_checkpoint`), so a resumed run on
+the same machine and settings reproduces the uninterrupted one exactly.
+
+``python train.py resume=<run dir or a .ckpt inside it>`` reads the run's ``config.yaml``
+(:func:`resume_config`), skips the grid points recorded in ``trials/`` and continues the
+interrupted fit from its ``last.ckpt``. SIGTERM (:func:`sigterm_guard`) stops a run at the
+end of the current batch with :class:`TrainingInterrupted`, whose message says how to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from zsl.run.callbacks import LAST
+from zsl.run.selection import Trial
+
+CHECKPOINT_DIR = "checkpoints"
+TRIALS_DIR = "trials"
+
+
+class TrainingInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt
+    """SIGTERM stopped the run; everything finished so far is saved in the run directory.
+
+    A ``BaseException`` like ``KeyboardInterrupt``: it may be raised at any point (from the
+    signal handler), and ``except Exception`` blocks must not swallow it."""
+
+
+class ResumeError(ValueError):
+    """``resume=...`` cannot continue the given run (bad path, changed config, finished run)."""
+
+
+def resume_path(directory: Path) -> Path | None:
+    """``directory/last.ckpt`` if an interrupted fit left one, else None (start afresh)."""
+    path = directory / LAST
+    return path if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def make_run_dir(
+    output_dir: str | None, runs_dir: str, stem: str, resume: str | None = None
+) -> Path:
+    """The run directory: ``resume``'s, ``output_dir`` (which must be empty or absent), else
+    ``<runs_dir>/<stem>_<time>`` (a suffix ``-1``, ``-2``, ... when runs start in the same
+    second, e.g. the jobs of a multirun). Never overwrites a run."""
+    if resume:
+        return Path(resume)
+    if output_dir:
+        run_dir = Path(output_dir)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise FileExistsError(
+                f"run directory {run_dir} already exists and is not empty; choose another "
+                "output_dir"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+    base = Path(runs_dir) / f"{stem}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        run_dir = base if n == 0 else base.with_name(f"{base.name}-{n}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a new run directory next to {base}")
+
+
+def save_trial(trials_dir: Path, index: int, trial: Trial) -> Path:
+    """Record a finished grid point as ``<trials_dir>/<index>.json`` (atomically)."""
+    path = trials_dir / f"{index}.json"
+    write_json_atomic(path, asdict(trial))
+    return path
+
+
+def load_trial(trials_dir: Path, index: int, params: dict[str, Any]) -> Trial | None:
+    """The recorded grid point ``index``, or None if it has not finished; refuses a record
+    made for other parameters (the grid of the run changed)."""
+    path = trials_dir / f"{index}.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("params") != json.loads(json.dumps(params, default=float)):
+        raise ResumeError(
+            f"{path} records parameters {data.get('params')} but grid point {index} is "
+            f"{params}; the run's search grid changed, start a new run"
+        )
+    return Trial(**data)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that ``path`` holds either its old content or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=float)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def run_dir_of(target: str | Path) -> Path:
+    """The run directory named by ``resume=``: the directory itself, or the nearest parent
+    of a ``.ckpt`` (or any file inside it) that holds ``config.yaml``."""
+    path = Path(target)
+    if not path.exists():
+        raise ResumeError(f"resume={target}: no such run directory or checkpoint")
+    for candidate in [path, *path.parents] if path.is_dir() else list(path.parents):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise ResumeError(
+        f"resume={target}: no run directory with a config.yaml found there or above; "
+        "a run interrupted before it wrote config.yaml cannot be resumed (start a new one)"
+    )
+
+
+def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(cfg, dict):
+        out: dict[str, Any] = {}
+        for key, value in cfg.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: cfg}
+
+
+def resume_config(given: DictConfig, argv: list[str]) -> DictConfig:
+    """The config of the run ``given.resume`` points at, with ``resume`` set to its directory.
+
+    The rule: ``resume=<run>`` alone continues the run with its saved ``config.yaml``; with
+    more arguments they must compose exactly the saved config (the original command line
+    plus ``resume=``), anything else is refused naming the changed keys."""
+    run_dir = run_dir_of(str(given.resume))
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    assert isinstance(saved, DictConfig)
+    if (run_dir / "metrics.json").is_file():
+        raise ResumeError(
+            f"resume={given.resume}: {run_dir} already finished (metrics.json exists); "
+            "nothing to resume"
+        )
+    others = [a for a in argv if a.split("=", 1)[0].lstrip("+") != "resume"]
+    if others:
+        ours = _flat(OmegaConf.to_container(given, resolve=True))
+        theirs = _flat(OmegaConf.to_container(saved, resolve=True))
+        changed = sorted(
+            k for k in set(ours) | set(theirs) if k != "resume" and ours.get(k) != theirs.get(k)
+        )
+        if changed:
+            shown = ", ".join(f"{k} ({theirs.get(k)!r} -> {ours.get(k)!r})" for k in changed[:8])
+            more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+            raise ResumeError(
+                f"resume={given.resume}: the command line changes the run's config: {shown}"
+                f"{more}. A resumed run keeps {run_dir / 'config.yaml'}: pass resume=... alone "
+                "(or with exactly the original overrides), or start a new run"
+            )
+    saved.resume = str(run_dir)
+    return saved
+
+
+# ----------------------------------------------------------------------------- SIGTERM
+
+
+@contextmanager
+def sigterm_guard() -> Iterator[None]:
+    """Turn SIGTERM into :class:`TrainingInterrupted`.
+
+    Outside a Lightning fit the handler raises at once. While ``trainer.fit``/``test`` runs,
+    Lightning (2.x, ``_SignalConnector``) installs its own handler, which also calls this one
+    (the previously installed handler): it only sets ``trainer.received_sigterm``, and the
+    loops raise ``SIGTERMException`` (a ``SystemExit`` with code 0) after the current batch;
+    the caller turns that into :class:`TrainingInterrupted` (see ``zsl.cli.train.Runner``).
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        if signal.getsignal(signal.SIGTERM) is handler:  # no Lightning loop running
+            raise TrainingInterrupted("SIGTERM received")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
