@@ -1,5 +1,5 @@
-"""Checkpoints and resume pieces (``zsl.run.store``, trial records, the CLI runner's
-callbacks): RNG/history round trips, monitors on validation metrics only, atomic trial records,
+"""Checkpoints and resume pieces (``zsl.run.store``, trial records, the engine's
+callbacks in ``zsl.run.callbacks``): RNG/history round trips, monitors on validation metrics only, atomic trial records,
 the ``resume=`` config rule and the SIGTERM guard. The end-to-end SIGTERM + resume runs are in
 ``tests/integration/test_resume.py``."""
 
@@ -20,20 +20,28 @@ from conftest import TinyXlsa17
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from zsl.cli.config import compose
-from zsl.cli.train import Runner
+import zsl.run.protocol as protocol
+from zsl.cli.compose import compose
 from zsl.reporting.tracking import previous_wandb_id
-from zsl.run.selection import Trial, ValFit, grid_points, load_trial, save_trial, select
+from zsl.run.builders import make_model, make_trainer
+from zsl.run.callbacks import (
+    EvaluationRecorder,
+    RngState,
+    last_checkpoint,
+    rng_state,
+    set_rng_state,
+    validation_checkpoints,
+)
+from zsl.run.protocol import Session, select_on_validation
+from zsl.run.selection import Trial, ValFit, grid_points
 from zsl.run.store import (
     ResumeError,
     TrainingInterrupted,
-    last_checkpoint,
+    load_trial,
     resume_config,
-    rng_state,
     run_dir_of,
-    set_rng_state,
+    save_trial,
     sigterm_guard,
-    validation_checkpoints,
     write_json_atomic,
 )
 
@@ -57,7 +65,7 @@ def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) 
     assert same_draws(draws(), expected)
 
 
-# ----------------------------------------------------------------------------- runner fits
+# ----------------------------------------------------------------------------- engine fits
 
 
 def tiny_args(tiny: TinyXlsa17, *extra: str) -> list[str]:
@@ -72,62 +80,75 @@ def tiny_args(tiny: TinyXlsa17, *extra: str) -> list[str]:
     ]
 
 
-def tiny_runner(tiny: TinyXlsa17, run_dir: Path, *extra: str) -> Runner:
-    return Runner(compose(tiny_args(tiny, *extra)), run_dir)
+def tiny_session(tiny: TinyXlsa17, run_dir: Path, *extra: str) -> Session:
+    return Session(compose(tiny_args(tiny, *extra)), run_dir)
 
 
 def test_checkpoint_round_trip_restores_history_and_rng(tiny: TinyXlsa17, tmp_path: Path) -> None:
-    """A val-protocol fit's last.ckpt holds the validation history and the RNG states; a
-    fresh model resumed from it by a trainer gets both back; a bare hook call without a
-    trainer (what ``load_from_checkpoint`` does) leaves the global RNG alone."""
-    runner = tiny_runner(tiny, tmp_path)
-    params = grid_points(runner.cfg.model)[0]
-    model = runner.fit_val(params, False, tmp_path / "val-0")
-    ckpt = torch.load(tmp_path / "val-0" / "last.ckpt", weights_only=True)
-    assert ckpt["epoch"] == 1 and len(ckpt["zsl_eval_history"]) == 2
-    assert ckpt["zsl_eval_history"] == model.eval_history
+    """A val-protocol fit's last.ckpt holds the validation history (EvaluationRecorder's
+    state) and the RNG states (RngState's); a fresh fit resumed from it by a trainer with
+    those callbacks gets both back; loading the checkpoint without a trainer
+    (``load_from_checkpoint``, the module's own hook) leaves the global RNG alone."""
+    session = tiny_session(tiny, tmp_path)
+    params = grid_points(session.cfg.model)[0]
+    fitted = session.fit_validation(0, params, False)
+    path = tmp_path / "checkpoints" / "val-0" / "last.ckpt"
+    assert fitted.last_checkpoint == str(path.relative_to(tmp_path))
+    ckpt = torch.load(path, weights_only=True)
+    history = ckpt["callbacks"]["EvaluationRecorder"]["history"]
+    assert ckpt["epoch"] == 1 and len(history) == 2
+    assert history == fitted.history
+    assert "zsl_eval_history" not in ckpt  # the history is the callback's state only
     set_rng_state(ckpt["zsl_rng_state"])
     expected = draws()
 
-    dm = runner.datamodule("val")
-    fresh = runner.model(dm, params)
-    trainer = runner.trainer(2, False, validate=True)
-    trainer.fit(fresh, dm, ckpt_path=str(tmp_path / "val-0" / "last.ckpt"))  # nothing left
-    assert fresh.eval_history == model.eval_history
+    dm = session.datamodule("val")
+    fresh = make_model(session.cfg, dm, params)
+    recorder = EvaluationRecorder()
+    trainer = make_trainer(
+        session.cfg, session.model_cls, 2, False, validate=True, callbacks=[recorder, RngState()]
+    )
+    trainer.fit(fresh, dm, ckpt_path=str(path))  # nothing left
+    assert recorder.history == fitted.history
     # the hook as a resuming trainer calls it (the fit above draws again once restored)
     torch.manual_seed(123), np.random.seed(123), random.seed(123)
-    resumed = runner.model(dm, params)
-    resumed.trainer = trainer
-    resumed.on_load_checkpoint(ckpt)
+    resumed = make_model(session.cfg, dm, params)
+    RngState().on_load_checkpoint(trainer, resumed, ckpt)
     assert same_draws(draws(), expected)
 
-    detached = runner.model(dm, params)
+    detached = make_model(session.cfg, dm, params)
     torch.manual_seed(7), np.random.seed(7), random.seed(7)
     unchanged = draws()
     torch.manual_seed(7), np.random.seed(7), random.seed(7)
     detached.on_load_checkpoint(ckpt)
-    assert detached.eval_history == model.eval_history
+    record = EvaluationRecorder()
+    record.load_state_dict(ckpt["callbacks"]["EvaluationRecorder"])
+    assert record.history == fitted.history
     assert same_draws(draws(), unchanged)
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    loaded = session.model_cls.load_from_checkpoint(path)
+    assert torch.equal(loaded.seen_ids, fresh.seen_ids)
+    assert not same_draws(draws(), expected)  # the checkpoint's RNG states were not restored
 
 
 def test_checkpoints_monitor_validation_metrics_only(
     tiny: TinyXlsa17, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every ModelCheckpoint the runner builds (selection fits and the final fit) monitors a
+    """Every ModelCheckpoint the engine builds (selection fits and the final fit) monitors a
     ``val/`` metric or nothing: never a test metric."""
     trainers = []
-    original = Runner.trainer
+    original = protocol.make_trainer
 
-    def spy(self: Runner, *args: Any, **kwargs: Any) -> Any:
-        trainer = original(self, *args, **kwargs)
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        trainer = original(*args, **kwargs)
         trainers.append(trainer)
         return trainer
 
-    monkeypatch.setattr(Runner, "trainer", spy)
-    runner = tiny_runner(tiny, tmp_path, "model.search.metric=gzsl_h")
-    params = grid_points(runner.cfg.model)[0]
-    runner.fit_val(params, False, tmp_path / "checkpoints" / "val-0")
-    runner.fit_test(params, 2, 0.0, False, tmp_path / "checkpoints" / "final")
+    monkeypatch.setattr(protocol, "make_trainer", spy)
+    session = tiny_session(tiny, tmp_path, "model.search.metric=gzsl_h")
+    params = grid_points(session.cfg.model)[0]
+    session.fit_validation(0, params, False)
+    session.fit_final(params, 2, 0.0, False)
     monitors = [c.monitor for t in trainers for c in t.checkpoint_callbacks]
     assert monitors == ["val/gzsl_h", None, None]
     assert all(isinstance(c, ModelCheckpoint) for t in trainers for c in t.checkpoint_callbacks)
@@ -177,22 +198,38 @@ def test_write_json_atomic_keeps_old_content_on_failure(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
-def test_select_skips_recorded_points(tmp_path: Path) -> None:
-    cfg = OmegaConf.create(
-        {"params": {"lr": 0.1}, "search": {"metric": "zsl_t1", "grid": {"lr": [0.1, 0.2, 0.3]}}}
-    )
-    calls: list[int] = []
+class FakeSession:
+    """What :func:`select_on_validation` uses of a :class:`Session`, with canned fits."""
 
-    def fit_val(index: int, params: dict) -> ValFit:
-        calls.append(index)
-        history = [{"epoch": 1, "zsl_t1": 10.0 * index, "gamma": 0.0}]
+    def __init__(self, cfg: Any, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        self.calls: list[int] = []
+
+    def fit_validation(self, index: int, params: dict, logger: Any) -> ValFit:
+        self.calls.append(index)
+        keys = ("gzsl_u", "gzsl_s", "gzsl_h", "gzsl_h_cal")
+        history = [{"epoch": 1, "zsl_t1": 10.0 * index, "gamma": 0.0, **dict.fromkeys(keys, 1.0)}]
         return ValFit(history, 0.0, f"checkpoints/val-{index}/best.ckpt")
 
-    first = select(cfg, fit_val, trials_dir=tmp_path)
-    assert calls == [0, 1, 2] and first.best.checkpoint == "checkpoints/val-2/best.ckpt"
-    (tmp_path / "2.json").unlink()  # as if the run had stopped during point 2
-    again = select(cfg, fit_val, trials_dir=tmp_path)
-    assert calls == [0, 1, 2, 2]
+
+def test_select_skips_recorded_points(tmp_path: Path) -> None:
+    cfg = OmegaConf.create(
+        {
+            "model": {
+                "params": {"lr": 0.1},
+                "search": {"metric": "zsl_t1", "grid": {"lr": [0.1, 0.2, 0.3]}},
+            },
+            "selection": {"grid": True, "select_epochs": True},
+            "data": {"protocol": "test"},
+        }
+    )
+    session = FakeSession(cfg, tmp_path)
+    first = select_on_validation(session, None)  # type: ignore[arg-type]
+    assert session.calls == [0, 1, 2] and first.best.checkpoint == "checkpoints/val-2/best.ckpt"
+    assert sorted(p.name for p in (tmp_path / "trials").iterdir()) == ["0.json", "1.json", "2.json"]
+    (tmp_path / "trials" / "2.json").unlink()  # as if the run had stopped during point 2
+    again = select_on_validation(session, None)  # type: ignore[arg-type]
+    assert session.calls == [0, 1, 2, 2]
     assert again.trials == first.trials and again.best == first.best
 
 
@@ -273,17 +310,17 @@ def test_sigterm_in_the_last_test_batch_is_not_lost(
     tiny: TinyXlsa17, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Lightning only raises between batches; a SIGTERM during the last evaluation batch lets
-    ``trainer.test`` return normally. The runner still stops (before writing model.ckpt)."""
-    original = Runner.trainer
+    ``trainer.test`` return normally. The engine still stops (before writing model.ckpt)."""
+    original = protocol.make_trainer
 
-    def with_killer(self: Runner, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
+    def with_killer(*args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
         callbacks = [*(callbacks or []), SigtermAtTestEnd()]
-        return original(self, *args, callbacks=callbacks, **kwargs)
+        return original(*args, callbacks=callbacks, **kwargs)
 
-    monkeypatch.setattr(Runner, "trainer", with_killer)
-    runner = tiny_runner(tiny, tmp_path)
-    params = grid_points(runner.cfg.model)[0]
+    monkeypatch.setattr(protocol, "make_trainer", with_killer)
+    session = tiny_session(tiny, tmp_path)
+    params = grid_points(session.cfg.model)[0]
     with pytest.raises(TrainingInterrupted, match="during the test evaluation"):
-        runner.fit_test(params, 1, 0.0, False, tmp_path / "checkpoints" / "final")
+        session.fit_final(params, 1, 0.0, False)
     assert not (tmp_path / "model.ckpt").exists()
     assert (tmp_path / "checkpoints" / "final" / "last.ckpt").is_file()

@@ -27,17 +27,14 @@ def _selected(cfg: DictConfig, group: str, name: str) -> bool:
 
     def same(shipped: object, composed: object) -> bool:
         if isinstance(shipped, dict):
-            return isinstance(composed, DictConfig) and all(
-                k in composed.keys() and same(v, composed._get_node(k)._value())  # noqa: SLF001
-                for k, v in shipped.items()
+            return isinstance(composed, dict) and all(
+                k in composed and same(v, composed[k]) for k, v in shipped.items()
             )
         if isinstance(shipped, str) and ("${" in shipped or shipped == "???"):
             return True  # interpolations are resolved, the base's name is filled in
-        if isinstance(shipped, list):
-            return OmegaConf.to_container(composed) == shipped  # type: ignore[arg-type]
         return bool(composed == shipped)
 
-    return same(shipped, cfg[group])
+    return same(shipped, OmegaConf.to_container(cfg[group], resolve=False))
 
 
 def test_compose_defaults() -> None:
