@@ -5,6 +5,7 @@ fits + tests of both models."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,16 +23,17 @@ from zsl.data.datamodule import ZSLDataModule
 from zsl.data.types import ZSLBatch
 from zsl.models import get_model_class
 from zsl.models.base import LeakageError
-from zsl.models.generative.base import (
-    GenerativeZSL,
-    fit_softmax_classifier,
-    linear_warmup,
-    principal_basis,
-)
+from zsl.models.generative.base import GenerativeZSL, linear_warmup
 from zsl.models.generative.cadavae import CADAVAE, gaussian_kl, gaussian_w2, within_class_std
 from zsl.models.generative.clswgan import CLSWGAN, clswgan_iteration, gradient_penalty
 from zsl.models.generative.nets import FeatureCritic, FeatureGenerator, ema_update
+from zsl.models.generative.second_stage import (
+    SecondStage,
+    fit_softmax_classifier,
+    principal_basis,
+)
 from zsl.reporting.plots import plot_feature_projection, plot_seen_unseen_curve
+from zsl.run.callbacks import EvaluationRecorder, ProjectionPlot
 
 CONFIG_DIR = CONF_DIR / "model"
 
@@ -42,10 +44,7 @@ SMALL = {
         lr=1e-3,
         pretrain_epochs=20,
         pretrain_lr=0.1,
-        n_synth=20,
-        cls_epochs=10,
-        cls_lr=0.1,
-        cls_batch_size=64,
+        second_stage=dict(n_synth=20, cls_epochs=10, cls_lr=0.1, cls_batch_size=64),
     ),
     "cadavae": dict(
         feature_hidden=(32, 32),
@@ -54,10 +53,7 @@ SMALL = {
         lr=3e-3,
         warmup_scale=1.0,
         n_seen_per_class=10,
-        n_synth=20,
-        cls_epochs=10,
-        cls_lr=0.1,
-        cls_batch_size=64,
+        second_stage=dict(n_synth=20, cls_epochs=10, cls_lr=0.1, cls_batch_size=64),
     ),
 }
 
@@ -80,12 +76,29 @@ def datamodule(tiny, protocol: str = "test", batch_size: int = 16) -> ZSLDataMod
 
 
 def build(name: str, dm: ZSLDataModule, **overrides) -> GenerativeZSL:
+    """A small model bound to ``dm``; second-stage options (``n_synth``, ``cls_pca``, ...)
+    among ``overrides`` go into its ``second_stage`` settings."""
     space = dm.class_space
+    params = {**SMALL[name]}
+    stage = dict(params.pop("second_stage"))
+    for key in list(overrides):
+        if key in SecondStage.field_names():
+            stage[key] = overrides.pop(key)
     model = get_model_class(name)(
-        space.feature_dim, space.n_attributes, space.n_classes, **{**SMALL[name], **overrides}
+        space.feature_dim,
+        space.n_attributes,
+        space.n_classes,
+        **params,
+        **overrides,
+        second_stage=stage,
     )
-    model.set_class_space(space)
+    model.bind(dm)
     return model
+
+
+def restage(model: GenerativeZSL, **options) -> None:
+    """Change second-stage options of a built model (the settings are a frozen dataclass)."""
+    model.second_stage = dataclasses.replace(model.second_stage, **options)
 
 
 def trainer(
@@ -429,8 +442,8 @@ def test_fit_softmax_classifier_max_steps_counts_updates() -> None:
     torch.testing.assert_close(fit(99, 18), by_epochs)  # the same 18 updates, epochs ignored
     assert not torch.allclose(fit(99, 17), by_epochs)
     assert not torch.allclose(fit(99, 19), by_epochs)
-    with pytest.raises(ValueError, match="cls_steps"):
-        CADAVAE(4, 3, 5, cls_steps=0)
+    with pytest.raises(ValueError, match="second_stage.cls_steps must be positive"):
+        CADAVAE(4, 3, 5, second_stage={"cls_steps": 0})
 
 
 @pytest.mark.parametrize("name", ["clswgan", "cadavae"])
@@ -469,7 +482,7 @@ def test_second_stage_classifier_covers_unseen_classes(tiny, tmp_path: Path, nam
     trainer(tmp_path, 3).fit(model, dm)
     with pytest.raises(RuntimeError, match="on_eval_start"):
         model.scores(dm.eval_x, model.semantics)
-    model.hparams.synth_ratio = 2.0
+    restage(model, synth_ratio=2.0)
     counts: list[int] = []
     synthesize = model.synthesize
     model.synthesize = lambda sem, n, gen: counts.append(n) or synthesize(sem, n, gen)  # type: ignore
@@ -537,7 +550,7 @@ def test_cls_pca_restricts_the_classifier_to_the_real_seen_span(
     torch.testing.assert_close(inputs @ weight + bias, (inputs + other) @ weight + bias)
     with pytest.raises(ValueError, match="cls_pca"):
         build(name, dm, cls_pca=0)
-    model.hparams.cls_pca = real.shape[1] + 1
+    restage(model, cls_pca=real.shape[1] + 1)
     with pytest.raises(ValueError, match=f"cls_pca={real.shape[1] + 1}"):
         model.fit_classifier()
 
@@ -550,19 +563,26 @@ def test_tiny_lightning_fit_validate_and_test(tiny, tmp_path: Path, name: str) -
     pl.seed_everything(0, verbose=False)
     dm_val = datamodule(tiny, "val")
     model = build(name, dm_val)
-    trainer(tmp_path, 3, validate=True).fit(model, dm_val)
-    assert [h["epoch"] for h in model.eval_history] == [1, 2, 3]
-    assert all(math.isfinite(h["gzsl_h"]) for h in model.eval_history)
+    recorder = EvaluationRecorder()
+    trainer(tmp_path, 3, validate=True, callbacks=[recorder]).fit(model, dm_val)
+    assert [h["epoch"] for h in recorder.history] == [1, 2, 3]
+    assert all(math.isfinite(h["gzsl_h"]) for h in recorder.history)
 
     dm = datamodule(tiny, "test")
     model = build(name, dm)
-    tr = trainer(tmp_path, 3)
+    model.gamma.fill_(0.0)  # as chosen on validation by the engine
+    recorder = EvaluationRecorder()
+    names = dm.class_space.class_names
+    plot = ProjectionPlot(tmp_path, dm.evaluation_examples(), names)
+    tr = trainer(tmp_path, 3, callbacks=[recorder, plot])
     tr.fit(model, dm)
     tr.test(model, dm, verbose=False)
-    for key in ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "ausuc"):
-        assert math.isfinite(model.last_eval[key])
-    plot = tmp_path / f"{name}_projection.png"
-    assert plot.is_file() and plot.stat().st_size > 1000
+    assert recorder.test is not None
+    for key in ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "ausuc", "gzsl_h_cal"):
+        assert math.isfinite(recorder.test.metrics[key])
+    path = tmp_path / f"{name}_projection.png"
+    assert plot.path == path
+    assert path.is_file() and path.stat().st_size > 1000
 
 
 @pytest.mark.parametrize("name", ["clswgan", "cadavae"])
@@ -570,10 +590,14 @@ def test_config_params_build_the_model(name: str) -> None:
     cfg = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
     assert cfg.name == name and cfg.search.metric == "gzsl_h"
     params = OmegaConf.to_container(cfg.params)
-    for key in cfg.search.grid:
-        assert key in params
+    for key in cfg.search.grid:  # dotted keys name second-stage options
+        head, _, rest = str(key).partition(".")
+        assert head in params and (not rest or rest in params[head]), key
     model = get_model_class(name)(16, 6, 12, **params)
     assert isinstance(model, GenerativeZSL) and model.uses_unseen_semantics
+    assert isinstance(model.second_stage, SecondStage)
+    assert model.second_stage == SecondStage(**params["second_stage"])
+    assert model.hparams.second_stage == params["second_stage"]  # stored as a dict
 
 
 def test_plots_write_pngs(tmp_path: Path) -> None:
@@ -581,6 +605,9 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
     u = torch.linspace(0, 80, 11)
     s = torch.linspace(70, 0, 11)
     path = plot_seen_unseen_curve(gammas, u, s, tmp_path / "curve.png", title="t")
+    assert path.is_file() and path.stat().st_size > 1000
+    chosen = (float(gammas[5]), float(u[5]), float(s[5]))  # the validation-chosen point
+    path = plot_seen_unseen_curve(gammas, u, s, tmp_path / "chosen.png", chosen=chosen)
     assert path.is_file() and path.stat().st_size > 1000
     gen = torch.Generator().manual_seed(0)
     real, synth = torch.randn(30, 8, generator=gen), torch.randn(30, 8, generator=gen)

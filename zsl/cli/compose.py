@@ -40,14 +40,15 @@ def _check_key(cfg: DictConfig, dotted: str) -> None:
     node: Any = cfg
     parts = dotted.split(".")
     for i, part in enumerate(parts):
-        if not isinstance(node, DictConfig) or part not in node:
+        if not isinstance(node, DictConfig) or part not in node.keys():
             where = ".".join(parts[:i]) or "<top level>"
             valid = sorted(map(str, node.keys())) if isinstance(node, DictConfig) else []
             raise ConfigError(
                 f"unknown config key {dotted!r}: {where} has no {part!r}; valid keys there: "
                 f"{', '.join(map(str, valid))} (use +{dotted}=... to add a new key)"
             )
-        node = node[part]
+        if i < len(parts) - 1:
+            node = node[part]
 
 
 def _parse(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -93,6 +94,11 @@ def compose(argv: list[str] | None = None) -> DictConfig:
         raise ConfigError(" ".join(str(err).split())) from None
     finally:
         GlobalHydra.instance().clear()
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"{missing[0]} has no value ('???' in the config): set it, e.g. {missing[0]}=..."
+        )
     try:
         OmegaConf.resolve(cfg)
     except Exception as err:  # noqa: BLE001 - omegaconf raises several types

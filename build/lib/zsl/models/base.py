@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Self, cast
 
 import pytorch_lightning as pl
 import torch
@@ -123,6 +123,15 @@ class ZSLModule(pl.LightningModule):
         raise NotImplementedError(f"{type(self).__name__} must implement fit_closed_form")
 
     # -- classes and training data -------------------------------------------------------
+    @classmethod
+    def for_data(cls, source: ZSLDataSource, **params: Any) -> Self:
+        """A model with the shapes of ``source`` (a set-up datamodule), bound to it:
+        ``ALE.for_data(dm, lr=3e-3)``."""
+        space = source.class_space
+        model = cls(space.feature_dim, space.n_attributes, space.n_classes, **params)
+        model.bind(source)
+        return model
+
     def bind(self, source: ZSLDataSource) -> None:
         """Install a protocol's classes and hand over its seen-class training examples.
 

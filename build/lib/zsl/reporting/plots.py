@@ -41,9 +41,9 @@ def plot_seen_unseen_curve(
     accuracies in percent). Plots unseen accuracy against seen accuracy, the area under the
     curve (AUSUC, trapezoid rule as in ``zsl.metrics``) in the legend, and marks the
     uncalibrated point (``gamma = 0``) and, with ``chosen = (gamma, u, s)`` (the gamma selected
-    on validation classes and the accuracies it gives here), that point; without it, the point of
-    highest harmonic mean H of this curve (only meaningful for a validation curve: on the test split it would be a
-    test-selected number).
+    on validation classes and the accuracies it gives here), that point; without it, the point
+    of highest harmonic mean H of this curve (only meaningful for a validation curve: on the
+    test split it would be a test-selected number).
     """
     g, uu, ss = _np(gammas), _np(u), _np(s)
     if not (g.shape == uu.shape == ss.shape) or g.ndim != 1 or g.size == 0:
