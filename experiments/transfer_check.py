@@ -38,10 +38,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from zsl.cli.config import compose, to_container  # noqa: E402
-from zsl.cli.train import Runner  # noqa: E402
-from zsl.data.datamodule import ZSLDataModule  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from zsl.cli.compose import compose  # noqa: E402
 from zsl.data.types import ZSLData  # noqa: E402
+from zsl.models import get_model_class  # noqa: E402
+from zsl.run.builders import load_data, make_datamodule, make_model, make_trainer  # noqa: E402
+from zsl.run.callbacks import EvaluationRecorder  # noqa: E402
+from zsl.run.config import to_container  # noqa: E402
 from zsl.run.selection import (  # noqa: E402
     TRANSFER_RULES,
     best_epoch,
@@ -67,32 +71,21 @@ def inner_split(data: ZSLData, fraction: float, seed: int) -> ZSLData:
 
 
 def validation_curve(
-    runner: Runner, data: ZSLData, params: dict[str, Any], epochs: int
+    cfg: DictConfig, data: ZSLData, params: dict[str, Any], epochs: int
 ) -> tuple[list[dict[str, float]], int, int, float]:
     """Fit the val protocol on ``data`` for ``epochs`` epochs, validating each one.
     Returns (per-epoch metrics, seen classes, training batches per epoch, seconds)."""
-    dcfg = runner.cfg.data
-    dm = ZSLDataModule(
-        name=dcfg.name,
-        root=dcfg.root,
-        feature_file=dcfg.feature_file,
-        protocol="val",
-        preprocess=dcfg.preprocess,
-        batch_size=int(dcfg.batch_size),
-        eval_batch_size=int(dcfg.eval_batch_size),
-        val_seen_fraction=float(dcfg.val_seen_fraction),
-        split_seed=int(dcfg.split_seed),
-        data=data,
-    )
-    dm.setup()
-    pl.seed_everything(int(runner.cfg.seed), workers=True, verbose=False)
-    model = runner.model(dm, params)
-    trainer = runner.trainer(epochs, False, validate=True)
+    dm = make_datamodule(cfg, "val", data)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    model = make_model(cfg, dm, params)
+    recorder = EvaluationRecorder()
+    model_cls = get_model_class(str(cfg.model.name))
+    trainer = make_trainer(cfg, model_cls, epochs, False, validate=True, callbacks=[recorder])
     start = time.perf_counter()
     trainer.fit(model, dm)
     seconds = time.perf_counter() - start
     n_seen = int(dm.class_space.seen_ids.numel())
-    return model.eval_history, n_seen, len(dm.train_dataloader()), seconds
+    return recorder.history, n_seen, len(dm.train_dataloader()), seconds
 
 
 def at_epoch(history: list[dict[str, float]], epoch: int) -> dict[str, float]:
@@ -126,16 +119,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             *args.overrides,
         ]
     )
-    runner = Runner(cfg)
     params = to_container(cfg.model.params)
     metric = search_metric(cfg.model)
-    outer_data = runner.data("val")
+    outer_data = load_data(cfg, "val")
     inner_data = inner_split(outer_data, args.inner_fraction, args.seed)
     inner, inner_seen, inner_batches, inner_s = validation_curve(
-        runner, inner_data, params, args.epochs
+        cfg, inner_data, params, args.epochs
     )
     outer, outer_seen, outer_batches, outer_s = validation_curve(
-        runner, outer_data, params, args.epochs
+        cfg, outer_data, params, args.epochs
     )
     chosen = int(best_epoch(inner, metric)["epoch"])
     rules = {}

@@ -169,15 +169,15 @@ class DDPStrategy(_LightningDDP):
 
 def make_strategy(name: str) -> str | Strategy:
     """The Trainer's ``strategy``: ``ddp`` and ``ddp_find_unused_parameters_true`` become
-    :class:`DDPStrategy`; the spawning variants are refused (the fitted model, its validation
-    history included, would stay in the spawned processes); other names go to Lightning."""
+    :class:`DDPStrategy`; the spawning variants are refused (the fitted model and its
+    evaluation record would stay in the spawned processes); other names go to Lightning."""
     if name == "ddp":
         return DDPStrategy()
     if name == "ddp_find_unused_parameters_true":
         return DDPStrategy(find_unused_parameters=True)
     if name.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
         raise MisconfigurationException(
-            f"strategy {name!r} is not supported: train.py reads every fit's validation "
-            "history from the model in its own process; use trainer=ddp (strategy: ddp)"
+            f"strategy {name!r} is not supported: the engine reads every fit's validation "
+            "history from its callbacks in its own process; use trainer=ddp (strategy: ddp)"
         )
     return name

@@ -18,6 +18,7 @@ from zsl.data.splits import FeatureScaler, make_split
 from zsl.data.types import ZSLBatch
 from zsl.models.base import LeakageError, ZSLModule
 from zsl.models.classical.ale import ALE
+from zsl.run.callbacks import EvaluationRecorder
 
 PROTOCOL_CLASSES = {  # protocol -> (training classes, unseen evaluation classes)
     "test": (set(SEEN), set(UNSEEN)),
@@ -33,10 +34,11 @@ def datamodule(ds: TinyXlsa17, protocol: str = "test", **kwargs: Any) -> ZSLData
 
 
 def build_model(dm: ZSLDataModule, cls: type[ZSLModule] = ALE, **params: Any) -> ZSLModule:
-    """As ``zsl.cli.train.Runner.model`` does: shapes from the data, then the class space."""
+    """As ``zsl.run.builders.make_model`` does: shapes from the data, then bound to it (the
+    class space and the seen-class training examples)."""
     space = dm.class_space
     model = cls(space.feature_dim, space.n_attributes, space.n_classes, **params)
-    model.set_class_space(space)
+    model.bind(dm)
     return model
 
 
@@ -225,14 +227,16 @@ def test_training_loss_sees_only_seen_classes(tiny: TinyXlsa17, protocol: str) -
     dm = datamodule(tiny, protocol)
     model = build_model(dm, SpyALE)
     assert isinstance(model, SpyALE)
+    recorder = EvaluationRecorder()
     trainer = pl.Trainer(
+        callbacks=[recorder],
         max_epochs=2,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        limit_val_batches=1.0 if protocol == "val" else 0,  # as the Runner: no test peeking
+        limit_val_batches=1.0 if protocol == "val" else 0,  # as the engine: no test peeking
     )
     trainer.fit(model, dm)
     n_batches = -(-dm.split.train_idx.size // dm.batch_size)  # type: ignore[union-attr]
@@ -244,4 +248,4 @@ def test_training_loss_sees_only_seen_classes(tiny: TinyXlsa17, protocol: str) -
     assert labels <= seen and not labels & unseen
     assert all(model.training_flags)
     if protocol == "val":  # validation ran in eval mode with the unseen classes
-        assert len(model.eval_history) == 2
+        assert len(recorder.history) == 2
