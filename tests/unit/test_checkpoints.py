@@ -1,7 +1,7 @@
-"""Checkpoints and resume pieces (``zsl.run.store``, trial records, the engine's
-callbacks in ``zsl.run.callbacks``): RNG/history round trips, monitors on validation metrics only, atomic trial records,
-the ``resume=`` config rule and the SIGTERM guard. The end-to-end SIGTERM + resume runs are in
-``tests/integration/test_resume.py``."""
+"""Checkpoints and resume pieces (``zsl.run.store``, trial records, the engine's callbacks in
+``zsl.run.callbacks``): RNG/history round trips, monitors on validation metrics only, atomic
+trial records, the ``resume=`` config rule and the SIGTERM guard. The end-to-end SIGTERM +
+resume runs are in ``tests/integration/test_resume.py``."""
 
 from __future__ import annotations
 

@@ -12,7 +12,6 @@ import pytest
 import pytorch_lightning as pl
 import scipy.linalg
 import torch
-
 from omegaconf import DictConfig
 
 from zsl.cli.compose import compose
@@ -337,7 +336,6 @@ def bad_hparams() -> list[tuple[str, str, float]]:
     registered model takes."""
     from zsl.models import MODELS, get_model_class
     from zsl.models.base import NON_NEGATIVE_HPARAMS, POSITIVE_HPARAMS
-
     from zsl.models.generative.second_stage import SecondStage
 
     stage = SecondStage.field_names()
@@ -348,9 +346,7 @@ def bad_hparams() -> list[tuple[str, str, float]]:
         cases += [(name, p, -0.5) for p in NON_NEGATIVE_HPARAMS if p in params]
         if "second_stage" in params:  # the generative models' classifier settings
             cases += [(name, f"second_stage.{p}", 0.0) for p in POSITIVE_HPARAMS if p in stage]
-            cases += [
-                (name, f"second_stage.{p}", -0.5) for p in NON_NEGATIVE_HPARAMS if p in stage
-            ]
+            cases += [(name, f"second_stage.{p}", -0.5) for p in NON_NEGATIVE_HPARAMS if p in stage]
     return cases
 
 

@@ -218,7 +218,8 @@ class GenerativeZSL(ZSLModule):
 
     # -- checkpoints ------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the model class so :func:`zsl.cli.generate.load_generator` can rebuild it."""
+        """Record the model class so that
+        :func:`zsl.models.generative.synthesis.load_generator` can rebuild it."""
         super().on_save_checkpoint(checkpoint)
         checkpoint["zsl_model_class"] = f"{type(self).__module__}:{type(self).__qualname__}"
 
