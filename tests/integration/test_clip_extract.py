@@ -1,6 +1,6 @@
 """Images to results, end to end, on a small image folder drawn on the fly.
 
-6 classes x 8 PIL-drawn 64x64 images -> ``python -m zsl.data.custom`` (features from a randomly
+6 classes x 8 PIL-drawn 64x64 images -> ``python -m zsl.features.custom`` (features from a randomly
 initialised torchvision resnet18) -> ``python train.py`` trains ALE on it (subprocess, started
 as soon as the dataset exists and awaited by the last test, so it overlaps the CLIP work) ->
 ``python -m zsl.features.extract`` with a tiny random CLIP (image features and text semantics: ALE in
@@ -27,7 +27,7 @@ from conftest import REPO_ROOT
 from PIL import Image, ImageDraw
 
 from zsl.cli.train import main as train_main
-from zsl.data import custom
+from zsl.features import custom
 from zsl.data.errors import DataError
 from zsl.features import extract
 

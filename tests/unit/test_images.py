@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from zsl.data import custom
+from zsl.features import custom
 from zsl.data.errors import DataError
 from zsl.data.formats.xlsa17 import load_xlsa17
 from zsl.features import extract

@@ -22,147 +22,27 @@ at the end, and a rerun on a finished output with the same settings does nothing
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.io
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from zsl.data.errors import DataError
-from zsl.errors import ModelLoadError
-from zsl.features.backbones import Backbone
+from zsl.data.formats.xlsa17 import matlab_cell, savemat_atomic
+from zsl.features.backbones import Backbone, BackboneSpec
 from zsl.features.images import (
     ImageFiles,
     batch_plan,
-    imagenet_transform,
-    list_image_folder,
     pick_device,
-    resolve_image_paths,
 )
-
-DEFAULT_BACKBONE = "resnet101"
-CLIP_BACKBONE = "clip"
-RANDOM_INIT_SEED = 0
-
-
-# ----------------------------------------------------------------------------- backbones
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Which backbone and weights; cheap to make, :meth:`build` loads the network."""
-
-    name: str = DEFAULT_BACKBONE
-    weights: str | None = None  # None: the backbone's default (imagenet / the default CLIP)
-
-    @property
-    def is_clip(self) -> bool:
-        return self.name == CLIP_BACKBONE
-
-    @property
-    def resolved_weights(self) -> str:
-        if self.weights is not None:
-            return str(self.weights)
-        if self.is_clip:
-            from zsl.features.clip import DEFAULT_CLIP_MODEL
-
-            return DEFAULT_CLIP_MODEL
-        return "imagenet"
-
-    def describe(self) -> str:
-        """What is recorded in the feature file (a rerun must match it to reuse the file)."""
-        return f"{self.name} weights={self.resolved_weights}"
-
-    def build(self) -> Backbone:
-        if self.is_clip:
-            from zsl.features.clip import clip_image_backbone
-
-            return clip_image_backbone(self.resolved_weights)
-        return torchvision_backbone(self.name, self.resolved_weights)
-
-
-def remove_classifier_head(model: nn.Module) -> str:
-    """Replace the last ``nn.Linear`` (the classifier) with ``nn.Identity``; returns its name."""
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no linear classifier head to remove")
-    name = linears[-1]
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, nn.Identity())
-    return name
-
-
-def _checkpoint_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"--weights {path}: checkpoint not found (use 'imagenet', 'none' or a .pth path)"
-        )
-    state: Any = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"--weights {path}: expected a state dict, got {type(state).__name__}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def torchvision_backbone(name: str, weights: str = "imagenet") -> Backbone:
-    """A torchvision classification model without its head; ``weights``: imagenet|none|path."""
-    import torchvision
-
-    available = torchvision.models.list_models(module=torchvision.models)
-    if name not in available:
-        raise ValueError(
-            f"unknown backbone {name!r}: not a torchvision classification model; use "
-            f"'{CLIP_BACKBONE}' or one of: {', '.join(available)}"
-        )
-    if weights == "imagenet":
-        enum = torchvision.models.get_model_weights(name).DEFAULT
-        try:
-            model = torchvision.models.get_model(name, weights=enum)
-        except Exception as err:  # noqa: BLE001 - URLError, HTTPError, socket errors, ...
-            cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
-            raise ModelLoadError(
-                f"cannot load ImageNet weights of {name}: not in torchvision's cache ({cache}) "
-                f"and the download of {enum.url} failed ({type(err).__name__}: {err}). Download "
-                f"that file elsewhere and put it at {cache}, or pass --weights /path/to/file.pth "
-                "(or --weights none for random weights)"
-            ) from err
-        remove_classifier_head(model)
-    else:
-        with torch.random.fork_rng(devices=[]):  # random weights, but the same on every rerun
-            torch.manual_seed(RANDOM_INIT_SEED)
-            model = torchvision.models.get_model(name, weights=None)
-        head = remove_classifier_head(model)
-        if weights != "none":
-            state = _checkpoint_state_dict(Path(weights).expanduser())
-            state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
-            try:
-                missing, unexpected = model.load_state_dict(state, strict=False)
-            except RuntimeError as err:  # shape mismatches
-                raise ValueError(
-                    f"--weights {weights} does not fit torchvision {name}: {err}"
-                ) from None
-            if missing or unexpected:
-                raise ValueError(
-                    f"--weights {weights} does not fit torchvision {name}: missing keys "
-                    f"{missing[:5]}, unexpected keys {unexpected[:5]}"
-                )
-    return Backbone(
-        nn.Sequential(model, nn.Flatten(1)), imagenet_transform(), f"{name} weights={weights}"
-    )
-
 
 # ----------------------------------------------------------------------------- extraction
 
@@ -265,21 +145,6 @@ def extract_features(
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def matlab_cell(strings: Sequence[str]) -> np.ndarray:
-    cell = np.empty((len(strings), 1), dtype=object)
-    for i, s in enumerate(strings):
-        cell[i, 0] = s
-    return cell
-
-
-def savemat_atomic(path: Path, content: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        scipy.io.savemat(handle, content)
-    os.replace(tmp, path)
 
 
 def write_feature_file(
@@ -405,110 +270,3 @@ def write_text_semantics(
     savemat_atomic(output, mat)
     print(f"wrote {output}: att = {emb.shape[1]}-d CLIP text embeddings of {emb.shape[0]} classes")
     return emb
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="zsl-extract",
-        description="Extract image features (or CLIP class-name semantics) in the xlsa17 format.",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--images", type=Path, help="image folder with one sub-folder per class")
-    source.add_argument(
-        "--from",
-        dest="from_file",
-        type=Path,
-        help="xlsa17 feature file whose image list (order, labels) is re-extracted",
-    )
-    source.add_argument(
-        "--text-semantics",
-        type=Path,
-        metavar="ATT_SPLITS",
-        help="write a copy of this att_splits.mat with att = CLIP text embeddings of class names",
-    )
-    parser.add_argument("--output", "-o", type=Path, required=True, help="file to write")
-    parser.add_argument(
-        "--image-root",
-        type=Path,
-        default=None,
-        help="with --from: folder the stored image paths are resolved under (prefixes stripped)",
-    )
-    parser.add_argument(
-        "--backbone",
-        default=DEFAULT_BACKBONE,
-        help=f"torchvision classification model name or '{CLIP_BACKBONE}' "
-        f"(default {DEFAULT_BACKBONE})",
-    )
-    parser.add_argument(
-        "--weights",
-        default=None,
-        help="torchvision: imagenet (default) | none | /path/checkpoint.pth; clip: a Hugging Face "
-        "model id (default openai/clip-vit-base-patch32) or a local directory",
-    )
-    parser.add_argument("--templates", default="generic", help="CLIP prompt preset or a file")
-    parser.add_argument("--name-map", default=None, help="class-name map file (.json/.yaml/.txt)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:0")
-    parser.add_argument("--chunk-size", type=int, default=2048, help="images per resumable chunk")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``zsl-extract``; returns the written file."""
-    args = build_parser().parse_args(argv)
-    if args.text_semantics is not None:
-        write_text_semantics(
-            args.text_semantics,
-            args.output,
-            args.weights,
-            args.templates,
-            args.name_map,
-            args.device,
-        )
-        return args.output
-    if args.images is not None:
-        folder = list_image_folder(args.images)
-        paths = [p.resolve() for p in folder.paths]
-        labels0, image_files = folder.labels, [str(p) for p in paths]
-    else:
-        from zsl.data.formats.xlsa17 import _read_mat, _strings
-
-        mat = _read_mat(args.from_file)
-        if "image_files" not in mat or "labels" not in mat:
-            raise DataError(str(args.from_file), "needs 'image_files' and 'labels' to re-extract")
-        image_files = list(_strings(mat["image_files"]))
-        labels0 = np.asarray(mat["labels"]).ravel().astype(np.int64) - 1
-        paths = resolve_image_paths(image_files, args.image_root, args.from_file.parent)
-    extract_to_file(
-        args.output,
-        paths,
-        labels0,
-        image_files,
-        BackboneSpec(args.backbone, args.weights),
-        overwrite=args.overwrite,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        chunk_size=args.chunk_size,
-        progress=not args.no_progress,
-    )
-    return args.output
-
-
-def run_cli(argv: Sequence[str] | None = None) -> None:
-    """``zsl-extract``: :func:`main`, with bad input (missing or unreadable files,
-    unknown backbones, weights that do not load or fit) reported as one line, exit status 1."""
-    try:
-        main(argv)
-    except (DataError, ModelLoadError, FileNotFoundError, FileExistsError, ValueError) as err:
-        raise SystemExit(f"error: {' '.join(str(err).split())}") from None
-
-
-if __name__ == "__main__":
-    run_cli()

@@ -1,7 +1,7 @@
 """The image side: image-folder listings, image path resolution, transforms and datasets.
 
 Feature extraction (:mod:`zsl.features.extract`), the custom-dataset builder
-(:mod:`zsl.data.custom`) and
+(:mod:`zsl.features.custom`) and
 models that read images themselves (CLIP zero-shot) all go through this module, so an image
 is found, opened and transformed the same way everywhere.
 

@@ -265,7 +265,7 @@ def matlab_cell(strings: Sequence[str]) -> np.ndarray:
     """A MATLAB cell array (N x 1) of strings, as ``scipy.io.savemat`` writes it."""
     cell = np.empty((len(strings), 1), dtype=object)
     for i, value in enumerate(strings):
-        cell[i, 0] = np.array([value])
+        cell[i, 0] = value
     return cell
 
 

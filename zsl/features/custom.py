@@ -20,9 +20,7 @@ Splits (all seeded, 1-based MATLAB column vectors, like the proposed split):
 
 from __future__ import annotations
 
-import argparse
 import csv
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from zsl.data.errors import DataError
-from zsl.features.extract import (
-    CLIP_BACKBONE,
-    DEFAULT_BACKBONE,
-    BackboneSpec,
-    extract_to_file,
-    matlab_cell,
-    savemat_atomic,
-)
+from zsl.data.formats.xlsa17 import matlab_cell, write_splits
+from zsl.features.backbones import DEFAULT_BACKBONE, BackboneSpec
+from zsl.features.extract import extract_to_file
 from zsl.features.images import ImageFolder, list_image_folder
 
 
@@ -153,6 +146,27 @@ def make_splits(
     return {f"{k}_loc": np.sort(np.asarray(v, dtype=np.int64)) for k, v in splits.items()}
 
 
+def _write_splits(
+    out: Path,
+    folder: ImageFolder,
+    table: AttributeTable,
+    locs: dict[str, np.ndarray],
+    source: str,
+) -> None:
+    """``<out>/att_splits.mat``: L2-normalised ``att``, the raw CSV values as ``original_att``,
+    class and attribute names and the 1-based splits (the xlsa17 writer)."""
+    original = np.stack([table.row(c) for c in folder.class_names], axis=1)  # A x C
+    norms = np.linalg.norm(original, axis=0, keepdims=True)
+    if (norms == 0).any():
+        zero = [folder.class_names[i] for i in np.flatnonzero(norms[0] == 0)]
+        raise DataError(source, f"classes with all-zero attributes: {zero[:5]}")
+    extra = {
+        "original_att": original,
+        "attribute_names": matlab_cell(list(table.attribute_names)),
+    }
+    write_splits(out, original / norms, folder.class_names, locs, extra)
+
+
 def build_custom_dataset(
     images: str | Path,
     attributes: str | Path,
@@ -198,20 +212,8 @@ def build_custom_dataset(
     except ValueError as err:
         raise DataError(str(folder.root), str(err)) from None
 
-    original = np.stack([table.row(c) for c in folder.class_names], axis=1)  # A x C
-    norms = np.linalg.norm(original, axis=0, keepdims=True)
-    if (norms == 0).any():
-        zero = [folder.class_names[i] for i in np.flatnonzero(norms[0] == 0)]
-        raise DataError(str(attributes), f"classes with all-zero attributes: {zero[:5]}")
     out = Path(output).expanduser()
-    split_mat = {
-        "att": original / norms,
-        "original_att": original,
-        "allclasses_names": matlab_cell(list(folder.class_names)),
-        "attribute_names": matlab_cell(list(table.attribute_names)),
-        **{k: (v + 1).astype(np.float64).reshape(-1, 1) for k, v in locs.items()},
-    }
-    savemat_atomic(out / "att_splits.mat", split_mat)
+    _write_splits(out, folder, table, locs, str(attributes))
 
     spec = BackboneSpec(backbone, weights)
     if feature_file is None:
@@ -235,79 +237,7 @@ def build_custom_dataset(
         f"{len(folder)} images, {len(table.attribute_names)} attributes; "
         + ", ".join(f"{k.removesuffix('_loc')} {v.size}" for k, v in locs.items())
         + "\n"
-        f"train with: python train.py data=cub data.root={out.parent} data.name={out.name} "
+        f"train with: python train.py data=xlsa17 data.root={out.parent} data.name={out.name} "
         f"data.feature_file={feature_file}"
     )
     return out
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m zsl.data.custom",
-        description="Build an xlsa17-format ZSL dataset from an image folder and a class x "
-        "attribute CSV.",
-    )
-    parser.add_argument(
-        "--images", type=Path, required=True, help="folder with one sub-folder per class"
-    )
-    parser.add_argument(
-        "--attributes", type=Path, required=True, help="CSV: class,<attribute names...>"
-    )
-    parser.add_argument("--unseen", required=True, help="file with one class per line, or a,b,c")
-    parser.add_argument("--output", "-o", type=Path, required=True, help="dataset folder to write")
-    parser.add_argument(
-        "--val-classes", default=None, help="validation classes (file or a,b); default: seeded"
-    )
-    parser.add_argument(
-        "--val-fraction", type=float, default=0.25, help="share of seen classes used for validation"
-    )
-    parser.add_argument(
-        "--test-seen-fraction", type=float, default=0.2, help="share of every seen class held out"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--backbone",
-        default=DEFAULT_BACKBONE,
-        help=f"torchvision classification model or '{CLIP_BACKBONE}' (zsl-extract -h)",
-    )
-    parser.add_argument(
-        "--weights", default=None, help="imagenet | none | checkpoint; clip: model id or dir"
-    )
-    parser.add_argument(
-        "--feature-file", default=None, help="default res101.mat (resnet101) or <backbone>.mat"
-    )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="re-extract an existing feature file"
-    )
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``python -m zsl.data.custom``; returns the dataset folder."""
-    args = build_parser().parse_args(argv)
-    return build_custom_dataset(
-        args.images,
-        args.attributes,
-        parse_class_list(args.unseen),
-        args.output,
-        val_classes=parse_class_list(args.val_classes) if args.val_classes else None,
-        val_fraction=args.val_fraction,
-        test_seen_fraction=args.test_seen_fraction,
-        seed=args.seed,
-        backbone=args.backbone,
-        weights=args.weights,
-        feature_file=args.feature_file,
-        overwrite=args.overwrite,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-
-
-if __name__ == "__main__":
-    main()
