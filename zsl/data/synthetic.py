@@ -39,14 +39,14 @@ seen-class bias in the generalised setting (seed 0: u 28%, s 94%, H 43%); see
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.io
+
+from zsl.data.formats.xlsa17 import matlab_cell, savemat_atomic
 
 __all__ = ["SyntheticSpec", "ensure_synthetic", "generate_synthetic"]
 
@@ -195,12 +195,31 @@ def _loc_column(indices0: np.ndarray, n_images: int) -> np.ndarray:
     return (np.asarray(indices0, dtype=np.int64) + 1).astype(dtype).reshape(-1, 1)
 
 
-def _cell(strings: list[str]) -> np.ndarray:
-    """Column cell array of strings (each pre-wrapped as a char array: faster ``savemat``)."""
-    out = np.empty((len(strings), 1), dtype=object)
-    for i, s in enumerate(strings):
-        out[i, 0] = np.array([s])
-    return out
+def _split_locs(
+    rng: np.random.Generator,
+    spec: SyntheticSpec,
+    labels0: np.ndarray,
+    seen: np.ndarray,
+    unseen: np.ndarray,
+    val_classes: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The five split index arrays (0-based) of the proposed split, drawn from ``rng``."""
+    trainval: list[np.ndarray] = []
+    test_seen: list[np.ndarray] = []
+    for c in seen:
+        idx = rng.permutation(np.flatnonzero(labels0 == c))
+        n_test = int(np.clip(round(spec.test_seen_fraction * idx.size), 1, idx.size - 1))
+        test_seen.append(idx[:n_test])
+        trainval.append(idx[n_test:])
+    is_val = np.isin(labels0, val_classes)
+    is_train = np.isin(labels0, seen) & ~is_val
+    return {
+        "trainval_loc": rng.permutation(np.concatenate(trainval)),
+        "test_seen_loc": rng.permutation(np.concatenate(test_seen)),
+        "test_unseen_loc": rng.permutation(np.flatnonzero(np.isin(labels0, unseen))),
+        "train_loc": rng.permutation(np.flatnonzero(is_train)),
+        "val_loc": rng.permutation(np.flatnonzero(is_val)),
+    }
 
 
 def _build(spec: SyntheticSpec) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -224,22 +243,7 @@ def _build(spec: SyntheticSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     n_img = labels0.size
     features = _features(rng, spec, att01, labels0)
 
-    trainval: list[np.ndarray] = []
-    test_seen: list[np.ndarray] = []
-    for c in seen:
-        idx = rng.permutation(np.flatnonzero(labels0 == c))
-        n_test = int(np.clip(round(spec.test_seen_fraction * idx.size), 1, idx.size - 1))
-        test_seen.append(idx[:n_test])
-        trainval.append(idx[n_test:])
-    is_val = np.isin(labels0, val_classes)
-    is_train = np.isin(labels0, seen) & ~is_val
-    locs = {
-        "trainval_loc": rng.permutation(np.concatenate(trainval)),
-        "test_seen_loc": rng.permutation(np.concatenate(test_seen)),
-        "test_unseen_loc": rng.permutation(np.flatnonzero(np.isin(labels0, unseen))),
-        "train_loc": rng.permutation(np.flatnonzero(is_train)),
-        "val_loc": rng.permutation(np.flatnonzero(is_val)),
-    }
+    locs = _split_locs(rng, spec, labels0, seen, unseen, val_classes)
 
     width = max(3, len(str(n_cls)))
     names = [f"{c + 1:0{width}d}.class_{c + 1:0{width}d}" for c in range(n_cls)]
@@ -254,14 +258,14 @@ def _build(spec: SyntheticSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     splits: dict[str, Any] = {
         "att": (original_att / np.maximum(norms, 1e-12)).T.copy(),
         "original_att": original_att.T.copy(),
-        "allclasses_names": _cell(names),
+        "allclasses_names": matlab_cell(names),
         **{key: _loc_column(val, n_img) for key, val in locs.items()},
         SPEC_KEY: spec_json,
     }
     feats: dict[str, Any] = {
         "features": np.ascontiguousarray(features.T),
         "labels": (labels0 + 1).astype(np.int32).reshape(-1, 1),
-        "image_files": _cell(files),
+        "image_files": matlab_cell(files),
         SPEC_KEY: spec_json,
     }
     return splits, feats
@@ -270,18 +274,6 @@ def _build(spec: SyntheticSpec) -> tuple[dict[str, Any], dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------
-
-
-def _atomic_savemat(path: Path, arrays: dict[str, Any]) -> None:
-    """Write a MATLAB v5 file via a temporary file + rename (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            scipy.io.savemat(handle, arrays, do_compression=False, oned_as="column")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def generate_synthetic(
@@ -297,8 +289,8 @@ def generate_synthetic(
     out = Path(out_dir)
     splits, feats = _build(spec)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_savemat(out / feature_file, feats)
-    _atomic_savemat(out / SPLIT_FILE, splits)
+    savemat_atomic(out / feature_file, feats)
+    savemat_atomic(out / SPLIT_FILE, splits)
     return out
 
 

@@ -12,6 +12,7 @@ Only the split keys of the requested protocol are read: the ``val`` protocol nev
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -265,7 +266,7 @@ def matlab_cell(strings: Sequence[str]) -> np.ndarray:
     """A MATLAB cell array (N x 1) of strings, as ``scipy.io.savemat`` writes it."""
     cell = np.empty((len(strings), 1), dtype=object)
     for i, value in enumerate(strings):
-        cell[i, 0] = value
+        cell[i, 0] = np.array([value])  # pre-wrapped as a char array: a faster savemat
     return cell
 
 
@@ -278,9 +279,11 @@ def savemat_atomic(path: Path, content: dict[str, Any]) -> None:
     """``scipy.io.savemat`` into a temporary file renamed over ``path`` (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # a name of its own per writer: concurrent processes (DDP ranks, multirun jobs) may
+    # generate the same file at once, and the last complete rename wins
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "wb") as handle:
+        with open(tmp, "xb") as handle:
             scipy.io.savemat(handle, content, do_compression=False, oned_as="column")
         os.replace(tmp, path)
     except BaseException:
