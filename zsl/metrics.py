@@ -12,6 +12,11 @@ correctly under DDP:
 * :func:`harmonic_mean`.
 
 All class ids are *global* ids: integers in ``[0, num_classes)``.
+
+The module is longer than the package's other modules on purpose: it is the one place where
+the protocol's numbers are defined, and its two metrics share the input validation and the
+exact curve arithmetic that every reported number goes through (each is tested against a
+NumPy reference). The evaluation pass that drives them is :mod:`zsl.evaluation`.
 """
 
 from __future__ import annotations

@@ -108,25 +108,10 @@ def _split_vector(raw: Any, where: str, n_images: int, feature_file: str) -> np.
     return idx
 
 
-def load_xlsa17(
-    root: str | Path,
-    dataset: str,
-    feature_file: str = "res101.mat",
-    protocol: Protocol = "test",
-    semantics_key: str = "att",
-    split_file: str = "att_splits.mat",
-) -> ZSLData:
-    """Read and validate ``<root>/<dataset>/{split_file, feature_file}`` for one protocol."""
-    if protocol not in PROTOCOL_KEYS:
-        raise DataError("data.protocol", f"unknown protocol {protocol!r}; use 'val' or 'test'")
-    folder = Path(root) / dataset
-    if not folder.is_dir():
-        raise DataError(str(folder), "dataset folder not found (check data.root and data.name)")
-    split_path = folder / split_file
-    feat_path = Path(feature_file) if Path(feature_file).is_absolute() else folder / feature_file
-    splits = _read_mat(split_path)
-    feats = _read_mat(feat_path)
-
+def _semantics(
+    splits: Mapping[str, Any], split_path: Path, semantics_key: str
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The A x C semantics matrix (float64) and the class names (FLO ships without names)."""
     att_where = f"{split_path}[{semantics_key!r}]"
     att = _numeric(_get(splits, semantics_key, split_path), att_where).astype(np.float64)
     if att.ndim != 2:
@@ -148,6 +133,13 @@ def load_xlsa17(
     else:  # FLO ships without names
         names = tuple(f"class_{i + 1:03d}" for i in range(n_classes))
 
+    return att, names
+
+
+def _features_and_labels(
+    feats: Mapping[str, Any], feat_path: Path, n_classes: int, classes_from: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features as N x D float32 rows and 0-based labels, checked against the class count."""
     features = _numeric(_get(feats, "features", feat_path), f"{feat_path}['features']")
     if features.ndim != 2:
         raise DataError(f"{feat_path}['features']", f"expected D x N, got shape {features.shape}")
@@ -162,12 +154,40 @@ def load_xlsa17(
         raw_labels,
         f"{feat_path}['labels']",
         n_classes,
-        f"{n_classes} classes = columns of {split_path.name}[{semantics_key!r}]",
+        f"{n_classes} classes = columns of {classes_from}",
     )
     features = features.astype(np.float32, copy=False)
     _finite(features, f"{feat_path}['features']")  # before transposing: index as in the file
     features = np.ascontiguousarray(features.T)
 
+    return features, labels
+
+
+def load_xlsa17(
+    root: str | Path,
+    dataset: str,
+    feature_file: str = "res101.mat",
+    protocol: Protocol = "test",
+    semantics_key: str = "att",
+    split_file: str = "att_splits.mat",
+) -> ZSLData:
+    """Read and validate ``<root>/<dataset>/{split_file, feature_file}`` for one protocol."""
+    if protocol not in PROTOCOL_KEYS:
+        raise DataError("data.protocol", f"unknown protocol {protocol!r}; use 'val' or 'test'")
+    folder = Path(root) / dataset
+    if not folder.is_dir():
+        raise DataError(str(folder), "dataset folder not found (check data.root and data.name)")
+    split_path = folder / split_file
+    feat_path = Path(feature_file) if Path(feature_file).is_absolute() else folder / feature_file
+    splits = _read_mat(split_path)
+    feats = _read_mat(feat_path)
+
+    att, names = _semantics(splits, split_path, semantics_key)
+    n_classes = att.shape[1]
+    features, labels = _features_and_labels(
+        feats, feat_path, n_classes, f"{split_path.name}[{semantics_key!r}]"
+    )
+    n_images = features.shape[0]
     locs = {
         key: _split_vector(
             _get(splits, key, split_path), f"{split_path}[{key!r}]", n_images, feat_path.name

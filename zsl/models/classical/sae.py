@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -49,6 +50,17 @@ def solve_sylvester_psd(
     if shifts.numel() == 0:
         return c.new_zeros(c.shape)
 
+    precondition = _shift_preconditioner(b, shifts, ratio)
+
+    def apply(w: Tensor) -> Tensor:
+        return shifts[:, None] * w + w @ b
+
+    return basis @ _block_cg(apply, precondition, rhs, tol, max_iter)
+
+
+def _shift_preconditioner(b: Tensor, shifts: Tensor, ratio: float) -> Callable[[Tensor], Tensor]:
+    """Row-wise preconditioner of ``w_i (b + s_i I)``: the Cholesky factor of ``b + mu I`` for
+    the lattice shift ``mu`` nearest each ``s_i`` (or none when ``s_i`` dominates ``b``)."""
     # float32 is plenty for choosing and building preconditioners, and twice as fast
     b32 = b.float()
     # largest eigenvalue of b (power iteration; the top of a Gram spectrum is well separated)
@@ -80,10 +92,18 @@ def solve_sylvester_psd(
             z[rows] = torch.cholesky_solve(r[rows].T.float(), factor).T.double()
         return z
 
-    def apply(w: Tensor) -> Tensor:
-        return shifts[:, None] * w + w @ b
+    return precondition
 
-    # one conjugate-gradient recursion per row, all rows in matrix form
+
+def _block_cg(
+    apply: Callable[[Tensor], Tensor],
+    precondition: Callable[[Tensor], Tensor],
+    rhs: Tensor,
+    tol: float,
+    max_iter: int,
+) -> Tensor:
+    """One preconditioned conjugate-gradient recursion per row of ``rhs``, all rows in matrix
+    form, until the relative Frobenius residual is at most ``tol``."""
     w = torch.zeros_like(rhs)
     r = rhs.clone()
     z = precondition(r)
@@ -109,9 +129,9 @@ def solve_sylvester_psd(
             f"Sylvester solver stopped after {max_iter} iterations at relative residual "
             f"{float(r.norm() / rhs.norm()):.2e} (tol {tol:.0e})",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return basis @ w
+    return w
 
 
 def sae_weights(
