@@ -252,3 +252,60 @@ def test_wheel_installs_and_trains_from_another_folder(tmp_path: Path) -> None:
             text=True,
         ).stdout
     )
+
+
+@pytest.mark.slow
+def test_optuna_sweeper_searches_on_validation_classes(tmp_path: Path) -> None:
+    out = _train(
+        [
+            "-m",
+            "experiment=optuna_val",
+            "model=ale",
+            "hydra.sweeper.n_trials=2",
+            "trainer.max_epochs=2",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.runs_dir={tmp_path / 'runs'}",
+            *SMALL,
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted((tmp_path / "runs").glob("multirun_*/*/metrics.json"))
+    assert len(runs) == 2
+    for path in runs:
+        metrics = json.loads(path.read_text())
+        assert metrics["protocol"] == "val" and "per_class_accuracy" not in metrics
+        assert not (path.parent / "model.ckpt").exists()  # the test split was never touched
+    best = next((tmp_path / "runs").glob("multirun_*/optimization_results.yaml")).read_text()
+    assert "model.params.lr" in best and "best_value" in best
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_jobs_in_processes(tmp_path: Path) -> None:
+    out = _train(
+        [
+            "-m",
+            "experiment=local_parallel",
+            "model=eszsl,sae",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.runs_dir={tmp_path / 'runs'}",
+            *SMALL,
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = sorted((tmp_path / "runs").glob("multirun_*/*/metrics.json"))
+    assert [json.loads(p.read_text())["model"] for p in found] == ["eszsl", "sae"]
+
+
+def test_slurm_experiment_composes_the_submitit_launcher(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    out = _train(["--cfg", "hydra", "experiment=slurm", "model=ale"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "SlurmLauncher" in out.stdout and "gpus_per_node: 1" in out.stdout
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
+    out = _train(["--cfg", "job", "data=cub", "model=sae"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "name: CUB" in out.stdout and "name: sae" in out.stdout and "hydra:" not in out.stdout
