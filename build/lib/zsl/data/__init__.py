@@ -1,1 +1,0 @@
-"""Data: xlsa17 loader, synthetic benchmark, protocol splits, datamodule."""
