@@ -1,10 +1,10 @@
 """Images to results, end to end, on a small image folder drawn on the fly.
 
-6 classes x 8 PIL-drawn 64x64 images -> ``python -m zsl.features.custom`` (features from a randomly
+6 classes x 8 PIL-drawn 64x64 images -> ``python -m zsl.cli.custom`` (features from a randomly
 initialised torchvision resnet18) -> ``python train.py`` trains ALE on it (subprocess, started
 as soon as the dataset exists and awaited by the last test, so it overlaps the CLIP work) ->
-``python -m zsl.features.extract`` with a tiny random CLIP (image features and text semantics: ALE in
-CLIP space) -> ``model=clip`` zero-shot on the same split, checked against a NumPy reference.
+``python -m zsl.cli.extract`` with a tiny random CLIP (image features and text semantics: ALE
+in CLIP space) -> ``model=clip`` zero-shot on the same split, checked against a NumPy reference.
 The tiny CLIP is built offline from a ``CLIPConfig`` and a character-level tokenizer written
 here; no hub access is needed.
 """
@@ -26,10 +26,10 @@ import scipy.io
 from conftest import REPO_ROOT
 from PIL import Image, ImageDraw
 
+from zsl.cli import custom, extract
 from zsl.cli.train import main as train_main
-from zsl.features import custom
 from zsl.data.errors import DataError
-from zsl.features import extract
+from zsl.features.extract import extract_features
 
 pytestmark = pytest.mark.slow
 
@@ -316,7 +316,7 @@ def _reference_zsl_t1(ws: Workspace, tiny_clip: Path) -> float:
     feats = scipy.io.loadmat(str(ws.dataset / "resnet18.mat"))
     splits = scipy.io.loadmat(str(ws.dataset / "att_splits.mat"))
     paths = [Path(str(f[0])) for f in feats["image_files"].ravel()]
-    image = extract.extract_features(paths, clip_image_backbone(str(tiny_clip)), progress=False)
+    image = extract_features(paths, clip_image_backbone(str(tiny_clip)), progress=False)
     image /= np.linalg.norm(image, axis=1, keepdims=True)
     text = class_text_embeddings(load_clip(str(tiny_clip)), list(CLASSES), "generic", device="cpu")
     labels = feats["labels"].ravel().astype(int) - 1
@@ -358,7 +358,7 @@ def test_model_clip_missing_image_root_names_the_first_image(
                 "clip_missing",
                 "model=clip",
                 f"model.params.model={tiny_clip}",
-                f"+data.image_root={ws.base / 'not_there'}",
+                f"data.image_root={ws.base / 'not_there'}",  # a key of the xlsa17 base
             )
         )
     assert str(ws.base / "not_there") in str(err.value) and repr(first) in str(err.value)

@@ -120,20 +120,14 @@ SMALL = {
         "lr": 1e-3,
         "n_critic": 2,
         "pretrain_epochs": 2,
-        "n_synth": 8,
-        "cls_epochs": 2,
-        "cls_batch_size": 16,
-        "projection_plot": False,
+        "second_stage": {"n_synth": 8, "cls_epochs": 2, "cls_batch_size": 16},
     },
     "cadavae": {
         "latent_dim": 4,
         "feature_hidden": [16, 16],
         "attribute_hidden": [16, 16],
         "n_seen_per_class": 8,
-        "n_synth": 8,
-        "cls_epochs": 2,
-        "cls_batch_size": 16,
-        "projection_plot": False,
+        "second_stage": {"n_synth": 8, "cls_epochs": 2, "cls_batch_size": 16},
     },
 }
 EPOCHS = 2
@@ -159,6 +153,7 @@ def lightning_fit(model_name: str, data_root: str, ddp: bool) -> dict[str, Any]:
     from zsl import dist
     from zsl.data.datamodule import ZSLDataModule
     from zsl.models import get_model_class
+    from zsl.run.callbacks import EvaluationRecorder
 
     pl.seed_everything(0, verbose=False)
     cls = get_model_class(model_name)
@@ -173,8 +168,9 @@ def lightning_fit(model_name: str, data_root: str, ddp: bool) -> dict[str, Any]:
     dm.setup()
     space = dm.class_space
     model = cls(space.feature_dim, space.n_attributes, space.n_classes, **SMALL[model_name])
-    model.set_class_space(space)
+    model.bind(dm)
     recorder = Recorder()
+    evaluations = EvaluationRecorder()
     trainer = pl.Trainer(
         max_epochs=1 if cls.closed_form else EPOCHS,
         accelerator="cpu",
@@ -186,11 +182,11 @@ def lightning_fit(model_name: str, data_root: str, ddp: bool) -> dict[str, Any]:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[recorder],
+        callbacks=[recorder, evaluations],
     )
     trainer.fit(model, dm)
     out: dict[str, Any] = {
-        "history": model.eval_history,
+        "history": evaluations.history,
         "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "train": recorder.train,
         "eval": recorder.eval,
@@ -300,7 +296,7 @@ def cli_args(name: str, data_dir: Path, run_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def cli_procs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Start every ``train.py`` run (they run while the workers below do)."""
-    from zsl.cli.config import compose
+    from zsl.cli.compose import compose
     from zsl.data.synthetic import SyntheticSpec, ensure_synthetic
 
     base = tmp_path_factory.mktemp("ddp_cli")
@@ -487,7 +483,7 @@ def test_train_py_ddp_equals_single_process(cli_runs: dict[str, dict[str, Any]])
     assert ddp["rc"] == 0, explain(ddp)
     # the second process re-ran train.py: same run directory, nothing written twice
     assert ddp["stdout"].count("run directory:") == 1, explain(ddp)
-    assert ddp["stdout"].count(f"{model} on SYNTHETIC (test split)") == 1, explain(ddp)
+    assert ddp["stdout"].count(f"{model} on SYNTHETIC (test split") == 1, explain(ddp)
     assert "already exists" not in ddp["stderr"]
     assert sorted(p.name for p in ddp["dir"].iterdir()) == sorted(
         p.name for p in one["dir"].iterdir()

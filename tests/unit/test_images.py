@@ -13,11 +13,14 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from zsl.features import custom
+from zsl.cli import custom as custom_cli
+from zsl.cli import extract as extract_cli
 from zsl.data.errors import DataError
 from zsl.data.formats.xlsa17 import load_xlsa17
-from zsl.features import extract
-from zsl.features.extract import Backbone, BackboneSpec, extract_features, extract_to_file
+from zsl.features import backbones, custom
+from zsl.features.backbones import Backbone, BackboneSpec
+from zsl.features.clip import clean_class_name, prompt_names, resolve_templates
+from zsl.features.extract import extract_features, extract_to_file
 from zsl.features.images import (
     batch_plan,
     imagenet_transform,
@@ -25,7 +28,6 @@ from zsl.features.images import (
     resolve_image_paths,
 )
 from zsl.models.base import ModelLoadError
-from zsl.models.clip import clean_class_name, prompt_names, resolve_templates
 
 COLOURS = {"Red": (220, 30, 30), "Green": (30, 200, 30), "Blue": (30, 30, 220)}
 
@@ -157,8 +159,8 @@ def test_batch_plan_never_crosses_chunks_and_skips_done() -> None:
 
 
 def test_torchvision_backbone_removes_head_and_is_reproducible(tmp_path: Path) -> None:
-    first = extract.torchvision_backbone("resnet18", "none")
-    second = extract.torchvision_backbone("resnet18", "none")
+    first = backbones.torchvision_backbone("resnet18", "none")
+    second = backbones.torchvision_backbone("resnet18", "none")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         out = first.module.eval()(x)
@@ -171,18 +173,18 @@ def test_torchvision_backbone_removes_head_and_is_reproducible(tmp_path: Path) -
     torch.save(
         {"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "w.pth"
     )
-    loaded = extract.torchvision_backbone("resnet18", str(tmp_path / "w.pth"))
+    loaded = backbones.torchvision_backbone("resnet18", str(tmp_path / "w.pth"))
     net.fc = nn.Identity()
     with torch.no_grad():
         assert torch.allclose(loaded.module.eval()(x), net.eval()(x))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="does not fit torchvision resnet18"):
-        extract.torchvision_backbone("resnet18", str(tmp_path / "bad.pth"))
+        backbones.torchvision_backbone("resnet18", str(tmp_path / "bad.pth"))
 
 
 def test_torchvision_backbone_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="unknown backbone 'resnet9000'.*resnet101"):
-        extract.torchvision_backbone("resnet9000", "none")
+        backbones.torchvision_backbone("resnet9000", "none")
     import torchvision
 
     def offline(*args: object, **kwargs: object) -> None:
@@ -192,18 +194,18 @@ def test_torchvision_backbone_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(
         ModelLoadError, match=r"ImageNet weights of resnet101.*--weights /path/to/file.pth"
     ):
-        extract.torchvision_backbone("resnet101", "imagenet")
+        backbones.torchvision_backbone("resnet101", "imagenet")
 
 
 def test_extract_cli_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "res101.mat"
     with pytest.raises(SystemExit) as err:
-        extract.run_cli(["--from", str(missing), "--output", str(tmp_path / "out.mat")])
+        extract_cli.main(["--from", str(missing), "--output", str(tmp_path / "out.mat")])
     assert err.value.code == f"error: {missing}: file not found"
     (tmp_path / "images" / "a").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a" / "x.png")
     with pytest.raises(SystemExit) as err:
-        extract.run_cli(
+        extract_cli.main(
             ["--images", str(tmp_path / "images"), "--backbone", "resnet9000"]
             + ["--weights", "none", "--output", str(tmp_path / "out.mat")]
         )
@@ -213,7 +215,7 @@ def test_extract_cli_reports_bad_input_in_one_line(tmp_path: Path) -> None:
 
 
 def test_other_torchvision_heads() -> None:
-    backbone = extract.torchvision_backbone("mobilenet_v3_small", "none")
+    backbone = backbones.torchvision_backbone("mobilenet_v3_small", "none")
     with torch.no_grad():
         assert backbone.module.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1024)
 
@@ -262,7 +264,7 @@ def test_extract_to_file_round_trip_and_rerun(
         built[-1].description = f"{name} weights={weights}"
         return built[-1]
 
-    monkeypatch.setattr(extract, "torchvision_backbone", fake_tv)
+    monkeypatch.setattr(backbones, "torchvision_backbone", fake_tv)
     out = tmp_path / "ds" / "feats.mat"
     files = [str(p) for p in folder.paths]
     spec = BackboneSpec("resnet18", "none")
@@ -337,14 +339,14 @@ def test_make_splits_is_a_valid_seeded_proposed_split() -> None:
 def test_built_dataset_reads_with_the_loader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(extract, "torchvision_backbone", lambda name, weights: fake_backbone())
+    monkeypatch.setattr(backbones, "torchvision_backbone", lambda name, weights: fake_backbone())
     images = draw_folder(tmp_path / "imgs", per_class=4)
     csv_path = tmp_path / "att.csv"
     csv_path.write_text(
         "class,red,green,blue,round\n003.Blue_Square,0,0,1,0\n001.Red_Square,1,0,0,0\n"
         "002.Green_Disc,0,1,0,1\n"
     )
-    out = custom.main(
+    out = custom_cli.build(
         [
             "--images",
             str(images),
