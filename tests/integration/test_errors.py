@@ -25,14 +25,8 @@ from zsl.cli.train import main
 
 pytestmark = pytest.mark.slow
 
-#: cases that fail because of a bug in zsl/ (see the reason)
-PENDING: dict[str, str] = {
-    "unknown model parameter": "pending fix: compose() refuses +key=value additions as unknown "
-    "keys (zsl/cli/compose.py: _parse records override.key_or_group, which has no '+')",
-    "broken interpolation": "pending fix: compose() calls OmegaConf.missing_keys(cfg) before "
-    "resolving, which raises InterpolationKeyError outside the ConfigError handling "
-    "(zsl/cli/compose.py, the missing-keys check)",
-}
+#: cases that fail because of a bug in zsl/ (see the reason); none today
+PENDING: dict[str, str] = {}
 
 Build = Callable[[Path], list[str]]
 
@@ -387,7 +381,7 @@ CASES: dict[str, Case] = {
     ),
     "output_dir is a file": Case(
         _run_dir_is_a_file,
-        "error: run directory {tmp}/run already exists",
+        "error: output_dir {tmp}/run is a file, not a folder",
         ("output_dir",),
     ),
     "diverging loss": Case(

@@ -63,11 +63,8 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (overrides, fit directory
         "checkpoints/final",
     ),
 }
-#: cases that cannot run because of a bug in zsl/
-PENDING = {
-    "ale": "pending fix: compose() refuses +key=value additions such as "
-    "+model.search.grid.lr=[...] (zsl/cli/compose.py: _parse records override.key_or_group)",
-}
+#: cases that cannot run because of a bug in zsl/; none today
+PENDING: dict[str, str] = {}
 KILL_DELAY_S = 0.2  # after the epoch-end checkpoint: well inside the next epoch's steps
 TIMEOUT_S = 300
 

@@ -297,11 +297,6 @@ def test_wandb_offline_run_holds_model_artifacts(cli_runs: dict[str, CliRun]) ->
     assert json.loads(models["val-best"].metadata)["epochs"] == best["epochs"]
 
 
-@pytest.mark.xfail(
-    reason="pending fix: compose() refuses +key=value additions such as "
-    "+model.search.transfer=steps (zsl/cli/compose.py:76/88)",
-    strict=False,
-)
 def test_steps_transfer_repeats_the_selected_number_of_updates(tmp_path: Path) -> None:
     """``model.search.transfer=steps``: the trainval fit runs the selected epochs scaled by the
     ratio of training batches per epoch (val protocol / trainval), and says so."""

@@ -10,13 +10,6 @@ from zsl.conf import CONFIG_DIR, available
 from zsl.errors import ConfigError
 from zsl.run.selection import transfer_epochs, transfer_rule
 
-#: ``+key=value`` overrides are refused as unknown keys: ``zsl/cli/compose.py`` records
-#: ``override.key_or_group`` (Hydra strips the ``+``) and then tests ``key.startswith("+")``
-PENDING_PLUS = pytest.mark.xfail(
-    reason="pending fix: compose() refuses +key=value additions (zsl/cli/compose.py:76/88)",
-    strict=False,
-)
-
 
 def _selected(cfg: DictConfig, group: str, name: str) -> bool:
     """Whether ``cfg[group]`` is ``<group>/<name>.yaml``: every plain (non-interpolated) value
@@ -116,14 +109,7 @@ def test_unknown_top_level_key() -> None:
         "model",
         "trainer",
         "logger",
-        pytest.param(
-            "experiment",
-            marks=pytest.mark.xfail(
-                reason="pending fix: compose() checks only GROUPS for unknown options, so "
-                "experiment=nope gets Hydra's 'Could not find' line (zsl/cli/compose.py:68)",
-                strict=False,
-            ),
-        ),
+        "experiment",
     ],
 )
 def test_unknown_group_name_lists_available(group: str) -> None:
@@ -136,14 +122,12 @@ def test_unknown_group_name_lists_available(group: str) -> None:
         assert "cub" in message and "synthetic" in message
 
 
-@PENDING_PLUS
 def test_plus_adds_new_key() -> None:
     cfg = compose(["+new.key=1", "+data.extra=abc"])
     assert cfg.new.key == 1
     assert cfg.data.extra == "abc"
 
 
-@PENDING_PLUS
 def test_added_model_param_must_be_a_constructor_argument() -> None:
     with pytest.raises(ConfigError, match=r"model.params.extra is not a parameter of ale .*margin"):
         compose(["+model.params.extra=abc"])
@@ -156,11 +140,7 @@ def test_added_model_param_must_be_a_constructor_argument() -> None:
         ("seed=1.5", "seed: expected an integer (the default is 0), got 1.5"),
         ("model.params.lr=fast", "model.params.lr: expected a number (the default is 0.003)"),
         ("selection.grid=[1]", "selection.grid: expected true or false"),
-        pytest.param(
-            "+model.search.grid.lr=[0.1,x]",
-            "model.search.grid.lr: expected a number",
-            marks=PENDING_PLUS,
-        ),
+        ("+model.search.grid.lr=[0.1,x]", "model.search.grid.lr: expected a number"),
     ],
 )
 def test_override_must_keep_the_type(override: str, message: str) -> None:
@@ -194,11 +174,7 @@ def test_trainer_max_epochs_follows_model() -> None:
         ("data.preprocess=zscore", "data.preprocess must be none, l2 or minmax"),
         ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1"),
         ("model.search.metric=acc", "model.search.metric must be"),
-        pytest.param(
-            "+model.search.transfer=batches",
-            "model.search.transfer must be 'epochs' or 'steps'",
-            marks=PENDING_PLUS,
-        ),
+        ("+model.search.transfer=batches", "model.search.transfer must be 'epochs' or 'steps'"),
     ],
 )
 def test_bad_values_fail(override: str, message: str) -> None:
@@ -211,7 +187,6 @@ def test_unknown_model_name_lists_registry() -> None:
         compose(["model.name=nope"])
 
 
-@PENDING_PLUS
 def test_search_grid_key_must_be_a_model_param() -> None:
     with pytest.raises(ConfigError) as info:
         compose(["+model.search.grid.momentum=[0.9,0.99]"])
@@ -220,7 +195,6 @@ def test_search_grid_key_must_be_a_model_param() -> None:
     assert "lr" in message and "margin" in message
 
 
-@PENDING_PLUS
 def test_search_grid_over_model_params() -> None:
     cfg = compose(["+model.search.grid.lr=[0.1,0.01]", "+model.search.grid.margin=[0.5]"])
     assert list(cfg.model.search.grid.lr) == [0.1, 0.01]
@@ -244,6 +218,5 @@ def test_transfer_rule_defaults_to_epochs() -> None:
     assert transfer_rule(compose(["model=clswgan"]).model) == "steps"
 
 
-@PENDING_PLUS
 def test_transfer_rule_can_be_added() -> None:
     assert transfer_rule(compose(["+model.search.transfer=steps"]).model) == "steps"

@@ -66,15 +66,16 @@ def _parse(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
             raise ConfigError(f"bad override {arg!r}: {first}") from None
         key = override.key_or_group
         if key in (*GROUPS, "experiment") or key.startswith("hydra"):
-            if key in GROUPS and not override.is_sweep_override():
-                choice = str(override.value())
+            value = None if override.is_sweep_override() else override.value()
+            if key in (*GROUPS, "experiment") and value is not None:
+                choice = str(value)
                 if choice not in available(key):
                     raise ConfigError(
                         f"unknown {key} config {choice!r}; available: {', '.join(available(key))}"
                     )
             groups.append(arg)
-        else:
-            values.append((arg, key))
+        else:  # keep the +/++/~ prefix: an addition is not checked against existing keys
+            values.append((arg, override.get_key_element()))
     return groups, values
 
 
@@ -94,12 +95,8 @@ def compose(argv: list[str] | None = None) -> DictConfig:
         raise ConfigError(" ".join(str(err).split())) from None
     finally:
         GlobalHydra.instance().clear()
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(
-            f"{missing[0]} has no value ('???' in the config): set it, e.g. {missing[0]}=..."
-        )
     try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
         OmegaConf.resolve(cfg)
     except Exception as err:  # noqa: BLE001 - omegaconf raises several types
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -107,6 +104,10 @@ def compose(argv: list[str] | None = None) -> DictConfig:
         raise ConfigError(
             f"cannot resolve config interpolation{f' in {where}' if where else ''}: {first}"
         ) from None
+    if missing:
+        raise ConfigError(
+            f"{missing[0]} has no value ('???' in the config): set it, e.g. {missing[0]}=..."
+        )
     for _, key in values:
         _check_type(cfg, key.lstrip("+"), OmegaConf.select(defaults, key.lstrip("+"), default=None))
     validate(cfg)

@@ -73,7 +73,9 @@ def make_run_dir(
         return Path(resume)
     if output_dir:
         run_dir = Path(output_dir)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if run_dir.exists() and not run_dir.is_dir():
+            raise NotADirectoryError(f"output_dir {run_dir} is a file, not a folder")
+        if run_dir.exists() and any(run_dir.iterdir()):
             raise FileExistsError(
                 f"run directory {run_dir} already exists and is not empty; choose another "
                 "output_dir"
