@@ -31,6 +31,10 @@ class ZSLData:
     locs: Mapping[str, np.ndarray] = field(repr=False)  # 0-based image indices per split key
     image_files: tuple[str, ...] | None = field(default=None, repr=False)
     source: str = ""
+    #: the other protocol's split indices, read only to check the cross-split invariants
+    guard_locs: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
+    #: val protocol: test images removed from each split key (see ``exclude_test_images``)
+    removed_test_images: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:

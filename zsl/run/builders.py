@@ -41,6 +41,7 @@ def load_data(cfg: DictConfig, protocol: ProtocolName) -> ZSLData:
         dcfg.feature_file,
         protocol,
         str(dcfg.semantics_key),
+        bool(dcfg.get("exclude_test_from_val", True)),
     )
     model_cls = get_model_class(str(cfg.model.name))
     return model_cls.adapt_data(data, to_container(cfg.model.params), to_container(dcfg))

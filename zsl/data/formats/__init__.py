@@ -28,7 +28,12 @@ def read_dataset(
     feature_file: str,
     protocol: ProtocolName,
     semantics_key: str = "att",
+    exclude_test_from_val: bool = True,
 ) -> ZSLData:
-    """Read ``<root>/<name>`` in format ``fmt`` for one protocol."""
-    data: ZSLData = get_format(fmt).read(root, name, feature_file, protocol, semantics_key)
+    """Read ``<root>/<name>`` in format ``fmt`` for one protocol (``exclude_test_from_val``:
+    the val protocol drops test images from its splits)."""
+    module = get_format(fmt)
+    data: ZSLData = module.read(
+        root, name, feature_file, protocol, semantics_key, exclude_test_from_val
+    )
     return data

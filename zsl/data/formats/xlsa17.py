@@ -4,15 +4,22 @@ A dataset folder holds ``att_splits.mat`` (class semantics and split indices) an
 file laid out like ``res101.mat`` (``features`` D x N, ``labels`` N x 1, ``image_files``).
 All MATLAB indices are 1-based; everything returned here is 0-based.
 
-Only the split keys of the requested protocol are read: the ``val`` protocol never touches
-``trainval_loc``/``test_seen_loc``/``test_unseen_loc`` and the ``test`` protocol never needs
-``train_loc``/``val_loc``.
+Each protocol uses only its own split keys. The other protocol's keys are read as index arrays
+(never their features) to check the invariants that make the two protocols honest
+(:func:`check_cross_splits`): validation classes are trainval classes, train/val classes
+never meet test-unseen classes, test-seen classes are trainval classes. In the ``val``
+protocol, images listed in ``test_seen_loc`` or ``test_unseen_loc`` are removed from
+``train_loc``/``val_loc`` by default (the real xlsa17 files of CUB, SUN, AWA1, AWA2 and FLO
+index every image of the train/val classes there, test-seen images included); the counts are
+kept in ``ZSLData.removed_test_images``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -170,8 +177,12 @@ def load_xlsa17(
     protocol: Protocol = "test",
     semantics_key: str = "att",
     split_file: str = "att_splits.mat",
+    exclude_test_from_val: bool = True,
 ) -> ZSLData:
-    """Read and validate ``<root>/<dataset>/{split_file, feature_file}`` for one protocol."""
+    """Read and validate ``<root>/<dataset>/{split_file, feature_file}`` for one protocol.
+
+    ``exclude_test_from_val`` (val protocol): drop test images from ``train_loc`` and
+    ``val_loc`` (False keeps the files' literal lists, for comparison with papers)."""
     if protocol not in PROTOCOL_KEYS:
         raise DataError("data.protocol", f"unknown protocol {protocol!r}; use 'val' or 'test'")
     folder = Path(root) / dataset
@@ -194,6 +205,12 @@ def load_xlsa17(
         )
         for key in PROTOCOL_KEYS[protocol]
     }
+    other = "test" if protocol == "val" else "val"
+    guard = {
+        key: _split_vector(splits[key], f"{split_path}[{key!r}]", n_images, feat_path.name)
+        for key in PROTOCOL_KEYS[other]
+        if key in splits
+    }
     image_files = _strings(feats["image_files"]) if "image_files" in feats else None
     data = ZSLData(
         name=dataset,
@@ -204,9 +221,17 @@ def load_xlsa17(
         locs=locs,
         image_files=image_files,
         source=str(split_path),
+        guard_locs=guard,
     )
     check_split_integrity(data, protocol)
+    check_cross_splits(data)
+    if protocol == "val" and exclude_test_from_val:
+        data = exclude_test_images(data)
     return data
+
+
+def _all_locs(data: ZSLData) -> dict[str, np.ndarray]:
+    return {**data.guard_locs, **data.locs}
 
 
 def _overlap(data: ZSLData, a: str, b: str) -> None:
@@ -221,9 +246,10 @@ def _overlap(data: ZSLData, a: str, b: str) -> None:
 def _class_leak(data: ZSLData, a: str, b: str, why: str) -> None:
     """Splits ``a`` and ``b`` must not share a class; the error counts each side's images so
     the misplaced one is easy to spot."""
-    leaked = np.intersect1d(data.classes_of(a), data.classes_of(b))
+    locs = _all_locs(data)
+    in_a, in_b = data.labels[locs[a]], data.labels[locs[b]]
+    leaked = np.intersect1d(in_a, in_b)
     if leaked.size:
-        in_a, in_b = data.labels[data.locs[a]], data.labels[data.locs[b]]
         shown = ", ".join(
             f"{data.class_names[c]} ({int((in_a == c).sum())} images in {a}, "
             f"{int((in_b == c).sum())} in {b})"
@@ -268,15 +294,78 @@ def check_split_integrity(data: ZSLData, protocol: Protocol) -> None:
         _class_leak(data, "train_loc", "val_loc", "validation classes must not be trained on")
 
 
+def _class_subset(data: ZSLData, a: str, b: str, why: str) -> None:
+    """Every class of split ``a`` must occur in split ``b``."""
+    locs = _all_locs(data)
+    outside = np.setdiff1d(data.labels[locs[a]], data.labels[locs[b]])
+    if outside.size:
+        raise DataError(
+            f"{data.source}[{a!r}, {b!r}]",
+            f"{outside.size} class(es) of {a} never appear in {b} ({why}): "
+            + ", ".join(data.class_names[c] for c in outside[:5]),
+        )
+
+
+def check_cross_splits(data: ZSLData) -> None:
+    """The invariants between the two protocols' splits, from index arrays and labels only:
+    train/val classes are trainval classes and never test-unseen classes; test-seen classes
+    are trainval classes. Skipped, with a warning, when the file lacks some of the keys."""
+    locs = _all_locs(data)
+    missing = [k for keys in PROTOCOL_KEYS.values() for k in keys if k not in locs]
+    if missing:
+        warnings.warn(
+            f"{data.source}: no {', '.join(missing)}; the cross-split checks (validation "
+            "classes are trainval classes, none is a test-unseen class) are skipped",
+            stacklevel=3,
+        )
+        return
+    _class_subset(data, "val_loc", "trainval_loc", "validation classes must be trainval classes")
+    _class_subset(data, "train_loc", "trainval_loc", "train classes must be trainval classes")
+    _class_leak(data, "train_loc", "test_unseen_loc", "test-unseen classes are never trained on")
+    _class_leak(
+        data, "val_loc", "test_unseen_loc", "validation classes must not be test-unseen classes"
+    )
+    _class_subset(data, "test_seen_loc", "trainval_loc", "test-seen classes are trainval classes")
+
+
+def exclude_test_images(data: ZSLData) -> ZSLData:
+    """The val protocol without the images of ``test_seen_loc``/``test_unseen_loc``: they are
+    removed from ``train_loc`` and ``val_loc`` (counts in ``removed_test_images``)."""
+    test_keys = [k for k in ("test_seen_loc", "test_unseen_loc") if k in data.guard_locs]
+    if not test_keys or not all(k in data.locs for k in ("train_loc", "val_loc")):
+        return data
+    test = np.unique(np.concatenate([data.guard_locs[k] for k in test_keys]))
+    locs, removed = dict(data.locs), {}
+    for key in ("train_loc", "val_loc"):
+        keep = ~np.isin(locs[key], test)
+        removed[key] = int((~keep).sum())
+        locs[key] = locs[key][keep]
+        if locs[key].size == 0:
+            raise DataError(
+                f"{data.source}[{key!r}]",
+                f"every image is also a test image ({', '.join(test_keys)}); nothing is left "
+                "for validation (data.exclude_test_from_val=false keeps the file's list)",
+            )
+    return dataclasses.replace(data, locs=locs, removed_test_images=removed)
+
+
 def read(
     root: str | Path,
     dataset: str,
     feature_file: str = "res101.mat",
     protocol: Protocol = "test",
     semantics_key: str = "att",
+    exclude_test_from_val: bool = True,
 ) -> ZSLData:
     """The format registry's reader (:func:`zsl.data.formats.read_dataset`)."""
-    return load_xlsa17(root, dataset, feature_file, protocol, semantics_key)
+    return load_xlsa17(
+        root,
+        dataset,
+        feature_file,
+        protocol,
+        semantics_key,
+        exclude_test_from_val=exclude_test_from_val,
+    )
 
 
 # ----------------------------------------------------------------------------- writing
