@@ -7,6 +7,7 @@ need (:meth:`zsl.models.base.ZSLModule.trainer_arguments`); the config supplies 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from zsl.errors import ConfigError
 from zsl.models import get_model_class
 from zsl.models.base import ZSLModule
 from zsl.run.config import to_container
+from zsl.run.progress import quiet_lightning
+
+_TRAINERS_BUILT = False
 
 
 def load_data(cfg: DictConfig, protocol: ProtocolName) -> ZSLData:
@@ -107,7 +111,8 @@ def make_trainer(
         "callbacks": callbacks,
         # only our own ModelCheckpoints (Lightning would add a default one otherwise)
         "enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        "enable_progress_bar": bool(tcfg.enable_progress_bar),
+        # a bar per fit is for a terminal; a log file gets the per-point lines only
+        "enable_progress_bar": bool(tcfg.enable_progress_bar) and sys.stdout.isatty(),
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "limit_val_batches": 1.0 if validate else 0,
@@ -116,7 +121,12 @@ def make_trainer(
         "default_root_dir": str(root_dir) if root_dir else None,
     }
     kwargs.update(model_cls.trainer_arguments())
+    global _TRAINERS_BUILT
+    if _TRAINERS_BUILT:  # Lightning's banners (GPU/TPU available, tips) once per process
+        quiet_lightning()
     try:
-        return pl.Trainer(**kwargs)
+        trainer = pl.Trainer(**kwargs)
     except ValueError as err:  # Lightning's checks of its arguments (e.g. precision)
         raise ConfigError(f"trainer: {err}") from err
+    _TRAINERS_BUILT = True
+    return trainer

@@ -9,6 +9,7 @@ attributes afterwards.
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import Logger
 
 from zsl.data.types import ExampleSet
 from zsl.evaluation import Evaluation
@@ -60,6 +62,23 @@ class EvaluationRecorder(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(entry) for entry in state_dict.get("history", [])]
+
+
+class SelectionLogger(Callback):
+    """Logs every validation epoch of a selection fit to the run's logger while it runs, as
+    ``selection/point_<index>/<metric>`` with the epoch as step (W&B: one curve per point)."""
+
+    def __init__(self, logger: Logger, index: int) -> None:
+        self.logger, self.index = logger, index
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = EvaluationRecorder._result(pl_module).metrics
+        prefix = f"selection/point_{self.index}"
+        values = {f"{prefix}/{k}": v for k, v in metrics.items() if math.isfinite(v)}
+        values[f"{prefix}/epoch"] = trainer.current_epoch + 1
+        self.logger.log_metrics(values, step=trainer.current_epoch + 1)
 
 
 def rng_state() -> dict[str, Any]:

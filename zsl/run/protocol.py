@@ -40,10 +40,12 @@ from zsl.run.callbacks import (
     EvaluationRecorder,
     ProjectionPlot,
     RngState,
+    SelectionLogger,
     last_checkpoint,
     validation_checkpoints,
 )
 from zsl.run.config import to_container
+from zsl.run.progress import GridProgress
 from zsl.run.selection import (
     Selection,
     Trial,
@@ -52,6 +54,7 @@ from zsl.run.selection import (
     grid_points,
     make_trial,
     search_metric,
+    selection_warnings,
     transfer_epochs,
     transfer_rule,
 )
@@ -67,6 +70,11 @@ from zsl.run.store import (
 
 #: the scalar results reported for every run
 REPORT_KEYS = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_u_cal", "gzsl_s_cal", "gzsl_h_cal")
+
+
+class SelectionWarning(UserWarning):
+    """Something about a selection a reader of the results must know (see
+    :func:`zsl.run.selection.selection_warnings`); also recorded in ``selection.json``."""
 
 
 @dataclass
@@ -96,7 +104,13 @@ class Session:
     def datamodule(self, protocol: ProtocolName) -> ZSLDataModule:
         return make_datamodule(self.cfg, protocol, self.data(protocol))
 
-    def fit_validation(self, index: int, params: dict[str, Any], logger: Logger | bool) -> ValFit:
+    def fit_validation(
+        self,
+        index: int,
+        params: dict[str, Any],
+        logger: Logger | bool,
+        *extra: Callback,
+    ) -> ValFit:
         """Fit grid point ``index`` on the val protocol, validating every epoch; a
         ``last.ckpt`` left by an interrupted fit is resumed from."""
         t0 = time.perf_counter()
@@ -106,7 +120,7 @@ class Session:
         model = make_model(self.cfg, dm, params)
         recorder = EvaluationRecorder()
         keep_last = not self.model_cls.closed_form  # one epoch: nothing to resume
-        callbacks: list[Callback] = [recorder, RngState()]
+        callbacks: list[Callback] = [recorder, RngState(), *extra]
         callbacks += validation_checkpoints(directory, search_metric(self.cfg.model), keep_last)
         trainer = make_trainer(
             self.cfg,
@@ -203,23 +217,51 @@ def select_on_validation(session: Session, logger: Logger) -> Selection:
     points = grid_points(cfg.model, bool(cfg.selection.grid))
     metric = search_metric(cfg.model)
     trials_dir = run_dir / TRIALS_DIR
+    _announce(session, len(points))
+    keys = list(cfg.model.search.get("grid") or {}) if cfg.model.get("search") else []
+    progress = GridProgress(len(points), keys if cfg.selection.grid else [], metric)
     trials: list[Trial] = []
     for index, params in enumerate(points):
         trial = load_trial(trials_dir, index, params)
-        if trial is not None:
-            print(f"grid point {index}: already validated ({trials_dir}/{index}.json), skipped")
-        else:
-            if len(points) > 1 and dist.is_global_zero():
-                print(f"grid point {index + 1}/{len(points)}: {params}", flush=True)
+        fitted: ValFit | None = None
+        if trial is None:
+            progress.started(index, params)
             # with a single point the val fit is the run itself in the val protocol: log it
             log = logger if (cfg.data.protocol == "val" and len(points) == 1) else False
-            fitted = session.fit_validation(index, params, log)
+            fitted = session.fit_validation(index, params, log, SelectionLogger(logger, index))
             trial = make_trial(params, fitted, metric, bool(cfg.selection.select_epochs))
             if dist.is_global_zero():  # DDP: one writer
                 save_trial(trials_dir, index, trial)
+        progress.finished(index, params, trial.metrics[metric], trial.seconds, fitted is None)
         trials.append(trial)
     selection = choose(trials, metric)
-    best = selection.best
+    selection.warnings = selection_warnings(selection, str(cfg.model.name))
+    for text in selection.warnings:
+        warnings.warn(text, SelectionWarning, stacklevel=1)
+    _record(session, selection, logger)
+    return selection
+
+
+def _announce(session: Session, n_points: int) -> None:
+    """Say what selection is about to do, and what the val protocol removed."""
+    cfg = session.cfg
+    removed = dict(session.data("val").removed_test_images)
+    note = ""
+    if removed:
+        note = "; test images removed from the val protocol: " + ", ".join(
+            f"{n} from {key}" for key, n in removed.items()
+        )
+    if dist.is_global_zero():
+        print(
+            f"selection: {n_points} grid point(s) of {cfg.model.name} on {cfg.data.name} "
+            f"validation classes{note}",
+            flush=True,
+        )
+
+
+def _record(session: Session, selection: Selection, logger: Logger) -> None:
+    """``selection.json``, the validation table and the chosen checkpoint in the logger."""
+    run_dir, best = session.run_dir, selection.best
     if best.checkpoint is not None:
         tracking.log_checkpoint(
             logger,
@@ -232,10 +274,11 @@ def select_on_validation(session: Session, logger: Logger) -> Selection:
     record = {
         "metric": selection.metric,
         "best": asdict(best),
+        "warnings": selection.warnings,
+        "removed_test_images": dict(session.data("val").removed_test_images),
         "trials": [asdict(t) for t in selection.trials],
     }
     dist.write_text(run_dir / "selection.json", json.dumps(record, indent=2, default=float))
-    return selection
 
 
 def refit_and_test(
@@ -315,6 +358,8 @@ def _stages(session: Session, logger: Logger, start: float) -> RunResult:
         selected_epochs=best.epochs,
         final_epochs=final_epochs,
         selection_metric=selection.metric,
+        selection_warnings=selection.warnings,
+        val_removed_test_images=dict(session.data("val").removed_test_images),
         wall_time_s=time.perf_counter() - start,
     )
     if evaluation is not None:

@@ -30,6 +30,10 @@ class Trial:
     #: checkpoint of the chosen epoch (the fit's best.ckpt by the validation metric; its
     #: last.ckpt when epochs are not selected), relative to the run directory
     checkpoint: str | None = None
+    #: the chosen epoch is the last one of several: the curve may still be rising
+    epoch_cap: bool = False
+    #: every epoch tied on the metric: the first epoch was chosen by the tie rule alone
+    flat: bool = False
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Selection:
     best: Trial
     trials: list[Trial]
     metric: str
+    warnings: list[str] = field(default_factory=list)
 
     def rows(self) -> tuple[list[str], list[list[Any]]]:
         keys = sorted({k for t in self.trials for k in t.params})
@@ -148,7 +153,44 @@ def make_trial(
     checkpoint = fit.best_checkpoint
     if not select_epochs and fit.last_checkpoint is not None:
         checkpoint = fit.last_checkpoint
-    return Trial(params, int(chosen["epoch"]), metrics, fit.history, fit.seconds, checkpoint)
+    epochs = int(chosen["epoch"])
+    values = [h[metric] for h in fit.history]
+    several = len(values) > 1
+    return Trial(
+        params,
+        epochs,
+        metrics,
+        fit.history,
+        fit.seconds,
+        checkpoint,
+        epoch_cap=select_epochs and several and epochs == len(values),
+        flat=several and max(values) == min(values),
+    )
+
+
+def selection_warnings(selection: Selection, model: str) -> list[str]:
+    """Plain-language warnings about a selection that a reader of the results must see: the
+    chosen epoch is the budget's last (the curve may still rise), a flat validation signal
+    (the tie rule chose), or every grid point tied."""
+    best, metric = selection.best, selection.metric
+    out = []
+    if best.epoch_cap:
+        out.append(
+            f"{model}: the selected epoch is the last of the budget ({best.epochs}); validation "
+            f"{metric} may still be rising: raise model.max_epochs"
+        )
+    if best.flat:
+        out.append(
+            f"{model}: flat validation signal, all {len(best.history)} epochs tie on {metric} "
+            f"({best.metrics[metric]:.2f}); the first epoch was chosen by the tie rule"
+        )
+    values = {t.metrics[metric] for t in selection.trials}
+    if len(selection.trials) > 1 and len(values) == 1:
+        out.append(
+            f"{model}: all {len(selection.trials)} grid points tie on validation {metric}; the "
+            "first point was chosen by the tie rule"
+        )
+    return out
 
 
 def choose(trials: list[Trial], metric: str) -> Selection:
