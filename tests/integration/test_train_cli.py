@@ -321,3 +321,47 @@ def test_steps_transfer_repeats_the_selected_number_of_updates(tmp_path: Path) -
     final = torch.load(tmp_path / "run" / "model.ckpt", map_location="cpu", weights_only=False)
     assert final["global_step"] == expected * test_batches, (expected, final["global_step"])
     assert metrics["selected_epochs"] == 6 and expected < 6
+
+
+def test_wandb_offline_run_holds_every_grid_points_validation_epochs(
+    cli_runs: dict[str, CliRun],
+) -> None:
+    """The validation fits log while they run: every grid point's per-epoch validation
+    metrics are history rows of the offline W&B run (``selection/point_<i>/<metric>``)."""
+    run = cli_runs["wandb"]
+    assert run.returncode == 0, run.explain()
+    selection = json.loads((run.run_dir / "selection.json").read_text())
+    n_points = len(selection["trials"])
+    assert n_points > 1  # ALE's shipped grid
+    log = next((run.run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    rows = [
+        {item.key: json.loads(item.value_json) for item in r.history.item}
+        for r in wandb_records(log)
+        if r.HasField("history")
+    ]
+    for index in range(n_points):
+        epochs = [
+            row[f"selection/point_{index}/epoch"]
+            for row in rows
+            if f"selection/point_{index}/epoch" in row
+        ]
+        assert epochs == [1, 2, 3], (index, epochs)
+        values = [
+            row[f"selection/point_{index}/zsl_t1"]
+            for row in rows
+            if f"selection/point_{index}/zsl_t1" in row
+        ]
+        history = [h["zsl_t1"] for h in selection["trials"][index]["history"]]
+        assert values == pytest.approx(history)
+
+
+def test_progress_lines_name_every_grid_point_and_lightning_banners_show_once(
+    cli_runs: dict[str, CliRun],
+) -> None:
+    run = cli_runs["test_csv"]
+    assert run.returncode == 0, run.explain()
+    lines = [line for line in run.stdout.splitlines() if line.startswith("point ")]
+    finished = [line for line in lines if "· val zsl_t1" in line]
+    assert [line.split()[1] for line in finished] == ["1/3", "2/3", "3/3"]
+    assert "lr=0.001" in finished[0] and "best" in finished[-1] and "ETA" in finished[-1]
+    assert (run.stdout + run.stderr).count("GPU available") <= 1
