@@ -13,3 +13,7 @@ class LeakageError(RuntimeError):
 
 class ModelLoadError(RuntimeError):
     """Pre-trained weights a model needs (e.g. CLIP's) could not be loaded."""
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be created or written (permissions, a name too long, ...)."""

@@ -135,7 +135,10 @@ def test_train_test_protocol(cli_runs: dict[str, CliRun]) -> None:
     assert run.returncode == 0, run.explain()
     metrics = run.metrics()
     check_metrics(metrics, "test")
-    assert len(metrics["per_class_accuracy"]) == N_CLASSES
+    per_class = metrics["per_class_accuracy"]
+    assert len(per_class) == N_CLASSES
+    assert {e["split"] for e in per_class.values()} == {"seen", "unseen"}
+    assert all(0.0 <= e["accuracy"] <= 100.0 for e in per_class.values())
     check_table(run.stdout, "test")
     cfg = OmegaConf.load(run.run_dir / "config.yaml")
     assert cfg.data.name == "TINY" and cfg.model.name == "ale" and cfg.trainer.max_epochs == 3

@@ -9,10 +9,11 @@ one line and an exit status. Hydra's own flags work: ``--help``, ``--cfg job``, 
 
 from __future__ import annotations
 
+import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,9 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from zsl import dist
 from zsl.cli.compose import compose
 from zsl.data.errors import DataError
-from zsl.errors import ConfigError, LeakageError, ModelLoadError
+from zsl.errors import ConfigError, LeakageError, ModelLoadError, RunDirError
 from zsl.run.config import validate
 from zsl.run.store import ResumeError, TrainingInterrupted, make_run_dir, resume_config
+
+if TYPE_CHECKING:
+    from zsl.run.protocol import RunResult
 
 #: Hydra's own flags: with one of these, Hydra handles the command line itself
 HYDRA_FLAGS = ("-m", "--multirun", "--help", "-h", "--hydra-help", "--cfg", "-c", "--info")
@@ -59,10 +63,31 @@ def run_dir_for(cfg: DictConfig) -> Path:
     return make_run_dir(output_dir, str(cfg.paths.runs_dir), stem, cfg.get("resume"))
 
 
+def _run(cfg: DictConfig, argv: list[str]) -> RunResult:
+    """Prepare the config, create the run directory and run the protocol. A new run that
+    fails (other than by SIGTERM) removes its directory, so rerunning the same command works;
+    an interrupted or resumed run keeps it."""
+    from zsl.run.protocol import run_protocol
+
+    cfg = prepare(cfg, argv)
+    run_dir = run_dir_for(cfg)
+    if dist.is_global_zero():
+        print(f"run directory: {run_dir}")
+    try:
+        # the ddp strategy re-runs this command in its processes: they reuse this directory
+        with dist.export_run_dir(run_dir):
+            return run_protocol(cfg, run_dir)
+    except TrainingInterrupted:
+        raise
+    except BaseException:
+        if not cfg.get("resume") and dist.is_global_zero():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 def train(cfg: DictConfig, argv: list[str]) -> dict[str, Any]:
     """Run one composed config; failures become ``SystemExit`` with one line."""
     from zsl.reporting.table import print_table
-    from zsl.run.protocol import run_protocol
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
@@ -79,13 +104,7 @@ def train(cfg: DictConfig, argv: list[str]) -> dict[str, Any]:
     if not dist.is_global_zero() and dist.inherited_run_dir() is not None:
         dist.exit_with_parent(dist.inherited_parent())  # started by the ddp launcher
     try:
-        cfg = prepare(cfg, argv)
-        run_dir = run_dir_for(cfg)
-        if dist.is_global_zero():
-            print(f"run directory: {run_dir}")
-        # the ddp strategy re-runs this command in its processes: they reuse this directory
-        with dist.export_run_dir(run_dir):
-            result = run_protocol(cfg, run_dir)
+        result = _run(cfg, argv)
     except ConfigError as err:
         raise SystemExit(f"config error: {_one_line(err)}") from None
     except ResumeError as err:
@@ -94,20 +113,21 @@ def train(cfg: DictConfig, argv: list[str]) -> dict[str, Any]:
         DataError,
         FileExistsError,
         NotADirectoryError,  # output_dir names an existing file
+        RunDirError,
         LeakageError,
         ModelLoadError,  # pre-trained weights (CLIP) not found or not loadable offline
         FloatingPointError,
     ) as err:
         raise SystemExit(f"error: {_one_line(err)}") from None
+    except TrainingInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        raise SystemExit(143) from None  # 128 + SIGTERM, what a shell reports for a kill
     except Exception as err:
         from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
         if isinstance(err, MisconfigurationException):  # Lightning's own checks
             raise SystemExit(f"config error: trainer: {_one_line(err)}") from None
         raise
-    except TrainingInterrupted as err:
-        print(f"interrupted: {err}", file=sys.stderr)
-        raise SystemExit(143) from None  # 128 + SIGTERM, what a shell reports for a kill
     print_table(result.metrics, result.selection)
     return result.metrics
 

@@ -53,7 +53,11 @@ def write_reports(
     tracking.log_table(logger, f"{stage}/per_class_accuracy", ["class", "split", "accuracy"], rows)
     path = run_dir / f"{stage}_per_class_accuracy.png"
     plot_per_class_accuracy(
-        [r[0] for r in rows], [r[2] for r in rows], [r[1] == "seen" for r in rows], path
+        [r[0] for r in rows],
+        [r[2] for r in rows],
+        [r[1] == "seen" for r in rows],
+        path,
+        title=title or stage,
     )
     written.append(path)
     if isinstance(logger, WandbLogger):
@@ -63,9 +67,11 @@ def write_reports(
 
 
 def plot_per_class_accuracy(
-    names: list[str], accuracies: list[float], seen: list[bool], path: Path
+    names: list[str], accuracies: list[float], seen: list[bool], path: Path, title: str = ""
 ) -> Path:
-    """Horizontal bar chart of per-class accuracy (percent), seen and unseen classes coloured."""
+    """Horizontal bar chart of per-class accuracy (percent): unseen classes (orange) above seen
+    ones (blue), each group sorted by accuracy, with each group's mean (= u and s) marked;
+    ``title`` names the model, dataset and split."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,9 +86,16 @@ def plot_per_class_accuracy(
     ax.set_yticklabels(
         [names[i] for i in order], fontsize=max(3, min(8, 400 // max(1, len(names))))
     )
+    for flag, color, label in ((False, "tab:orange", "u"), (True, "tab:blue", "s")):
+        values = [a for a, s in zip(accuracies, seen) if s == flag]
+        if values:
+            mean = sum(values) / len(values)
+            ax.axvline(mean, color=color, ls="--", lw=1, label=f"{label} = {mean:.1f}")
     ax.set_xlabel("per-class top-1 accuracy, GZSL (%)")
     ax.set_xlim(0, 100)
-    ax.set_title("per-class accuracy (blue: seen, orange: unseen)", fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
+    heading = f"{title}: " if title else ""
+    ax.set_title(f"{heading}per-class accuracy (blue: seen, orange: unseen)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

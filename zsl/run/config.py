@@ -68,6 +68,10 @@ def validate(cfg: DictConfig) -> None:
     fraction = cfg.data.get("val_seen_fraction")
     if fraction is not None and not 0.0 < float(fraction) < 1.0:
         raise ConfigError(f"data.val_seen_fraction must be in (0, 1), got {fraction}")
+    for key in ("seed", "data.split_seed"):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, int) and value < 0:
+            raise ConfigError(f"{key} must be >= 0 (a random seed), got {value}")
     if int(cfg.trainer.max_epochs) < 1:
         raise ConfigError(f"trainer.max_epochs must be >= 1, got {cfg.trainer.max_epochs}")
     accelerator = cfg.trainer.get("accelerator")

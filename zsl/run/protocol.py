@@ -12,6 +12,7 @@ into the run directory and returns a :class:`RunResult`. SIGTERM stops it with
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from zsl import dist
 from zsl.data.datamodule import ZSLDataModule
-from zsl.data.types import ProtocolName, ZSLData
+from zsl.data.types import ClassSpace, ProtocolName, ZSLData
 from zsl.evaluation import Evaluation
 from zsl.models import get_model_class
 from zsl.reporting import tracking
@@ -61,6 +62,7 @@ from zsl.run.selection import (
 from zsl.run.store import (
     CHECKPOINT_DIR,
     TRIALS_DIR,
+    ResumeError,
     TrainingInterrupted,
     load_trial,
     resume_path,
@@ -185,13 +187,41 @@ def fit(
     """``trainer.fit``, resumed from ``checkpoint_dir/last.ckpt`` when an interrupted fit left
     one; a SIGTERM becomes :class:`TrainingInterrupted` naming where it stopped."""
     ckpt = resume_path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt is not None and dist.is_global_zero():
-        print(f"resuming {what} from {ckpt}")
+    if ckpt is not None:
+        check_resumable(ckpt, model)
+        if dist.is_global_zero():
+            print(f"resuming {what} from {ckpt}")
     interruptible(
         trainer,
         lambda: trainer.fit(model, dm, ckpt_path=str(ckpt) if ckpt is not None else None),
         f"{what} (epoch {{epoch}}, step {{step}})",
     )
+
+
+def check_resumable(ckpt: Path, model: pl.LightningModule) -> None:
+    """Refuse, in one line, a checkpoint that cannot continue this fit: unreadable
+    (truncated, not a checkpoint), of another model, or of another class space (dataset)."""
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        weights = state["state_dict"]
+    except Exception as err:  # noqa: BLE001 - torch/pickle raise many types
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ResumeError(
+            f"{ckpt} cannot be read as a checkpoint ({type(err).__name__}: {first}); delete it "
+            "to redo that fit from its start"
+        ) from None
+    ours = model.state_dict()
+    if set(weights) != set(ours) or any(weights[k].shape != ours[k].shape for k in ours):
+        raise ResumeError(
+            f"{ckpt} holds the weights of another model ({type(model).__name__} expected); "
+            "delete it to redo that fit from its start"
+        )
+    for key in ("seen_ids", "unseen_ids"):
+        if key in ours and not torch.equal(weights[key], ours[key].cpu()):
+            raise ResumeError(
+                f"{ckpt} was written for another class space ({key} differ: another dataset "
+                "or split); delete it to redo that fit from its start"
+            )
 
 
 def interruptible(trainer: pl.Trainer, stage: Callable[[], object], what: str) -> None:
@@ -303,9 +333,23 @@ def refit_and_test(
         {"params": best.params, "epochs": best.epochs, "test": dict(evaluation.metrics)},
     )
     space = session.datamodule("test").class_space
-    title = f"{cfg.model.name} on {cfg.data.name}, test split"
+    title = f"{cfg.model.name} on {cfg.data.name}, test split (protocol test)"
     reports = write_reports(evaluation, space, run_dir, logger, "test", title)
     return evaluation, final_epochs, reports
+
+
+def per_class_record(evaluation: Evaluation, space: ClassSpace) -> dict[str, dict[str, Any]]:
+    """Per-class test accuracy in percent, each class marked seen or unseen (classes of the
+    protocol only; ``null`` for a class without test images)."""
+    seen = set(space.seen_ids.tolist())
+    out: dict[str, dict[str, Any]] = {}
+    for c in sorted([*space.seen_ids.tolist(), *space.unseen_ids.tolist()]):
+        acc = float(evaluation.per_class[c])
+        out[space.class_names[c]] = {
+            "split": "seen" if c in seen else "unseen",
+            "accuracy": None if math.isnan(acc) else 100.0 * acc,
+        }
+    return out
 
 
 def run_protocol(cfg: DictConfig, run_dir: Path) -> RunResult:
@@ -363,11 +407,9 @@ def _stages(session: Session, logger: Logger, start: float) -> RunResult:
         wall_time_s=time.perf_counter() - start,
     )
     if evaluation is not None:
-        names = session.data("test").class_names
-        metrics["per_class_accuracy"] = {
-            name: (None if torch.isnan(acc) else float(acc))
-            for name, acc in zip(names, evaluation.per_class)
-        }
+        metrics["per_class_accuracy"] = per_class_record(
+            evaluation, session.datamodule("test").class_space
+        )
     dist.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
     summary_keys = (*REPORT_KEYS, "ausuc", "gamma", "wall_time_s")
     tracking.log_summary(logger, {f"final/{k}": v for k, v in metrics.items() if k in summary_keys})

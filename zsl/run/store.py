@@ -36,6 +36,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from zsl.errors import RunDirError
 from zsl.run.callbacks import LAST
 from zsl.run.selection import Trial
 
@@ -80,18 +81,34 @@ def make_run_dir(
                 f"run directory {run_dir} already exists and is not empty; choose another "
                 "output_dir"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        _mkdir(run_dir, "output_dir", exist_ok=True)
         return run_dir
     base = Path(runs_dir) / f"{stem}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    base.parent.mkdir(parents=True, exist_ok=True)
+    _mkdir(base.parent, "paths.runs_dir", exist_ok=True)
     for n in range(1000):
         run_dir = base if n == 0 else base.with_name(f"{base.name}-{n}")
         try:
-            run_dir.mkdir()
+            _mkdir(run_dir, "paths.runs_dir", exist_ok=False)
             return run_dir
         except FileExistsError:
             continue
     raise FileExistsError(f"could not create a new run directory next to {base}")
+
+
+def _mkdir(path: Path, key: str, exist_ok: bool) -> None:
+    """Create ``path`` (and its parents); one clear error when the file system refuses."""
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+        probe = path / f".zsl-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except FileExistsError:
+        raise
+    except OSError as err:
+        raise RunDirError(
+            f"{key}: cannot create or write the run directory {path} "
+            f"({err.strerror or type(err).__name__})"
+        ) from None
 
 
 def save_trial(trials_dir: Path, index: int, trial: Trial) -> Path:

@@ -137,10 +137,34 @@ def _semantics(
                 f"{len(names)} classes"
                 + (" (it looks transposed: the file must hold A x C)" if transposed else ""),
             )
+        seen_names: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if name in seen_names:
+                raise DataError(
+                    f"{split_path}['allclasses_names']",
+                    f"class name {name!r} is listed twice (columns {seen_names[name] + 1} and "
+                    f"{i + 1}); every class needs its own name",
+                )
+            seen_names[name] = i
     else:  # FLO ships without names
         names = tuple(f"class_{i + 1:03d}" for i in range(n_classes))
+    _distinct_classes(att, names, att_where)
 
     return att, names
+
+
+def _distinct_classes(att: np.ndarray, names: tuple[str, ...], where: str) -> None:
+    """Two classes with the same semantic vector cannot be told apart by any ZSL model."""
+    _, first, inverse = np.unique(att.T, axis=0, return_index=True, return_inverse=True)
+    inverse = np.asarray(inverse).ravel()
+    for column in range(att.shape[1]):
+        twin = int(first[inverse[column]])
+        if twin != column:
+            raise DataError(
+                where,
+                f"classes {names[twin]} and {names[column]} (columns {twin + 1} and "
+                f"{column + 1}) have identical semantic vectors: no model can tell them apart",
+            )
 
 
 def _features_and_labels(

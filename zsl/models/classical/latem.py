@@ -44,6 +44,8 @@ class LATEM(RankingModel):
         weight_decay: float = 0.0,
         margin: float = 1.0,
     ) -> None:
+        if not (isinstance(n_maps, int) and n_maps >= 1):
+            raise ValueError(f"LATEM: n_maps must be an integer >= 1, got {n_maps}")
         super().__init__(feature_dim, n_attributes, n_classes)
 
     def configure_models(self) -> None:

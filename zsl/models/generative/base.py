@@ -83,6 +83,12 @@ class GenerativeZSL(ZSLModule):
         #: the typed second-stage settings (stored as a dict in ``hparams.second_stage``)
         self.second_stage = SecondStage.from_value(second_stage, self.default_second_stage)
         super().__init__(feature_dim, n_attributes, n_classes)
+        rank, dim = self.second_stage.cls_pca, self.classifier_dim()
+        if rank is not None and rank > dim:
+            raise ValueError(
+                f"second_stage.cls_pca={rank} asks for more principal components than the "
+                f"{dim}-d {self.example_space} its classifier sees; use 1..{dim} or null"
+            )
         # (weight [E, U], bias [U], universe ids [U]); outside the module tree on purpose
         self._classifier: tuple[Tensor, Tensor, Tensor] | None = None
         # (key, mean, basis) of the last cls_pca basis: the real seen features of f-CLSWGAN are
@@ -90,6 +96,10 @@ class GenerativeZSL(ZSLModule):
         self._basis_cache: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
 
     # -- hooks for subclasses ---------------------------------------------------------
+    def classifier_dim(self) -> int:
+        """Size of the classifier's inputs (:meth:`embed`): the features by default."""
+        return self.feature_dim
+
     def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
         """``n`` synthetic examples in classifier space per row of ``class_semantics`` [K, A]
         -> [K * n, E], grouped by row (row ``k`` owns ``k*n .. k*n + n - 1``)."""

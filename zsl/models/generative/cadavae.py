@@ -122,6 +122,10 @@ class CADAVAE(GenerativeZSL):
         )
         super().__init__(feature_dim, n_attributes, n_classes, second_stage)
 
+    def classifier_dim(self) -> int:
+        """The classifier sees latent codes."""
+        return int(self.hp.latent_dim)
+
     def configure_models(self) -> None:
         hp = self.hp
         fenc, fdec = (int(h) for h in hp.feature_hidden)
