@@ -333,7 +333,7 @@ def refit_and_test(
         {"params": best.params, "epochs": best.epochs, "test": dict(evaluation.metrics)},
     )
     space = session.datamodule("test").class_space
-    title = f"{cfg.model.name} on {cfg.data.name}, test split (protocol test)"
+    title = f"{cfg.model.name} on {cfg.data.name} (test protocol)"
     reports = write_reports(evaluation, space, run_dir, logger, "test", title)
     return evaluation, final_epochs, reports
 
