@@ -99,6 +99,18 @@ def edited(edit: Callable[[dict[str, Any], dict[str, Any]], None], *extra: str) 
     return tiny_run(*extra, edit=edit)
 
 
+def _duplicate_name(splits: dict, feats: dict) -> None:
+    splits["allclasses_names"][1, 0] = splits["allclasses_names"][0, 0]
+
+
+def _twin_classes(splits: dict, feats: dict) -> None:
+    splits["att"][:, 3] = splits["att"][:, 0]
+
+
+def _val_is_test_unseen(splits: dict, feats: dict) -> None:
+    splits["val_loc"] = splits["test_unseen_loc"].copy()
+
+
 def _zero_based_labels(splits: dict, feats: dict) -> None:
     feats["labels"] = feats["labels"] - 1
 
@@ -309,8 +321,8 @@ CASES: dict[str, Case] = {
     ),
     "0-based split indices": Case(
         edited(_zero_based_splits),
-        f"error: {MAT}['train_loc', 'val_loc']: ",
-        ("occur in both splits", "0-based"),
+        f"error: {MAT}['test_unseen_loc']: 1-based indices must lie in [1, 120], found range [0,",
+        ("saved 0-based?",),
     ),
     "feature/label count mismatch": Case(
         edited(_one_label_short),
@@ -359,9 +371,10 @@ CASES: dict[str, Case] = {
         ("first 1-based index",),
     ),
     "seen class never trained on": Case(
-        edited(_seen_class_only_in_test),
-        f"error: {MAT}['test_seen_loc']: 1 class(es) never appear in trainval_loc",
-        ("001.class_0",),
+        edited(_seen_class_only_in_test, "data.protocol=test", "selection.grid=false"),
+        f"error: {MAT}['train_loc', 'trainval_loc']: 1 class(es) of train_loc never appear in "
+        "trainval_loc (train classes must be trainval classes): 001.class_0",
+        (),
     ),
     "validation class in train_loc": Case(
         edited(_val_class_in_train, "data.protocol=val"),
@@ -385,12 +398,12 @@ CASES: dict[str, Case] = {
         ("output_dir",),
     ),
     "diverging loss": Case(
-        tiny_run("model=sje", "model.params.lr=1e37"),
+        tiny_run("model=sje", "model.params.lr=1e37", "selection.grid=false"),
         "error: SJE: non-finite loss",
         ("at epoch ", ", step "),
     ),
     "diverged scores": Case(
-        tiny_run("model=devise", "model.params.lr=1e38"),
+        tiny_run("model=devise", "model.params.lr=1e38", "selection.grid=false"),
         "error: DeViSE: non-finite scores",
         ("at epoch ", ", step "),
     ),
@@ -405,9 +418,60 @@ CASES: dict[str, Case] = {
         ("Allowed precision values", "32-true"),
     ),
     "non-positive learning rate": Case(
-        tiny_run("model.params.lr=-0.1"),
+        tiny_run("model.params.lr=-0.1", "selection.grid=false"),
         "config error: model.params (ale): ALE: lr must be positive, got -0.1",
         (),
+    ),
+    "negative seed": Case(
+        config_run("seed=-1"),
+        "config error: seed must be >= 0",
+        (),
+        before_data=True,
+    ),
+    "negative split seed": Case(
+        config_run("data.split_seed=-2"),
+        "config error: data.split_seed must be >= 0",
+        (),
+        before_data=True,
+    ),
+    "unwritable output_dir": Case(
+        lambda tmp: cli_args(tmp / "data", Path("/proc/zsl-no-such-run")),
+        "error: output_dir: cannot create or write the run directory /proc/zsl-no-such-run",
+        (),
+    ),
+    "output_dir name too long": Case(
+        lambda tmp: cli_args(tmp / "data", tmp / ("x" * 300)),
+        "error: output_dir: cannot create or write the run directory",
+        ("File name too long",),
+    ),
+    "no latent maps (LATEM)": Case(
+        tiny_run("model=latem", "model.params.n_maps=0"),
+        "config error: model.params (latem): LATEM: n_maps must be an integer >= 1, got 0",
+        (),
+    ),
+    "cls_pca above the feature size": Case(
+        tiny_run("model=clswgan", "model.params.second_stage.cls_pca=64", "selection.grid=false"),
+        "config error: model.params (clswgan): second_stage.cls_pca=64 asks for more principal "
+        "components than the 16-d features",
+        ("use 1..16 or null",),
+    ),
+    "duplicate class names": Case(
+        edited(_duplicate_name),
+        "error: {tmp}/data/TINY/att_splits.mat['allclasses_names']: class name '001.class_0' is "
+        "listed twice (columns 1 and 2)",
+        (),
+    ),
+    "indistinguishable classes": Case(
+        edited(_twin_classes),
+        "error: {tmp}/data/TINY/att_splits.mat['att']: classes 001.class_0 and 004.class_3 "
+        "(columns 1 and 4) have identical semantic vectors",
+        (),
+    ),
+    "validation classes are test classes": Case(
+        edited(_val_is_test_unseen, "data.protocol=val"),
+        "error: {tmp}/data/TINY/att_splits.mat['val_loc', 'trainval_loc']: 4 class(es) of "
+        "val_loc never appear in trainval_loc (validation classes must be trainval classes)",
+        ("009.class_8",),
     ),
 }
 
@@ -441,7 +505,9 @@ def test_bad_input_fails_with_one_clear_line(name: str, tmp_path: Path) -> None:
         assert fragment.replace("{tmp}", str(tmp_path)) in message, (fragment, message)
     if case.before_data:
         assert "no_such_root" not in message
-        assert not (tmp_path / "run").exists()  # nothing created either
+    if name not in ("non-empty output_dir", "output_dir is a file"):
+        # nothing left behind that would block rerunning the same command
+        assert not (tmp_path / "run").exists()
 
 
 def test_the_readme_table_has_a_row_per_case() -> None:

@@ -74,9 +74,16 @@ def make_run_dir(
         return Path(resume)
     if output_dir:
         run_dir = Path(output_dir)
-        if run_dir.exists() and not run_dir.is_dir():
+        try:
+            exists, is_dir = run_dir.exists(), run_dir.is_dir()
+        except OSError as err:  # e.g. a name too long for the file system
+            raise RunDirError(
+                f"output_dir: cannot create or write the run directory {run_dir} "
+                f"({err.strerror or type(err).__name__})"
+            ) from None
+        if exists and not is_dir:
             raise NotADirectoryError(f"output_dir {run_dir} is a file, not a folder")
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if exists and any(run_dir.iterdir()):
             raise FileExistsError(
                 f"run directory {run_dir} already exists and is not empty; choose another "
                 "output_dir"
