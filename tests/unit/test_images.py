@@ -382,6 +382,27 @@ def test_built_dataset_reads_with_the_loader(
         custom.build_custom_dataset(images, csv_path, ["Nope"], tmp_path / "o")
 
 
+@pytest.mark.parametrize(
+    ("csv_text", "expected"),
+    [
+        ("class,a\n001.Red_Square,1\n", "no row for"),  # a CSV missing classes
+        ("class,a\n001.Red_Square,x\n002.Green_Disc,1\n003.Blue_Square,1\n", "non-numeric"),
+    ],
+)
+def test_zsl_custom_reports_bad_input_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, csv_text: str, expected: str
+) -> None:
+    monkeypatch.setattr(backbones, "torchvision_backbone", lambda name, weights: fake_backbone())
+    images = draw_folder(tmp_path / "imgs", per_class=4)
+    argv = ["--images", str(images), "--attributes", str(_csv(tmp_path, csv_text))]
+    argv += ["--unseen", "002.Green_Disc", "--output", str(tmp_path / "out"), "--no-progress"]
+    with pytest.raises(SystemExit) as info:
+        custom_cli.main(argv)
+    message = str(info.value.code)
+    assert message.startswith("error: ") and expected in message and "\n" not in message
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
 def _csv(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "other.csv"
     path.write_text(text)

@@ -254,6 +254,8 @@ def select_on_validation(session: Session, logger: Logger) -> Selection:
     for index, params in enumerate(points):
         trial = load_trial(trials_dir, index, params)
         fitted: ValFit | None = None
+        if trial is not None and dist.is_global_zero():
+            print(f"grid point {index}: already validated ({trials_dir}/{index}.json), skipped")
         if trial is None:
             progress.started(index, params)
             # with a single point the val fit is the run itself in the val protocol: log it
