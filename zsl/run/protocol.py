@@ -97,6 +97,7 @@ class Session:
         self.cfg, self.run_dir = cfg, run_dir
         self.model_cls = get_model_class(str(cfg.model.name))
         self._data: dict[str, ZSLData] = {}
+        self._spaces: dict[str, ClassSpace] = {}
 
     def data(self, protocol: ProtocolName) -> ZSLData:
         if protocol not in self._data:
@@ -104,7 +105,16 @@ class Session:
         return self._data[protocol]
 
     def datamodule(self, protocol: ProtocolName) -> ZSLDataModule:
-        return make_datamodule(self.cfg, protocol, self.data(protocol))
+        """A fresh datamodule of ``protocol`` (its class space is kept for reports)."""
+        dm = make_datamodule(self.cfg, protocol, self.data(protocol))
+        self._spaces[protocol] = dm.class_space
+        return dm
+
+    def class_space(self, protocol: ProtocolName) -> ClassSpace:
+        """The protocol's classes (from the last datamodule built, else a new one)."""
+        if protocol not in self._spaces:
+            self.datamodule(protocol)
+        return self._spaces[protocol]
 
     def fit_validation(
         self,
@@ -334,7 +344,7 @@ def refit_and_test(
         ["final"],
         {"params": best.params, "epochs": best.epochs, "test": dict(evaluation.metrics)},
     )
-    space = session.datamodule("test").class_space
+    space = session.class_space("test")
     title = f"{cfg.model.name} on {cfg.data.name} (test protocol)"
     reports = write_reports(evaluation, space, run_dir, logger, "test", title)
     return evaluation, final_epochs, reports
@@ -409,9 +419,7 @@ def _stages(session: Session, logger: Logger, start: float) -> RunResult:
         wall_time_s=time.perf_counter() - start,
     )
     if evaluation is not None:
-        metrics["per_class_accuracy"] = per_class_record(
-            evaluation, session.datamodule("test").class_space
-        )
+        metrics["per_class_accuracy"] = per_class_record(evaluation, session.class_space("test"))
     dist.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
     summary_keys = (*REPORT_KEYS, "ausuc", "gamma", "wall_time_s")
     tracking.log_summary(logger, {f"final/{k}": v for k, v in metrics.items() if k in summary_keys})
