@@ -337,8 +337,11 @@ def test_wandb_offline_run_holds_every_grid_points_validation_epochs(
     n_points = len(selection["trials"])
     assert n_points > 1  # ALE's shipped grid
     log = next((run.run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
-    rows = [
-        {item.key: json.loads(item.value_json) for item in r.history.item}
+    rows = [  # wandb 0.31 keeps the key in nested_key
+        {
+            (item.key or "/".join(item.nested_key)): json.loads(item.value_json)
+            for item in r.history.item
+        }
         for r in wandb_records(log)
         if r.HasField("history")
     ]

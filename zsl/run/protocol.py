@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -72,11 +73,6 @@ from zsl.run.store import (
 
 #: the scalar results reported for every run
 REPORT_KEYS = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_u_cal", "gzsl_s_cal", "gzsl_h_cal")
-
-
-class SelectionWarning(UserWarning):
-    """Something about a selection a reader of the results must know (see
-    :func:`zsl.run.selection.selection_warnings`); also recorded in ``selection.json``."""
 
 
 @dataclass
@@ -278,8 +274,9 @@ def select_on_validation(session: Session, logger: Logger) -> Selection:
         trials.append(trial)
     selection = choose(trials, metric)
     selection.warnings = selection_warnings(selection, str(cfg.model.name))
-    for text in selection.warnings:
-        warnings.warn(text, SelectionWarning, stacklevel=1)
+    for text in selection.warnings:  # one plain line each (also in selection.json)
+        if dist.is_global_zero():
+            print(f"warning: {text}", file=sys.stderr, flush=True)
     _record(session, selection, logger)
     return selection
 
