@@ -11,6 +11,7 @@ import random
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -205,7 +206,11 @@ class FakeSession:
         self.cfg, self.run_dir = cfg, run_dir
         self.calls: list[int] = []
 
-    def fit_validation(self, index: int, params: dict, logger: Any) -> ValFit:
+    def data(self, protocol: str) -> Any:
+        """The benchmark: only what selection reports of it (no test images removed here)."""
+        return SimpleNamespace(removed_test_images={})
+
+    def fit_validation(self, index: int, params: dict, logger: Any, *callbacks: Any) -> ValFit:
         self.calls.append(index)
         keys = ("gzsl_u", "gzsl_s", "gzsl_h", "gzsl_h_cal")
         history = [{"epoch": 1, "zsl_t1": 10.0 * index, "gamma": 0.0, **dict.fromkeys(keys, 1.0)}]
@@ -216,11 +221,12 @@ def test_select_skips_recorded_points(tmp_path: Path) -> None:
     cfg = OmegaConf.create(
         {
             "model": {
+                "name": "ale",
                 "params": {"lr": 0.1},
                 "search": {"metric": "zsl_t1", "grid": {"lr": [0.1, 0.2, 0.3]}},
             },
             "selection": {"grid": True, "select_epochs": True},
-            "data": {"protocol": "test"},
+            "data": {"protocol": "test", "name": "TINY"},
         }
     )
     session = FakeSession(cfg, tmp_path)

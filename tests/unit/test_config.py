@@ -140,7 +140,7 @@ def test_added_model_param_must_be_a_constructor_argument() -> None:
         ("seed=1.5", "seed: expected an integer (the default is 0), got 1.5"),
         ("model.params.lr=fast", "model.params.lr: expected a number (the default is 0.003)"),
         ("selection.grid=[1]", "selection.grid: expected true or false"),
-        ("+model.search.grid.lr=[0.1,x]", "model.search.grid.lr: expected a number"),
+        ("+model.search.grid.margin=[0.1,x]", "model.search.grid.margin: expected a number"),
     ],
 )
 def test_override_must_keep_the_type(override: str, message: str) -> None:
@@ -196,10 +196,13 @@ def test_search_grid_key_must_be_a_model_param() -> None:
 
 
 def test_search_grid_over_model_params() -> None:
-    cfg = compose(["+model.search.grid.lr=[0.1,0.01]", "+model.search.grid.margin=[0.5]"])
+    cfg = compose(["model.search.grid.lr=[0.1,0.01]", "+model.search.grid.margin=[0.5]"])
     assert list(cfg.model.search.grid.lr) == [0.1, 0.01]
-    with pytest.raises(ConfigError, match="model.search.grid.lr must be a non-empty list"):
-        compose(["+model.search.grid.lr=0.1"])
+    assert list(cfg.model.search.grid.margin) == [0.5]
+    with pytest.raises(ConfigError, match="model.search.grid.margin must be a non-empty list"):
+        compose(["+model.search.grid.margin=0.1"])
+    with pytest.raises(ConfigError, match="model.search.grid.lr: expected a list"):
+        compose(["model.search.grid.lr=0.1"])
 
 
 def test_transfer_epochs_keeps_the_number_of_updates() -> None:

@@ -593,11 +593,15 @@ def test_config_params_build_the_model(name: str) -> None:
     for key in cfg.search.grid:  # dotted keys name second-stage options
         head, _, rest = str(key).partition(".")
         assert head in params and (not rest or rest in params[head]), key
-    model = get_model_class(name)(16, 6, 12, **params)
+    model = get_model_class(name)(512, 6, 12, **params)  # cls_pca fits 512-d features
     assert isinstance(model, GenerativeZSL) and model.uses_unseen_semantics
     assert isinstance(model.second_stage, SecondStage)
     assert model.second_stage == SecondStage(**params["second_stage"])
     assert model.hparams.second_stage == params["second_stage"]  # stored as a dict
+    rank = params["second_stage"].get("cls_pca")
+    if rank is not None:  # more components than the classifier's inputs: refused at once
+        with pytest.raises(ValueError, match=f"second_stage.cls_pca={rank} asks for more"):
+            get_model_class(name)(rank - 1, 6, 12, **params)
 
 
 def test_plots_write_pngs(tmp_path: Path) -> None:

@@ -90,7 +90,8 @@ def test_test_protocol_uses_the_proposed_split(tiny: TinyXlsa17) -> None:
 
 
 def test_val_protocol_holds_out_seeded_fraction(tiny: TinyXlsa17) -> None:
-    data = load_xlsa17(tiny.root, tiny.name, protocol="val")
+    # the file's literal lists (the strict default only drops the test images first)
+    data = load_xlsa17(tiny.root, tiny.name, protocol="val", exclude_test_from_val=False)
     split = make_split(data, "val", val_seen_fraction=0.2, seed=0)
     # eval-unseen is exactly val_loc
     np.testing.assert_array_equal(split.eval_unseen_idx, loc0(tiny, "val_loc"))
@@ -108,7 +109,7 @@ def test_val_protocol_holds_out_seeded_fraction(tiny: TinyXlsa17) -> None:
     assert not np.array_equal(other.eval_seen_idx, split.eval_seen_idx)
     assert other.eval_seen_idx.size == split.eval_seen_idx.size
     # the datamodule uses the same split for its split_seed
-    dm = datamodule(tiny, "val", split_seed=1)
+    dm = datamodule(tiny, "val", split_seed=1, exclude_test_from_val=False)
     assert dm.split is not None
     np.testing.assert_array_equal(dm.split.eval_seen_idx, other.eval_seen_idx)
 

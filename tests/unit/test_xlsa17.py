@@ -334,11 +334,15 @@ def test_val_protocol_locs(tiny: TinyXlsa17) -> None:
 def test_loc_dtypes_load(tmp_path: Path, dtype: Any) -> None:
     ds = write_xlsa17(tmp_path, loc_dtype=dtype)
     assert ds.splits["trainval_loc"].dtype == dtype
+    test_images = np.concatenate([loc0(ds, "test_seen_loc"), loc0(ds, "test_unseen_loc")])
     for protocol in ("test", "val"):
         data = load(ds, protocol)
         for key, idx in data.locs.items():
             assert idx.dtype == np.int64
-            np.testing.assert_array_equal(idx, loc0(ds, key))
+            expected = loc0(ds, key)
+            if protocol == "val":  # the val protocol drops the test images (strict default)
+                expected = expected[~np.isin(expected, test_images)]
+            np.testing.assert_array_equal(idx, expected)
 
 
 def test_missing_class_names_are_generated(tmp_path: Path) -> None:
@@ -380,11 +384,12 @@ def test_val_protocol_never_reads_test_keys(tmp_path: Path) -> None:
     expect_error(ds, str(ds.split_path), "'trainval_loc'", "missing key", protocol="test")
 
 
-def test_val_protocol_ignores_corrupt_test_keys(tmp_path: Path) -> None:
-    """Not even the values of the test keys are looked at in the val protocol."""
+def test_val_protocol_checks_the_test_keys_it_guards_against(tmp_path: Path) -> None:
+    """The val protocol reads the test keys' indices (never their features) to keep test
+    images out of validation: corrupt ones are an error there too, naming the key."""
     bad = np.array([[0], [99_999]], dtype=np.float64)
     ds = write_xlsa17(tmp_path, split_overrides=dict.fromkeys(TEST_KEYS, bad))
-    load(ds, "val")
+    expect_error(ds, "'trainval_loc'", "must lie in", protocol="val")
     expect_error(ds, "'trainval_loc'", "must lie in", protocol="test")
 
 

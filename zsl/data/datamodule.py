@@ -129,6 +129,7 @@ class ZSLDataModule(pl.LightningDataModule):
         semantics_key: str = "att",
         synthetic: dict[str, Any] | None = None,
         data: ZSLData | None = None,
+        exclude_test_from_val: bool = True,
     ) -> None:
         super().__init__()
         self.name, self.root, self.feature_file = name, root, feature_file
@@ -138,6 +139,7 @@ class ZSLDataModule(pl.LightningDataModule):
         self.val_seen_fraction, self.split_seed = val_seen_fraction, split_seed
         self.semantics_key = semantics_key
         self.synthetic = synthetic
+        self.exclude_test_from_val = exclude_test_from_val
         self._data = data
         self.split: ProtocolSplit | None = None
 
@@ -153,7 +155,12 @@ class ZSLDataModule(pl.LightningDataModule):
                     self.feature_file,
                 )
             self._data = load_xlsa17(
-                self.root, str(self.name), self.feature_file, self.protocol, self.semantics_key
+                self.root,
+                str(self.name),
+                self.feature_file,
+                self.protocol,
+                self.semantics_key,
+                exclude_test_from_val=self.exclude_test_from_val,
             )
         return self._data
 

@@ -102,6 +102,8 @@ def validate(cfg: DictConfig) -> None:
                 )
             if not isinstance(values, ListConfig) or len(values) == 0:
                 raise ConfigError(f"model.search.grid.{key} must be a non-empty list")
+            if isinstance(default, int) and not isinstance(default, bool):
+                default = float(default)  # a number: an integer default takes float grid values
             for value in values:
                 problem = type_problem(default, value)
                 if problem:
