@@ -517,7 +517,12 @@ def test_the_readme_table_has_a_row_per_case() -> None:
     section = (REPO_ROOT / "docs" / "errors.md").read_text()
     rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
     listed = {row.split("|")[1].strip() for row in rows[1:]}
-    assert listed == set(CASES), (sorted(set(CASES) - listed), sorted(listed - set(CASES)))
+    # rows whose case lives in another test module (it needs an interrupted run first)
+    elsewhere = {"unresumable checkpoint": "test_protocol_honesty.py"}
+    assert listed == set(CASES) | set(elsewhere), (
+        sorted(set(CASES) - listed),
+        sorted(listed - set(CASES) - set(elsewhere)),
+    )
 
 
 # --------------------------------------------------------------------------- real processes

@@ -154,3 +154,53 @@ def test_epoch_cap_and_flat_signal_are_warned_and_recorded() -> None:
     assert any("all 2 grid points tie" in w for w in tied)
     # a closed-form fit (one epoch) is never "at the cap"
     assert not make_trial({}, _fit([40.0]), "zsl_t1").epoch_cap
+
+
+def _tiny_args(tiny: Any, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "data=xlsa17",
+        f"data.root={tiny.root}",
+        "data.name=TINY",
+        "model=ale",
+        "trainer.max_epochs=2",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        "selection.grid=false",
+        f"output_dir={run_dir}",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "other dataset"])
+def test_resume_refuses_a_checkpoint_it_cannot_continue(tmp_path: Path, damage: str) -> None:
+    """An interrupted run whose last.ckpt is truncated, of another model or of another class
+    space: resume= stops with one line naming the file, and keeps the run directory."""
+    import torch
+
+    tiny = write_xlsa17(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    main(_tiny_args(tiny, run_dir))
+    # as if SIGTERM had stopped the validation fit: no record of point 0, no final results
+    for name in ("metrics.json", "selection.json", "model.ckpt"):
+        (run_dir / name).unlink()
+    (run_dir / "trials" / "0.json").unlink()
+    last = run_dir / "checkpoints" / "val-0" / "last.ckpt"
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[:500])
+    else:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        if damage == "foreign":
+            state["state_dict"] = {"net.other": torch.zeros(3)}
+        else:
+            state["state_dict"]["seen_ids"] = state["state_dict"]["seen_ids"] + 1
+        torch.save(state, last)
+    with pytest.raises(SystemExit) as info:
+        main([f"resume={run_dir}"])
+    message = str(info.value.code)
+    expected = {
+        "truncated": "cannot be read as a checkpoint",
+        "foreign": "holds the weights of another model (ALE expected)",
+        "other dataset": "was written for another class space",
+    }[damage]
+    assert message.startswith(f"resume error: {last}") and expected in message, message
+    assert "\n" not in message and (run_dir / "config.yaml").is_file()
