@@ -2,6 +2,8 @@
 
 Matplotlib with the non-interactive Agg backend; every function writes a PNG and returns its
 path, so it works on headless machines and the file can be logged (e.g. to W&B).
+:func:`plot_seen_unseen_curve` runs to about 65 lines: one figure drawn top to bottom (curve,
+uncalibrated point, validation-chosen point, axes), kept in one function so it reads in order.
 """
 
 from __future__ import annotations
