@@ -6,9 +6,9 @@ All MATLAB indices are 1-based; everything returned here is 0-based.
 
 Each protocol uses only its own split keys. The other protocol's keys are read as index arrays
 (never their features) to check the invariants that make the two protocols honest
-(:func:`check_cross_splits`): validation classes are trainval classes, train/val classes
-never meet test-unseen classes, test-seen classes are trainval classes. In the ``val``
-protocol, images listed in ``test_seen_loc`` or ``test_unseen_loc`` are removed from
+(:func:`zsl.data.splits.check_cross_splits`): validation classes are trainval classes,
+train/val classes never meet test-unseen classes, test-seen classes are trainval classes. In the
+``val`` protocol, images listed in ``test_seen_loc`` or ``test_unseen_loc`` are removed from
 ``train_loc``/``val_loc`` by default (the real xlsa17 files of CUB, SUN, AWA1, AWA2 and FLO
 index every image of the train/val classes there, test-seen images included); the counts are
 kept in ``ZSLData.removed_test_images``.
@@ -16,10 +16,8 @@ kept in ``ZSLData.removed_test_images``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import numpy as np
 import scipy.io
 
 from zsl.data.errors import DataError
+from zsl.data.splits import check_cross_splits, check_split_integrity, exclude_test_images
 from zsl.data.types import PROTOCOL_KEYS, ProtocolName, ZSLData
 
 Protocol = ProtocolName
@@ -252,125 +251,6 @@ def load_xlsa17(
     if protocol == "val" and exclude_test_from_val:
         data = exclude_test_images(data)
     return data
-
-
-def _all_locs(data: ZSLData) -> dict[str, np.ndarray]:
-    return {**data.guard_locs, **data.locs}
-
-
-def _overlap(data: ZSLData, a: str, b: str) -> None:
-    common = np.intersect1d(data.locs[a], data.locs[b])
-    if common.size:
-        raise DataError(
-            f"{data.source}[{a!r}, {b!r}]",
-            f"{common.size} images appear in both splits (first 1-based index {common[0] + 1})",
-        )
-
-
-def _class_leak(data: ZSLData, a: str, b: str, why: str) -> None:
-    """Splits ``a`` and ``b`` must not share a class; the error counts each side's images so
-    the misplaced one is easy to spot."""
-    locs = _all_locs(data)
-    in_a, in_b = data.labels[locs[a]], data.labels[locs[b]]
-    leaked = np.intersect1d(in_a, in_b)
-    if leaked.size:
-        shown = ", ".join(
-            f"{data.class_names[c]} ({int((in_a == c).sum())} images in {a}, "
-            f"{int((in_b == c).sum())} in {b})"
-            for c in leaked[:5]
-        )
-        hint = (
-            "; are the indices 0-based? (read 1-based they leak)" if _zero_based(data, a, b) else ""
-        )
-        raise DataError(
-            f"{data.source}[{a!r}, {b!r}]",
-            f"{leaked.size} class(es) occur in both splits ({why}): {shown}{hint}",
-        )
-
-
-def _zero_based(data: ZSLData, a: str, b: str) -> bool:
-    """Whether splits ``a`` and ``b`` stop sharing classes once read as 0-based (a file saved
-    0-based that happens not to hold index 0 passes the range check)."""
-    shifted = [data.locs[key] + 1 for key in (a, b)]
-    if any(int(s.max()) >= data.labels.size for s in shifted):
-        return False
-    classes = [np.unique(data.labels[s]) for s in shifted]
-    return np.intersect1d(classes[0], classes[1]).size == 0
-
-
-def check_split_integrity(data: ZSLData, protocol: Protocol) -> None:
-    """Raise :class:`DataError` on any seen/unseen leakage between the protocol's splits."""
-    if protocol == "test":
-        _overlap(data, "trainval_loc", "test_seen_loc")
-        _overlap(data, "trainval_loc", "test_unseen_loc")
-        _overlap(data, "test_seen_loc", "test_unseen_loc")
-        _class_leak(data, "trainval_loc", "test_unseen_loc", "unseen classes are never trained on")
-        _class_leak(data, "test_seen_loc", "test_unseen_loc", "a class is either seen or unseen")
-        orphan = np.setdiff1d(data.classes_of("test_seen_loc"), data.classes_of("trainval_loc"))
-        if orphan.size:
-            raise DataError(
-                f"{data.source}['test_seen_loc']",
-                f"{orphan.size} class(es) never appear in trainval_loc, so they are not seen: "
-                + ", ".join(data.class_names[c] for c in orphan[:5]),
-            )
-    else:
-        _overlap(data, "train_loc", "val_loc")
-        _class_leak(data, "train_loc", "val_loc", "validation classes must not be trained on")
-
-
-def _class_subset(data: ZSLData, a: str, b: str, why: str) -> None:
-    """Every class of split ``a`` must occur in split ``b``."""
-    locs = _all_locs(data)
-    outside = np.setdiff1d(data.labels[locs[a]], data.labels[locs[b]])
-    if outside.size:
-        raise DataError(
-            f"{data.source}[{a!r}, {b!r}]",
-            f"{outside.size} class(es) of {a} never appear in {b} ({why}): "
-            + ", ".join(data.class_names[c] for c in outside[:5]),
-        )
-
-
-def check_cross_splits(data: ZSLData) -> None:
-    """The invariants between the two protocols' splits, from index arrays and labels only:
-    train/val classes are trainval classes and never test-unseen classes; test-seen classes
-    are trainval classes. Skipped, with a warning, when the file lacks some of the keys."""
-    locs = _all_locs(data)
-    missing = [k for keys in PROTOCOL_KEYS.values() for k in keys if k not in locs]
-    if missing:
-        warnings.warn(
-            f"{data.source}: no {', '.join(missing)}; the cross-split checks (validation "
-            "classes are trainval classes, none is a test-unseen class) are skipped",
-            stacklevel=3,
-        )
-        return
-    _class_subset(data, "val_loc", "trainval_loc", "validation classes must be trainval classes")
-    _class_subset(data, "train_loc", "trainval_loc", "train classes must be trainval classes")
-    _class_leak(data, "train_loc", "test_unseen_loc", "test-unseen classes are never trained on")
-    _class_leak(
-        data, "val_loc", "test_unseen_loc", "validation classes must not be test-unseen classes"
-    )
-    _class_subset(data, "test_seen_loc", "trainval_loc", "test-seen classes are trainval classes")
-
-
-def exclude_test_images(data: ZSLData) -> ZSLData:
-    """The val protocol without the images of ``test_seen_loc``/``test_unseen_loc``: they are
-    removed from ``train_loc`` and ``val_loc`` (counts in ``removed_test_images``)."""
-    test_keys = [k for k in ("test_seen_loc", "test_unseen_loc") if k in data.guard_locs]
-    if not test_keys or not all(k in data.locs for k in ("train_loc", "val_loc")):
-        return data
-    test = np.unique(np.concatenate([data.guard_locs[k] for k in test_keys]))
-    locs, removed = dict(data.locs), {}
-    for key in ("train_loc", "val_loc"):
-        keep = ~np.isin(locs[key], test)
-        removed[key] = int((~keep).sum())
-        locs[key] = locs[key][keep]
-        if locs[key].size == 0:
-            raise DataError(
-                f"{data.source}[{key!r}]",
-                f"every image is also a test image ({', '.join(test_keys)}); nothing is left "
-                "for validation (data.exclude_test_from_val=false keeps the file's list)",
-            )
-    return dataclasses.replace(data, locs=locs, removed_test_images=removed)
 
 
 def read(
