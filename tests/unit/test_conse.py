@@ -27,11 +27,13 @@ def test_conse_embedding_by_hand() -> None:
 def test_conse_scores_are_cosines_of_the_combination() -> None:
     torch.manual_seed(0)
     model = CONSE(feature_dim=5, n_attributes=3, n_classes=4, top_t=2)
+    sem = torch.randn(4, 3)
+    model.semantics = sem
     model.seen_ids = torch.tensor([0, 2])
     model.unseen_ids = torch.tensor([1, 3])
     with torch.no_grad():
         model.classifier.weight.copy_(torch.randn(4, 5))
-    x, sem = torch.randn(6, 5), torch.randn(4, 3)
+    x = torch.randn(6, 5)
     logits = (x @ model.classifier.weight.T + model.classifier.bias)[:, [0, 2]].detach().numpy()
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)

@@ -214,6 +214,28 @@ def test_extract_cli_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     assert message.startswith("error: unknown backbone 'resnet9000'"), message
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_image_is_one_line_with_or_without_workers(
+    tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With data-loader workers the image is read in another process; its error must still
+    reach the user as the one DataError line (not a worker traceback)."""
+    folder = draw_folder(tmp_path / "imgs")
+    bad = folder / "002.Green_Disc" / "img_1.png"
+    bad.write_bytes(b"not a png at all")
+    monkeypatch.setattr(backbones, "torchvision_backbone", lambda *a, **k: fake_backbone())
+    with pytest.raises(SystemExit) as err:
+        extract_cli.main(
+            ["--images", str(folder), "--backbone", "resnet18", "--weights", "none"]
+            + ["--output", str(tmp_path / "out.mat"), "--no-progress", "--batch-size", "2"]
+            + ["--num-workers", str(workers)]
+        )
+    message = err.value.code
+    assert isinstance(message, str) and "\n" not in message, message
+    assert message.startswith(f"error: {bad}: cannot read image (UnidentifiedImageError"), message
+    assert "Traceback" not in message and "worker" not in message
+
+
 def test_other_torchvision_heads() -> None:
     backbone = backbones.torchvision_backbone("mobilenet_v3_small", "none")
     with torch.no_grad():

@@ -41,7 +41,9 @@ from zsl.features.backbones import Backbone, BackboneSpec
 from zsl.features.images import (
     ImageFiles,
     batch_plan,
+    collate_images,
     pick_device,
+    raise_unreadable,
 )
 
 # ----------------------------------------------------------------------------- extraction
@@ -120,6 +122,7 @@ def extract_features(
         ImageFiles(paths, backbone.transform),
         batch_sampler=batch_plan(n, batch_size, chunk_size, set(done)),
         num_workers=num_workers,
+        collate_fn=collate_images,
         pin_memory=dev.type == "cuda",
     )
     pending: dict[int, list[np.ndarray]] = {}
@@ -132,7 +135,8 @@ def extract_features(
     )
     with torch.inference_mode():
         for pixels, index in loader:
-            out = module(pixels.to(dev, non_blocking=True)).float().cpu().numpy()
+            batch = raise_unreadable(pixels)
+            out = module(batch.to(dev, non_blocking=True)).float().cpu().numpy()
             chunk = int(index[0]) // chunk_size
             pending.setdefault(chunk, []).append(out)
             if int(index[-1]) + 1 == min((chunk + 1) * chunk_size, n):  # the chunk's last batch

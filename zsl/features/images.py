@@ -195,7 +195,13 @@ def imagenet_transform(resize: int = 256, crop: int = 224) -> Transform:
 
 
 class ImageFiles(Dataset):
-    """Transformed images of a list of paths; item ``i`` is ``(pixels, i)``."""
+    """Transformed images of a list of paths; item ``i`` is ``(pixels, i)``.
+
+    An image that cannot be read becomes ``(DataError's (where, problem), i)`` instead of an
+    exception: raised inside a data-loader worker, the error would reach the main process
+    wrapped in the worker's traceback (and not as a DataError). :func:`collate_images` passes
+    it on and :func:`raise_unreadable` raises it, as one line, in the main process.
+    """
 
     def __init__(self, paths: Sequence[Path], transform: Transform) -> None:
         self.paths = list(paths)
@@ -204,8 +210,30 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.transform(load_rgb(self.paths[index])), index
+    def __getitem__(self, index: int) -> tuple[Tensor | tuple[str, str], int]:
+        try:
+            return self.transform(load_rgb(self.paths[index])), index
+        except DataError as err:
+            return (err.where, err.problem), index
+
+
+def collate_images(
+    items: list[tuple[Tensor | tuple[str, str], int]],
+) -> tuple[Tensor | tuple[str, str], Tensor]:
+    """Stack a batch of :class:`ImageFiles` items, or hand on the first unreadable image's
+    error (``(where, problem)``) in place of the pixels."""
+    indices = torch.tensor([index for _, index in items])
+    for pixels, _ in items:
+        if isinstance(pixels, tuple):
+            return pixels, indices
+    return torch.stack([pixels for pixels, _ in items if isinstance(pixels, Tensor)]), indices
+
+
+def raise_unreadable(pixels: Tensor | tuple[str, str]) -> Tensor:
+    """The batch's pixels, or the :class:`DataError` of its unreadable image."""
+    if isinstance(pixels, tuple):
+        raise DataError(*pixels)
+    return pixels
 
 
 def batch_plan(n: int, batch_size: int, chunk_size: int, skip_chunks: set[int]) -> list[list[int]]:

@@ -56,7 +56,7 @@ class CONSE(ZSLModule):
 
     def scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
         probs = self.seen_probabilities(features)
-        embedded = conse_embedding(probs, class_semantics[self.seen_ids], self.hp.top_t)
+        embedded = conse_embedding(probs, self.seen_semantics(), self.hp.top_t)
         return F.normalize(embedded, dim=1) @ F.normalize(class_semantics, dim=1).T
 
     def training_loss(

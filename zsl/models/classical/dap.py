@@ -1,7 +1,12 @@
 """DAP: Attribute-Based Classification for Zero-Shot Visual Object Categorization (Lampert,
 Nickisch & Harmeling, TPAMI 2014, https://doi.org/10.1109/TPAMI.2013.140). Independent
 probabilistic attribute classifiers p(a_m | x) trained on seen classes; a class is scored by
-its binary attribute signature, log p(c | x) = sum_m log p(a_m = a_m^c | x) - log p(a_m^c)."""
+its binary attribute signature, log p(c | x) = sum_m log p(a_m = a_m^c | x) - log p(a_m^c).
+
+:class:`AttributePosteriorModel` holds the scoring both of the paper's models share (DAP here,
+IAP in :mod:`zsl.models.classical.iap`): binary signatures, attribute priors and the
+posterior; they differ only in how p(a_m = 1 | x) is estimated.
+"""
 
 from __future__ import annotations
 
@@ -17,43 +22,40 @@ from zsl.models.classical.components import adam
 PRIOR_FLOOR = 1e-3
 
 
-def dap_log_posterior(logits: Tensor, class_attributes: Tensor, prior: Tensor) -> Tensor:
-    """Unnormalised DAP log-posteriors [B, C].
+def attribute_log_posterior(
+    log_on: Tensor, log_off: Tensor, class_attributes: Tensor, prior: Tensor
+) -> Tensor:
+    """Unnormalised log-posteriors [B, C] from attribute log-probabilities.
 
-    ``logits`` [B, A] of p(a_m = 1 | x) = sigmoid(logit), ``class_attributes`` [C, A] binary
-    signatures a^c, ``prior`` [A] p(a_m = 1). Computes
+    ``log_on`` / ``log_off`` [B, A] are log p(a_m = 1 | x) and log p(a_m = 0 | x),
+    ``class_attributes`` [C, A] binary signatures a^c, ``prior`` [A] p(a_m = 1). Computes
     sum_m a_m^c (log p(a_m=1|x) - log p_m) + (1 - a_m^c) (log p(a_m=0|x) - log(1 - p_m)).
     """
-    on = F.logsigmoid(logits) - prior.log()
-    off = F.logsigmoid(-logits) - (1.0 - prior).log()
+    on = log_on - prior.log()
+    off = log_off - (1.0 - prior).log()
     return on @ class_attributes.T + off @ (1.0 - class_attributes).T
 
 
-class DAP(ZSLModule):
-    """Direct Attribute Prediction (Lampert et al., TPAMI 2014).
+def dap_log_posterior(logits: Tensor, class_attributes: Tensor, prior: Tensor) -> Tensor:
+    """:func:`attribute_log_posterior` with p(a_m = 1 | x) = sigmoid(``logits``) [B, A]."""
+    return attribute_log_posterior(
+        F.logsigmoid(logits), F.logsigmoid(-logits), class_attributes, prior
+    )
+
+
+class AttributePosteriorModel(ZSLModule):
+    """Scores classes by the DAP posterior of their binary attribute signatures.
 
     Continuous class attributes are binarised per attribute at their mean over the seen
     classes (``threshold``, a buffer set when the fit starts, from seen classes only); the
-    attribute priors are the fraction of seen classes that have each attribute. The
-    per-attribute logistic regressions are one linear layer trained jointly with binary
-    cross-entropy.
+    attribute priors are the fraction of seen classes that have each attribute. Subclasses
+    give ``attribute_log_probs(features, class_semantics) -> (log p(a=1|x), log p(a=0|x))``.
     """
 
     threshold: Tensor
     prior: Tensor
 
-    def __init__(
-        self,
-        feature_dim: int,
-        n_attributes: int,
-        n_classes: int,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(feature_dim, n_attributes, n_classes)
-
     def configure_models(self) -> None:
-        self.attribute_head = nn.Linear(self.feature_dim, self.n_attributes)
         self.register_buffer("threshold", torch.zeros(self.n_attributes))
         self.register_buffer("prior", torch.full((self.n_attributes,), 0.5))
 
@@ -66,15 +68,48 @@ class DAP(ZSLModule):
         """Binary attribute signatures [C, A] (1 where above the seen-class threshold)."""
         return (class_semantics > self.threshold).to(class_semantics.dtype)
 
+    def attribute_log_probs(
+        self, features: Tensor, class_semantics: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
     def scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
+        log_on, log_off = self.attribute_log_probs(features, class_semantics)
+        return attribute_log_posterior(log_on, log_off, self.binarize(class_semantics), self.prior)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return adam(self)
+
+
+class DAP(AttributePosteriorModel):
+    """Direct Attribute Prediction (Lampert et al., TPAMI 2014).
+
+    The per-attribute logistic regressions are one linear layer trained jointly with binary
+    cross-entropy against the seen classes' binary signatures.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        n_attributes: int,
+        n_classes: int,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(feature_dim, n_attributes, n_classes)
+
+    def configure_models(self) -> None:
+        super().configure_models()
+        self.attribute_head = nn.Linear(self.feature_dim, self.n_attributes)
+
+    def attribute_log_probs(
+        self, features: Tensor, class_semantics: Tensor
+    ) -> tuple[Tensor, Tensor]:
         logits = self.attribute_head(features)
-        return dap_log_posterior(logits, self.binarize(class_semantics), self.prior)
+        return F.logsigmoid(logits), F.logsigmoid(-logits)
 
     def training_loss(
         self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
     ) -> Tensor:
         targets = self.binarize(seen_semantics)[local_labels]
         return F.binary_cross_entropy_with_logits(self.attribute_head(batch.features), targets)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return adam(self)
