@@ -5,7 +5,11 @@ its own run directory; the table aggregates the runs' ``metrics.json`` as mean Â
 
     zsl-benchmark --name cub_vgg --datasets cub \
         --root ../shared/data/xlsa17 --feature-file vgg_fc7.mat \
-        --methods ale,dap,devise,sje,eszsl,sae,latem --seeds 0,1,2
+        --methods gbu --seeds 0,1,2
+
+``--methods`` takes model names and these sets: ``gbu`` (the 13 methods of Xian et al.'s
+"Good, Bad and Ugly" benchmark, TPAMI 2018, in its order), ``classical`` (every model in
+``zsl.models.classical``, CMT's novelty-detector variant included) and ``generative``.
 
 Writes ``<results-dir>/<name>.md`` and ``.csv`` (default ``results/``).
 Extra ``key=value`` arguments after
@@ -26,6 +30,32 @@ from typing import Any
 from zsl.cli.train import main as train_main
 
 METRICS = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_h_cal")
+
+#: the GBU benchmark's methods (Xian et al., TPAMI 2018), in its table's order
+GBU = ("dap", "iap", "conse", "cmt", "sse", "latem", "ale", "devise", "sje", "eszsl", "sync")
+GBU += ("sae", "gfzsl")
+
+
+def expand_methods(spec: str) -> list[str]:
+    """Model names from a comma list in which ``gbu``, ``classical`` and ``generative`` stand
+    for their sets; unknown names fail listing what exists."""
+    from zsl.models import MODELS
+
+    def family(package: str) -> list[str]:
+        return sorted(n for n in MODELS if MODELS[n].startswith(f"zsl.models.{package}."))
+
+    sets = {"gbu": list(GBU), "classical": family("classical"), "generative": family("generative")}
+    names: list[str] = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        for name in sets.get(item, [item]):
+            if name not in MODELS:
+                raise SystemExit(
+                    f"error: unknown method {name!r}; available: {', '.join(sorted(MODELS))} "
+                    f"and the sets {', '.join(sets)}"
+                )
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def run_one(
@@ -132,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         argv, extra = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--name", default="benchmark")
-    p.add_argument("--methods", default="ale,dap,devise,sje,eszsl,sae,latem")
+    p.add_argument("--methods", default="gbu", help="model names and sets (gbu, classical, ...)")
     p.add_argument("--datasets", default="synthetic")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--root", default=None, help="data root (xlsa17 layout)")
@@ -148,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     results = [
         run_one(m, d, int(s), args, extra)
         for d in args.datasets.split(",")
-        for m in args.methods.split(",")
+        for m in expand_methods(args.methods)
         for s in args.seeds.split(",")
     ]
     write_tables(aggregate(results), args, time.perf_counter() - start)
