@@ -32,8 +32,10 @@ from zsl.cli.train import main as train_main
 METRICS = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_h_cal")
 
 #: the GBU benchmark's methods (Xian et al., TPAMI 2018), in its table's order
-GBU = ("dap", "iap", "conse", "cmt", "sse", "latem", "ale", "devise", "sje", "eszsl", "sync")
-GBU += ("sae", "gfzsl")
+GBU: tuple[str, ...] = (
+    *("dap", "iap", "conse", "cmt", "sse", "latem", "ale"),
+    *("devise", "sje", "eszsl", "sync", "sae", "gfzsl"),
+)
 
 
 def expand_methods(spec: str) -> list[str]:
