@@ -114,6 +114,7 @@ EVAL_BATCH = 13
 SMALL = {
     "ale": {"lr": 0.01, "weight_decay": 0.0, "margin": 1.0},
     "eszsl": {"feature_reg": 1.0, "semantic_reg": 1.0, "negative_label": 0.0},
+    "cmt_novelty": {"hidden": 8, "lr": 0.01, "novelty": True, "outlier_fraction": 0.2},
     "clswgan": {
         "gen_hidden": 16,
         "critic_hidden": 16,
@@ -344,7 +345,8 @@ def explain(run: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- tests
 
-DDP_MODELS = ["ale", "eszsl", "clswgan", "cadavae"]
+#: cmt_novelty fits its detector's buffers from the training images before every evaluation
+DDP_MODELS = ["ale", "eszsl", "cmt_novelty", "clswgan", "cadavae"]
 EXACT_MODELS = ["ale", "eszsl"]  # no random draws in training: DDP must match one process
 
 
