@@ -201,6 +201,11 @@ def _random_bytes(raw: bytes) -> bytes:
     return np.random.default_rng(0).bytes(len(raw))
 
 
+def _error_page(raw: bytes) -> bytes:
+    """What a failed download through some mirrors leaves under the file's name."""
+    return b"<!DOCTYPE html>\n<html><head><title>500 Internal Server Error</title></head></html>"
+
+
 MAT = "{tmp}/data/TINY/att_splits.mat"
 RES = "{tmp}/data/TINY/res101.mat"
 UNSEEN_NAME = f"{UNSEEN[0] + 1:03d}.class_{UNSEEN[0]}"
@@ -281,6 +286,11 @@ CASES: dict[str, Case] = {
     "corrupt .mat": Case(
         edited_file("att_splits.mat", _random_bytes),
         f"error: {MAT}: cannot read MATLAB file",
+        (),
+    ),
+    "HTML page saved as .mat": Case(
+        edited_file("res101.mat", _error_page),
+        f"error: {RES}: an HTML page, not a MATLAB file (a failed or redirected download)",
         (),
     ),
     "truncated .mat": Case(

@@ -35,6 +35,13 @@ Protocol = ProtocolName
 def _read_mat(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(str(path), "file not found")
+    with open(path, "rb") as fh:
+        head = fh.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head")):
+        raise DataError(
+            str(path),
+            "an HTML page, not a MATLAB file (a failed or redirected download); download it again",
+        )
     try:
         return scipy.io.loadmat(str(path))
     except NotImplementedError as err:  # MATLAB v7.3 (HDF5)

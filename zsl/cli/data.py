@@ -1,0 +1,89 @@
+"""``zsl-data`` (``python -m zsl.cli.data``): get and check benchmark data.
+
+    zsl-data download xlsa17 --root data/xlsa17            # official archive, resumable
+    zsl-data download xlsa17 --root data/xlsa17 --archive ~/xlsa17.zip   # a local copy
+    zsl-data verify xlsa17 --root data/xlsa17              # check what is there
+
+Both verify every benchmark (APY, AWA1, AWA2, CUB, FLO, SUN) under ``--root`` and print one
+line per problem; the exit status is 1 when there is any. The layout verified, per
+benchmark ``<root>/<DATASET>/``: ``att_splits.mat`` with ``att`` (attributes x classes),
+``trainval_loc``, ``test_seen_loc``, ``test_unseen_loc``, ``train_loc``, ``val_loc`` (1-based
+image indices) and ``allclasses_names`` (all but FLO); ``res101.mat`` with ``features``
+(D x images) and ``labels`` (1-based class indices into the columns of ``att``); every index
+in range, shapes that agree, and splits that do not leak (validation classes among trainval,
+no train/val class among the unseen ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from zsl.data.download import XLSA17_DATASETS, XLSA17_URL, download, unpack_xlsa17, verify_xlsa17
+from zsl.data.errors import DataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zsl-data", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("download", "download (or unpack a local archive), unpack and verify"),
+        ("verify", "verify the benchmarks already under --root"),
+    ):
+        sub = commands.add_parser(
+            name, help=text, description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        )
+        sub.add_argument("release", choices=["xlsa17"], help="the data release")
+        sub.add_argument("--root", type=Path, required=True, help="where the benchmarks live")
+        sub.add_argument(
+            "--datasets", default=",".join(XLSA17_DATASETS), help="comma list to expect"
+        )
+        sub.add_argument("--feature-file", default="res101.mat", help="features to verify")
+        if name == "download":
+            sub.add_argument("--url", default=XLSA17_URL, help="archive URL")
+            sub.add_argument(
+                "--archive", type=Path, default=None, help="a local archive (no download)"
+            )
+            sub.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> list[str]:
+    """Carry out the command; returns the verification problems (one line each)."""
+    args = build_parser().parse_args(argv)
+    datasets = [d for d in args.datasets.split(",") if d]
+    root: Path = args.root
+    if args.command == "download":
+        archive = args.archive
+        if archive is None:
+            archive = download(args.url, root / "xlsa17.zip", progress=not args.no_progress)
+        elif not archive.is_file():
+            raise DataError(str(archive), "archive not found")
+        found = unpack_xlsa17(archive, root, datasets)
+        print(f"unpacked {', '.join(found) or 'nothing'} into {root}")
+    problems = verify_xlsa17(root, datasets, args.feature_file)
+    if not problems:
+        print(
+            f"verified {', '.join(datasets)} under {root}: every benchmark reads in both protocols"
+        )
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: problems go to stderr one per line, exit status 1 if there is any."""
+    try:
+        problems = run(argv)
+    except (DataError, OSError) as err:
+        raise SystemExit(f"error: {' '.join(str(err).split())}") from None
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    if problems:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Fetch, unpack and verify the xlsa17 release (Xian et al., "Zero-Shot Learning — A
+Comprehensive Evaluation of the Good, the Bad and the Ugly", TPAMI 2018).
+
+* :func:`download` fetches a URL to a file with a progress bar. An interrupted download
+  leaves ``<file>.part``; the next call resumes it with an HTTP ``Range`` request (or starts
+  over when the server ignores ranges) and the file appears only once complete.
+* :func:`unpack_xlsa17` checks every member of the archive (CRC) and copies the benchmark
+  folders (``.../data/<DATASET>/*`` in the official zip) to ``<root>/<DATASET>/``.
+* :func:`verify_xlsa17` reads every benchmark through the loader, both protocols, and returns
+  one line per problem: a missing folder, file or key, an HTML page saved as a ``.mat`` file,
+  0-based or out-of-range indices, shapes that disagree, splits that leak.
+
+The layout verified, per benchmark ``<root>/<DATASET>/``:
+
+* ``att_splits.mat``: ``att`` (attributes x classes), ``trainval_loc``, ``test_seen_loc``,
+  ``test_unseen_loc``, ``train_loc``, ``val_loc`` (1-based image indices, column vectors),
+  ``allclasses_names`` (all but FLO);
+* ``res101.mat`` (or another ``feature_file``): ``features`` (D x images), ``labels``
+  (images x 1, 1-based class indices into the columns of ``att``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Sequence
+from http.client import HTTPException
+from pathlib import Path, PurePosixPath
+
+from zsl.data.errors import DataError
+
+#: the official release (the README of the GBU paper's project page links it)
+XLSA17_URL = "https://datasets.d2.mpi-inf.mpg.de/xian/xlsa17.zip"
+#: the six attribute benchmarks of the release
+XLSA17_DATASETS = ("APY", "AWA1", "AWA2", "CUB", "FLO", "SUN")
+
+_CHUNK = 1 << 20
+
+
+def download(url: str, dest: Path, *, progress: bool = True, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` (resuming ``dest.part``); returns ``dest``.
+
+    Raises :class:`DataError` naming the URL on an HTTP or network error, and on a body shorter
+    than its ``Content-Length`` (the partial file is kept: rerun to resume)."""
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # the part file already holds the whole body
+            part.replace(dest)
+            return dest
+        raise DataError(url, f"download failed: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise DataError(url, f"download failed: {getattr(err, 'reason', err)}") from None
+    with response:
+        resumed = have > 0 and response.status == 206
+        length = response.headers.get("Content-Length")
+        total = (int(length) + (have if resumed else 0)) if length is not None else None
+        done = have if resumed else 0
+        bar = tqdm(
+            total=total,
+            initial=done,
+            unit="B",
+            unit_scale=True,
+            desc=dest.name,
+            disable=not progress,
+        )
+        try:
+            with open(part, "ab" if resumed else "wb") as out:
+                while True:
+                    chunk = response.read(_CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    done += len(chunk)
+                    bar.update(len(chunk))
+        except (HTTPException, OSError) as err:
+            raise DataError(
+                url,
+                f"download interrupted at {done} of {total} bytes ({type(err).__name__}); "
+                "rerun to resume",
+            ) from None
+        finally:
+            bar.close()
+    if total is not None and done < total:
+        raise DataError(url, f"download interrupted at {done} of {total} bytes; rerun to resume")
+    part.replace(dest)
+    return dest
+
+
+def _dataset_of(member: str, datasets: Sequence[str]) -> tuple[str, str] | None:
+    """``(DATASET, file name)`` for an archive member ``.../<DATASET>/<file>``."""
+    parts = PurePosixPath(member).parts
+    if len(parts) >= 2 and parts[-2] in datasets and not member.endswith("/"):
+        return parts[-2], parts[-1]
+    return None
+
+
+def unpack_xlsa17(
+    archive: Path, root: Path, datasets: Sequence[str] = XLSA17_DATASETS
+) -> list[str]:
+    """Copy the benchmark folders of ``archive`` to ``root/<DATASET>/``; returns the datasets
+    found. Refuses an archive that is not a zip, or whose members fail their CRC check."""
+    archive, root = Path(archive), Path(root)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(
+            str(archive), f"not a readable zip archive ({err}); delete it and rerun"
+        ) from None
+    with zf:
+        try:
+            bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            bad = f"? ({err})"
+        if bad is not None:
+            raise DataError(
+                str(archive), f"member {bad} is corrupt (CRC check failed); delete it and rerun"
+            )
+        found: list[str] = []
+        for info in zf.infolist():
+            target = _dataset_of(info.filename, datasets)
+            if target is None:
+                continue
+            dataset, name = target
+            folder = root / dataset
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{name}.unpacking"
+            with zf.open(info) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+            tmp.replace(folder / name)
+            if dataset not in found:
+                found.append(dataset)
+    return sorted(found)
+
+
+def verify_xlsa17(
+    root: Path, datasets: Sequence[str] = XLSA17_DATASETS, feature_file: str = "res101.mat"
+) -> list[str]:
+    """Problems found in ``root/<DATASET>/`` for every dataset, one line each (empty: all
+    well). Each benchmark is read by the loader in both protocols, which checks the files
+    (an HTML error page saved as ``.mat`` included), keys, shapes, the 1-based index ranges
+    and the split invariants."""
+    from zsl.data.formats.xlsa17 import load_xlsa17
+
+    problems: list[str] = []
+    for dataset in datasets:
+        folder = Path(root) / dataset
+        if not folder.is_dir():
+            problems.append(f"{folder}: dataset folder not found")
+            continue
+        for protocol in ("test", "val"):
+            try:
+                load_xlsa17(root, dataset, feature_file, protocol)  # type: ignore[arg-type]
+            except DataError as err:
+                problems.append(" ".join(str(err).split()))
+                break
+    return problems
