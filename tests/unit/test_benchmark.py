@@ -39,3 +39,16 @@ def test_aggregate_is_mean_and_sample_std_over_seeds() -> None:
     (row,) = aggregate([run(50.0), run(52.0), run(54.0)])
     assert row["seeds"] == 3 and row["zsl_t1"] == pytest.approx(52.0)
     assert row["zsl_t1_std"] == pytest.approx(2.0) and row["zsl_t1_fmt"] == "52.0 ± 2.0"
+
+
+def test_latex_table_escapes_and_formats() -> None:
+    from zsl.cli.benchmark import latex_table
+
+    row = {"dataset": "CUB", "model": "cmt_novelty"}
+    for key in ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_h_cal", "wall_time_s"):
+        row[f"{key}_fmt"] = "52.0 ± 2.0"
+    tex = latex_table([row])
+    assert tex.startswith("\\begin{tabular}{llrrrrrr}\n\\toprule\n")
+    assert "CUB & cmt\\_novelty & 52.0 $\\pm$ 2.0 &" in tex
+    assert tex.rstrip().endswith("\\bottomrule\n\\end{tabular}")
+    assert tex.count("\\\\\n") == 2  # header and one row end with a LaTeX line break
