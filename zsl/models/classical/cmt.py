@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from zsl.data.types import ZSLBatch
 from zsl.models.base import ZSLModule
-from zsl.models.classical.components import adam
+from zsl.models.classical.components import adam, class_counts, class_sums
 
 #: score offset that sends an image to one side of the novelty detector's decision
 GATE = 1e4
@@ -105,12 +105,13 @@ class CMT(ZSLModule):
         mapped = self.net(features)
         centres = self.seen_semantics()
         n_seen = centres.shape[0]
-        sq = (mapped - centres[local]).square().sum(dim=1)
-        counts = torch.bincount(local, minlength=n_seen).to(sq.dtype)
-        per_class = torch.zeros(n_seen, dtype=sq.dtype, device=sq.device).index_add_(0, local, sq)
+        sq = (mapped - centres[local]).square().sum(dim=1, keepdim=True)
+        counts = class_counts(local, n_seen)
+        per_class = class_sums(sq, local, n_seen)[:, 0]
         variance = (per_class / (counts.clamp_min(1.0) * mapped.shape[1])).clamp_min(1e-8)
-        self.class_variance[self.seen_ids] = variance
-        self.class_log_prior[self.seen_ids] = (counts / counts.sum()).clamp_min(1e-12).log()
+        self.class_variance[self.seen_ids] = variance.to(self.class_variance)
+        log_prior = (counts / counts.sum()).clamp_min(1e-12).log()
+        self.class_log_prior[self.seen_ids] = log_prior.to(self.class_log_prior)
         density = self.seen_log_density(mapped)
         self.log_threshold.fill_(float(torch.quantile(density, self.hp.outlier_fraction)))
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.linalg import blas
 from torch import Tensor, nn
 from torch.torch_version import TorchVersion
@@ -48,6 +49,37 @@ class RankingModel(ZSLModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return adam(self)
+
+
+class SeenSoftmax:
+    """Mixin of the models built on a softmax over the seen classes (CONSE, IAP): a linear
+    ``self.classifier`` with one output per global class id, of which only the seen classes'
+    are read (and so trained), with cross-entropy as the training loss."""
+
+    classifier: nn.Linear
+    seen_ids: Tensor
+
+    def seen_logits(self, features: Tensor) -> Tensor:
+        """Logits over the seen classes [B, S] (columns in ``seen_ids`` order)."""
+        return self.classifier(features)[:, self.seen_ids]
+
+    def seen_probabilities(self, features: Tensor) -> Tensor:
+        """Softmax over the seen classes [B, S] (columns in ``seen_ids`` order)."""
+        return torch.softmax(self.seen_logits(features), dim=1)
+
+    def training_loss(
+        self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
+    ) -> Tensor:
+        return F.cross_entropy(self.seen_logits(batch.features), local_labels)
+
+
+def median_distance(points: Tensor) -> float:
+    """The median pairwise Euclidean distance between the rows of ``points`` (the mean of the
+    two middle ones for an even count, as NumPy's), or 1 when it is 0 or undefined: a scale
+    that is always safe to divide by."""
+    distances = torch.pdist(points)
+    median = float(distances.quantile(0.5)) if distances.numel() else 1.0
+    return median if median > 0 else 1.0
 
 
 def adam(model: ZSLModule) -> torch.optim.Optimizer:

@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zsl.data.types import ZSLBatch
 from zsl.models.base import ZSLModule
-from zsl.models.classical.components import adam
+from zsl.models.classical.components import SeenSoftmax, adam
 
 
 def conse_embedding(probs: Tensor, seen_semantics: Tensor, top_t: int) -> Tensor:
@@ -28,7 +27,7 @@ def conse_embedding(probs: Tensor, seen_semantics: Tensor, top_t: int) -> Tensor
     return torch.einsum("bt,bta->ba", weights, seen_semantics[top_idx])
 
 
-class CONSE(ZSLModule):
+class CONSE(SeenSoftmax, ZSLModule):
     """Convex combination of semantic embeddings (Norouzi et al., ICLR 2014)."""
 
     def __init__(
@@ -50,20 +49,10 @@ class CONSE(ZSLModule):
         nn.init.zeros_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
 
-    def seen_probabilities(self, features: Tensor) -> Tensor:
-        """Softmax over the seen classes [B, S] (columns in ``seen_ids`` order)."""
-        return torch.softmax(self.classifier(features)[:, self.seen_ids], dim=1)
-
     def scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
         probs = self.seen_probabilities(features)
         embedded = conse_embedding(probs, self.seen_semantics(), self.hp.top_t)
         return F.normalize(embedded, dim=1) @ F.normalize(class_semantics, dim=1).T
-
-    def training_loss(
-        self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
-    ) -> Tensor:
-        logits = self.classifier(batch.features)[:, self.seen_ids]
-        return F.cross_entropy(logits, local_labels)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return adam(self)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from zsl.models.base import ZSLModule
-from zsl.models.classical.components import class_counts, class_sums
+from zsl.models.classical.components import class_counts, class_sums, median_distance
 
 Kernel = Literal["linear", "poly", "rbf"]
 
@@ -142,9 +142,7 @@ class GFZSL(ZSLModule):
         self.centre_attributes.copy_(attributes.mean(0))
         centred = attributes - self.centre_attributes
         if hp.kernel == "rbf":
-            distances = torch.pdist(centred)
-            median = float(distances.quantile(0.5)) if distances.numel() else 1.0
-            self.bandwidth.fill_(hp.kernel_width * (median if median > 0 else 1.0))
+            self.bandwidth.fill_(hp.kernel_width * median_distance(centred))
         gram = kernel_matrix(centred, centred, hp.kernel, float(self.bandwidth))
         self.centre_mean.copy_(means.mean(0))
         self.centre_logvar.copy_(log_var.mean(0))

@@ -10,11 +10,9 @@ classes are scored with DAP's posterior
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zsl.data.types import ZSLBatch
+from zsl.models.classical.components import SeenSoftmax
 from zsl.models.classical.dap import AttributePosteriorModel
 
 
@@ -24,7 +22,7 @@ def iap_attribute_probs(seen_probs: Tensor, seen_signatures: Tensor, eps: float)
     return (seen_probs @ seen_signatures).clamp(eps, 1.0 - eps)
 
 
-class IAP(AttributePosteriorModel):
+class IAP(SeenSoftmax, AttributePosteriorModel):
     """Indirect Attribute Prediction (Lampert et al., TPAMI 2014).
 
     The seen-class classifier is linear on the image features (the paper uses multi-class
@@ -51,19 +49,9 @@ class IAP(AttributePosteriorModel):
         # one output per global class id; only the seen classes' rows are ever trained
         self.classifier = nn.Linear(self.feature_dim, self.n_classes)
 
-    def seen_probabilities(self, features: Tensor) -> Tensor:
-        """Softmax over the seen classes [B, S] (columns in ``seen_ids`` order)."""
-        return torch.softmax(self.classifier(features)[:, self.seen_ids], dim=1)
-
     def attribute_log_probs(
         self, features: Tensor, class_semantics: Tensor
     ) -> tuple[Tensor, Tensor]:
         signatures = self.binarize(self.seen_semantics())
         p_on = iap_attribute_probs(self.seen_probabilities(features), signatures, self.hp.eps)
         return p_on.log(), (1.0 - p_on).log()
-
-    def training_loss(
-        self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
-    ) -> Tensor:
-        logits = self.classifier(batch.features)[:, self.seen_ids]
-        return F.cross_entropy(logits, local_labels)

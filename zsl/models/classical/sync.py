@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from zsl.data.types import ZSLBatch
 from zsl.models.base import ZSLModule
-from zsl.models.classical.components import adam
+from zsl.models.classical.components import adam, median_distance
 
 
 def graph_weights(classes: Tensor, phantoms: Tensor, scale: float) -> Tensor:
@@ -71,9 +71,7 @@ class SYNC(ZSLModule):
         return F.normalize(class_semantics, dim=1) / self.median_distance
 
     def on_fit_start(self) -> None:
-        distances = torch.pdist(F.normalize(self.seen_semantics(), dim=1))
-        median = float(distances.quantile(0.5)) if distances.numel() else 1.0
-        self.median_distance.fill_(median if median > 0 else 1.0)
+        self.median_distance.fill_(median_distance(F.normalize(self.seen_semantics(), dim=1)))
 
     def phantom_bases(self) -> Tensor:
         """The phantom classifiers V [S, D] = S_ss^-1 W_s (least squares if S_ss is singular)."""
