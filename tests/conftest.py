@@ -9,10 +9,12 @@ unseen. Every class has 10 images; images are stored in a shuffled order so that
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -164,3 +166,13 @@ def shared_data() -> Path:
         source = "$ZSL_SHARED_DATA" if env else "../shared/data (relative to the repo root)"
         pytest.skip(f"real ZSL data not found at {path} (from {source}); set ZSL_SHARED_DATA")
     return path
+
+
+def load_experiment(name: str) -> ModuleType:
+    """``experiments/<name>.py`` imported as a module (the scripts are not a package)."""
+    path = REPO_ROOT / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

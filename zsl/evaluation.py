@@ -64,19 +64,21 @@ class ZSLEvaluator:
     def compute(self, gamma: float | None, choose_gamma: bool) -> Evaluation:
         """Metrics with the given ``gamma``; ``choose_gamma``: pick the H-maximising gamma on
         this evaluation (validation classes only). Without either, calibrated entries are NaN."""
-        stats = self.stats
-        u, s, h = stats.gzsl(0.0)
-        out = {"zsl_t1": stats.zsl_accuracy(), "gzsl_u": u, "gzsl_s": s, "gzsl_h": h}
-        out["ausuc"] = stats.ausuc()
-        source = "given"
-        if choose_gamma:
-            gamma, source = stats.best_gamma("h"), "chosen"
-        if gamma is None or math.isnan(gamma):
+        report = self.stats.report(gamma, choose_gamma)
+        u, s, h = report.gzsl
+        if math.isnan(u):
+            raise ValueError("no sample has an unseen target class; u is undefined")
+        if math.isnan(s):
+            raise ValueError("no sample has a seen target class; s is undefined")
+        out = {"zsl_t1": report.zsl, "gzsl_u": u, "gzsl_s": s, "gzsl_h": h}
+        out["ausuc"] = report.ausuc
+        source = "chosen" if choose_gamma else "given"
+        if report.calibrated is None or report.gamma is None:
             nan = float("nan")
             out.update(gzsl_u_cal=nan, gzsl_s_cal=nan, gzsl_h_cal=nan, gamma=nan)
             source = "none"
         else:
-            cu, cs, ch = stats.gzsl(gamma)
-            out.update(gzsl_u_cal=cu, gzsl_s_cal=cs, gzsl_h_cal=ch, gamma=float(gamma))
-        self.result = Evaluation(out, self.per_class.compute().cpu(), stats.curve(), source)
+            cu, cs, ch = report.calibrated
+            out.update(gzsl_u_cal=cu, gzsl_s_cal=cs, gzsl_h_cal=ch, gamma=float(report.gamma))
+        self.result = Evaluation(out, self.per_class.compute().cpu(), report.curve, source)
         return self.result

@@ -31,7 +31,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-__all__ = ["PerClassAccuracy", "SeenUnseenStats", "harmonic_mean"]
+__all__ = ["PerClassAccuracy", "SeenUnseenStats", "StatsReport", "harmonic_mean"]
 
 # Relative tolerance under which two H values are considered tied in ``best_gamma``.
 _TIE_TOL = 1e-9
@@ -186,6 +186,17 @@ class _Curve(NamedTuple):
     u: Tensor  # float64 [m + 1], fraction in [0, 1]
     s: Tensor  # float64 [m + 1], fraction in [0, 1]
     values: Tensor  # float64 [m], sorted distinct deltas (the breakpoints)
+
+
+class StatsReport(NamedTuple):
+    """What :meth:`SeenUnseenStats.report` returns (accuracies in percent)."""
+
+    zsl: float
+    gzsl: tuple[float, float, float]  # (u, s, H) at gamma = 0
+    ausuc: float
+    gamma: float | None  # chosen or given; None/NaN: no calibration
+    calibrated: tuple[float, float, float] | None  # (u, s, H) at ``gamma``
+    curve: tuple[Tensor, Tensor, Tensor]  # (gammas, u, s)
 
 
 def _per_class_mean(correct: Tensor, target: Tensor, num_classes: int) -> float:
@@ -488,6 +499,10 @@ class SeenUnseenStats(Metric):
             raise ValueError(f"unsupported criterion {criterion!r}; only 'h' is supported")
         with self._synced():
             c = self._curve(self._summary())
+        return self._best_gamma(c)
+
+    @staticmethod
+    def _best_gamma(c: _Curve) -> float:
         total = c.u + c.s
         h = torch.where(total > 0, 2 * c.u * c.s / total.clamp_min(1e-300), torch.zeros_like(total))
         # gamma = 0 falls in step k = number of distinct deltas strictly below 0.
@@ -498,6 +513,31 @@ class SeenUnseenStats(Metric):
         tied = h >= best - _TIE_TOL * max(float(best), 1e-12)
         candidates = gammas[tied]
         return float(candidates[torch.argmin(candidates.abs())])
+
+    def report(self, gamma: float | None, choose_gamma: bool) -> StatsReport:
+        """Every number of one evaluation from a single synchronisation, summary and curve
+        (the helpers above each rebuild them): ZSL accuracy, ``(u, s, H)`` at gamma 0, AUSUC,
+        the H-maximising gamma when ``choose_gamma`` (else ``gamma``), ``(u, s, H)`` at that
+        gamma (None without one) and the curve. The same values as the helpers, exactly."""
+        with self._synced():
+            summary = self._summary()
+            curve = self._curve(summary)
+        zsl = self._zsl(summary)
+        if math.isnan(zsl):
+            raise ValueError("no sample has an unseen target class; ZSL accuracy is undefined")
+        if choose_gamma:
+            gamma = self._best_gamma(curve)
+        calibrated = None
+        if gamma is not None and not math.isnan(gamma):
+            calibrated = self._gzsl(summary, float(gamma))
+        return StatsReport(
+            zsl=zsl,
+            gzsl=self._gzsl(summary, 0.0),
+            ausuc=100.0 * self._area(curve),
+            gamma=gamma,
+            calibrated=calibrated,
+            curve=(curve.gammas, 100.0 * curve.u, 100.0 * curve.s),
+        )
 
     def compute(self) -> dict[str, Tensor]:
         """Summary dict ``{"zsl", "u", "s", "h", "ausuc"}`` (percent, gamma = 0).

@@ -4,24 +4,18 @@ the train classes and every validation class, and each rule's outer epoch follow
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
-from conftest import REPO_ROOT, TRAIN_CLASSES, VAL_CLASSES, write_xlsa17
+from conftest import TRAIN_CLASSES, VAL_CLASSES, load_experiment, write_xlsa17
 
 from zsl.data.formats.xlsa17 import load_xlsa17
 from zsl.run.selection import transfer_epochs
 
 
-def load_script():
-    path = REPO_ROOT / "experiments" / "transfer_check.py"
-    spec = importlib.util.spec_from_file_location("transfer_check", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_script():  # type: ignore[no-untyped-def]
+    return load_experiment("transfer_check")
 
 
 def test_inner_split_keeps_a_fraction_of_the_train_classes(tmp_path: Path) -> None:

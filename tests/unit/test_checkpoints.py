@@ -19,7 +19,8 @@ import pytest
 import torch
 from conftest import TinyXlsa17
 from omegaconf import OmegaConf
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.strategies import Strategy
 
 import zsl.run.protocol as protocol
 from zsl.cli.compose import compose
@@ -27,11 +28,10 @@ from zsl.reporting.tracking import previous_wandb_id
 from zsl.run.builders import make_model, make_trainer
 from zsl.run.callbacks import (
     EvaluationRecorder,
+    FitCheckpoints,
     RngState,
-    last_checkpoint,
     rng_state,
     set_rng_state,
-    validation_checkpoints,
 )
 from zsl.run.protocol import Session, select_on_validation
 from zsl.run.selection import Trial, ValFit, grid_points
@@ -135,8 +135,8 @@ def test_checkpoint_round_trip_restores_history_and_rng(tiny: TinyXlsa17, tmp_pa
 def test_checkpoints_monitor_validation_metrics_only(
     tiny: TinyXlsa17, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every ModelCheckpoint the engine builds (selection fits and the final fit) monitors a
-    ``val/`` metric or nothing: never a test metric."""
+    """Every checkpoint callback the engine builds (selection fits and the final fit) monitors
+    a ``val/`` metric or nothing: never a test metric."""
     trainers = []
     original = protocol.make_trainer
 
@@ -150,9 +150,9 @@ def test_checkpoints_monitor_validation_metrics_only(
     params = grid_points(session.cfg.model)[0]
     session.fit_validation(0, params, False)
     session.fit_final(params, 2, 0.0, False)
-    monitors = [c.monitor for t in trainers for c in t.checkpoint_callbacks]
-    assert monitors == ["val/gzsl_h", None, None]
-    assert all(isinstance(c, ModelCheckpoint) for t in trainers for c in t.checkpoint_callbacks)
+    found = [c for t in trainers for c in t.callbacks if isinstance(c, FitCheckpoints)]
+    assert [c.metric for c in found] == ["gzsl_h", None]
+    assert not [c for t in trainers for c in t.checkpoint_callbacks]  # no Lightning default
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.ckpt"))
     assert written == [
         "checkpoints/final/last.ckpt",
@@ -162,18 +162,53 @@ def test_checkpoints_monitor_validation_metrics_only(
     ]
 
 
-@pytest.mark.parametrize("metric", ["zsl_t1", "gzsl_h", "gzsl_h_cal"])
-def test_validation_checkpoint_callbacks(tmp_path: Path, metric: str) -> None:
-    best, last = validation_checkpoints(tmp_path, metric, keep_last=True)
-    assert (best.monitor, best.mode, best.save_top_k) == (f"val/{metric}", "max", 1)
-    assert last.monitor is None and last_checkpoint(tmp_path).monitor is None
-    assert len(validation_checkpoints(tmp_path, metric, keep_last=False)) == 1
+def test_fit_checkpoints_write_best_once_and_last_by_time(
+    tiny: TinyXlsa17, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 6-epoch selection fit with a long interval writes ``last.ckpt`` after epoch 1 and at
+    the end only, and ``best.ckpt`` once (with ``last.ckpt`` at epoch 1 if epoch 1 was the best
+    so far, and at the end): it holds the weights and epoch of the first best validation
+    epoch, exactly as they were then."""
+    writes: list[tuple[str, int]] = []
+    weights: dict[int, torch.Tensor] = {}
+    original_save = Strategy.save_checkpoint
+
+    def spy(self: Strategy, checkpoint: dict[str, Any], path: Any, **kwargs: Any) -> None:
+        writes.append((Path(str(path)).name, int(checkpoint["epoch"])))
+        original_save(self, checkpoint, path, **kwargs)
+
+    class Weights(Callback):
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            weights[trainer.current_epoch] = pl_module.net.weight.detach().clone()
+
+    monkeypatch.setattr(Strategy, "save_checkpoint", spy)
+    session = tiny_session(
+        tiny, tmp_path, "trainer.max_epochs=6", "trainer.checkpoint_interval_s=3600"
+    )
+    params = grid_points(session.cfg.model)[0]
+    fitted = session.fit_validation(0, params, False, Weights())
+    lasts = [epoch for name, epoch in writes if name == "last.ckpt"]
+    assert lasts == [0, 5]
+    metric = search_metric_of(session)
+    values = [entry[metric] for entry in fitted.history]
+    best_epoch = values.index(max(values))  # the first epoch reaching the best value
+    bests = [epoch for name, epoch in writes if name == "best.ckpt"]
+    assert bests[-1] == best_epoch and len(bests) <= 2
+    stored = torch.load(tmp_path / "checkpoints/val-0/best.ckpt", weights_only=True)
+    assert stored["epoch"] == best_epoch
+    assert torch.equal(stored["state_dict"]["net.weight"], weights[best_epoch])
+
+
+def search_metric_of(session: Session) -> str:
+    from zsl.run.selection import search_metric
+
+    return search_metric(session.cfg.model)
 
 
 @pytest.mark.parametrize("metric", ["test/zsl_t1", "val/zsl_t1"])
-def test_validation_checkpoints_refuse_metric_keys(tmp_path: Path, metric: str) -> None:
+def test_fit_checkpoints_refuse_metric_keys(tmp_path: Path, metric: str) -> None:
     with pytest.raises(ValueError, match="metric name"):
-        validation_checkpoints(tmp_path, metric, keep_last=True)
+        FitCheckpoints(tmp_path, metric, keep_last=True)
 
 
 # ----------------------------------------------------------------------------- trials
@@ -225,7 +260,7 @@ def test_select_skips_recorded_points(tmp_path: Path) -> None:
                 "params": {"lr": 0.1},
                 "search": {"metric": "zsl_t1", "grid": {"lr": [0.1, 0.2, 0.3]}},
             },
-            "selection": {"grid": True, "select_epochs": True},
+            "selection": {"grid": True, "select_epochs": True, "stack_grid": False},
             "data": {"protocol": "test", "name": "TINY"},
         }
     )

@@ -206,6 +206,24 @@ def test_compute_dict(stats: SeenUnseenStats) -> None:
     assert float(out["ausuc"]) == pytest.approx(stats.ausuc())
 
 
+@pytest.mark.parametrize(("gamma", "choose"), [(None, True), (0.7, False), (None, False)])
+def test_report_equals_the_helpers_exactly(
+    stats: SeenUnseenStats, gamma: float | None, choose: bool
+) -> None:
+    """One summary and one curve give exactly what each helper computes on its own."""
+    report = stats.report(gamma, choose)
+    assert report.zsl == stats.zsl_accuracy() and report.gzsl == stats.gzsl(0.0)
+    assert report.ausuc == stats.ausuc()
+    expected_gamma = stats.best_gamma("h") if choose else gamma
+    assert report.gamma == expected_gamma
+    if expected_gamma is None:
+        assert report.calibrated is None
+    else:
+        assert report.calibrated == stats.gzsl(expected_gamma)
+    for mine, theirs in zip(report.curve, stats.curve(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
 # ----------------------------------------------------------------------------- curve / AUSUC
 
 

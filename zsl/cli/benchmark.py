@@ -11,7 +11,11 @@ its own run directory; the table aggregates the runs' ``metrics.json`` as mean Â
 "Good, Bad and Ugly" benchmark, TPAMI 2018, in its order), ``classical`` (every model in
 ``zsl.models.classical``, CMT's novelty-detector variant included) and ``generative``.
 
-Writes ``<results-dir>/<name>.md``, ``.csv`` and ``.tex`` (default ``results/``). Finished
+Writes ``<results-dir>/<name>.md``, ``.csv``, ``.tex`` and ``.png`` (GZSL H per method and
+u vs s; default ``results/``); with ``--logger wandb`` the table and the figure also go to a W&B
+run (job type ``benchmark``). Rows whose runs used generated features at the dataset's real
+shapes (``"synthetic_features": true`` in ``metrics.json``) read ``<dataset> (synthetic
+features)``: timing/pipeline rows, not accuracy results. Finished
 cells (a ``metrics.json`` in the runs directory) are reused, so a rerun skips them;
 ``--workers N`` runs N cells at once in separate processes.
 Extra ``key=value`` arguments after
@@ -26,10 +30,12 @@ import json
 import platform
 import statistics
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from zsl.cli.train import main as train_main
+from zsl.reporting.benchmark import dataset_label, log_to_wandb, summary_figure
 
 METRICS = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_h_cal")
 
@@ -97,12 +103,20 @@ def fmt(values: list[float]) -> str:
 
 
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (dataset, method): mean, sample std and ``mean Â± std`` text of every metric
+    over the seeds, the selected hyper-parameters, and ``synthetic`` (any of its runs had
+    ``"synthetic_features": true``: features generated at the real shapes, not read)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["dataset"], r["model"]), []).append(r)
     rows = []
     for (dataset, model), runs in groups.items():
-        row: dict[str, Any] = {"dataset": dataset, "model": model, "seeds": len(runs)}
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "model": model,
+            "seeds": len(runs),
+            "synthetic": any(bool(r.get("synthetic_features", False)) for r in runs),
+        }
         for key in (*METRICS, "wall_time_s"):
             vals = [float(r[key]) for r in runs]
             row[key] = statistics.mean(vals)
@@ -116,12 +130,16 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_tables(rows: list[dict[str, Any]], args: argparse.Namespace, total_s: float) -> None:
+def write_tables(
+    rows: list[dict[str, Any]], args: argparse.Namespace, total_s: float
+) -> Path | None:
+    """``<name>.csv``, ``.md``, ``.tex`` and the summary figure ``<name>.png`` (linked from the
+    Markdown) in ``--results-dir``; returns the figure's path (None without rows)."""
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / f"{args.name}.csv", "w", newline="") as fh:
         cols = (
-            ["dataset", "model", "seeds"]
+            ["dataset", "model", "seeds", "synthetic"]
             + [k for m in (*METRICS, "wall_time_s") for k in (m, f"{m}_std")]
             + ["selected"]
         )
@@ -141,15 +159,38 @@ def write_tables(rows: list[dict[str, Any]], args: argparse.Namespace, total_s: 
     ]
     for r in rows:
         lines.append(
-            f"| {r['dataset']} | {r['model']} | {r['zsl_t1_fmt']} | {r['gzsl_u_fmt']} | "
+            f"| {dataset_label(r)} | {r['model']} | {r['zsl_t1_fmt']} | {r['gzsl_u_fmt']} | "
             f"{r['gzsl_s_fmt']} | {r['gzsl_h_fmt']} | {r['gzsl_h_cal_fmt']} | "
             f"{r['wall_time_s_fmt']} |"
         )
+    if any(r.get("synthetic") for r in rows):
+        lines += [
+            "",
+            "Rows marked *(synthetic features)* use features generated at the dataset's real "
+            "shapes instead of the dataset's own features: they are timing/pipeline rows, not "
+            "accuracy results.",
+        ]
+    figure = summary_figure(rows, out_dir / f"{args.name}.png") if rows else None
+    if figure is not None:
+        lines += ["", f"![GZSL H per method and GZSL u vs s]({figure.name})"]
     lines += ["", "Selected hyper-parameters (per seed):", ""]
-    lines += [f"- {r['dataset']} / {r['model']}: `{r['selected']}`" for r in rows]
+    lines += [f"- {dataset_label(r)} / {r['model']}: `{r['selected']}`" for r in rows]
     (out_dir / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     (out_dir / f"{args.name}.tex").write_text(latex_table(rows))
     print("\n".join(lines))
+    return figure
+
+
+def log_benchmark(rows: list[dict[str, Any]], figure: Path, args: argparse.Namespace) -> None:
+    """The table and the figure as a W&B run; a W&B failure warns (the tables are written)."""
+    try:
+        log_to_wandb(rows, figure, args.name, args.results_dir)
+    except Exception as err:  # noqa: BLE001 - the tables are written; W&B is extra
+        warnings.warn(
+            f"W&B could not log the benchmark ({type(err).__name__}: {err}); the tables are "
+            f"in {args.results_dir}",
+            stacklevel=2,
+        )
 
 
 def latex_table(rows: list[dict[str, Any]]) -> str:
@@ -167,7 +208,8 @@ def latex_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         values = " & ".join(cell(row, key) for key in (*METRICS, "wall_time_s"))
         model = row["model"].replace("_", "\\_")
-        body.append(f"{row['dataset']} & {model} & {values} " + "\\\\")
+        dataset = dataset_label(row).replace("_", "\\_")
+        body.append(f"{dataset} & {model} & {values} " + "\\\\")
     body += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(body) + "\n"
 
@@ -276,7 +318,10 @@ def main(argv: list[str] | None = None) -> None:
         for s in args.seeds.split(",")
     ]
     results = run_cells(cells, args, extra, args.workers)
-    write_tables(aggregate(results), args, time.perf_counter() - start)
+    rows = aggregate(results)
+    figure = write_tables(rows, args, time.perf_counter() - start)
+    if figure is not None and args.logger == "wandb":
+        log_benchmark(rows, figure, args)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     zsl-data download xlsa17 --root data/xlsa17            # official archive, resumable
     zsl-data download xlsa17 --root data/xlsa17 --archive ~/xlsa17.zip   # a local copy
     zsl-data verify xlsa17 --root data/xlsa17              # check what is there
+    zsl-data synthesize xlsa17 --root data/xlsa17 --out data/xlsa17_synthetic --datasets SUN
 
 Both verify every benchmark (APY, AWA1, AWA2, CUB, FLO, SUN) under ``--root`` and print one
 line per problem; the exit status is 1 when there is any. The layout verified, per
@@ -12,6 +13,12 @@ image indices) and ``allclasses_names`` (all but FLO); ``res101.mat`` with ``fea
 (D x images) and ``labels`` (1-based class indices into the columns of ``att``); every index
 in range, shapes that agree, and splits that do not leak (validation classes among trainval,
 no train/val class among the unseen ones).
+
+``synthesize`` is for benchmarks that have only their split file: it writes synthetic
+``--dim``-d features at the benchmark's real shapes (image count, classes, every split index;
+see :mod:`zsl.data.standin`) under ``--out``, verifies them through the loader and prints the
+``data.root``/``data.feature_file`` to train on them. Numbers on such data time and test the
+pipeline; they are not results on the benchmark.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("download", "download (or unpack a local archive), unpack and verify"),
         ("verify", "verify the benchmarks already under --root"),
+        ("synthesize", "synthetic features at the real shapes of split-only benchmarks"),
     ):
         sub = commands.add_parser(
             name, help=text, description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -42,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--datasets", default=",".join(XLSA17_DATASETS), help="comma list to expect"
         )
+        if name == "synthesize":
+            sub.add_argument("--out", type=Path, required=True, help="where to write them")
+            sub.add_argument("--dim", type=int, default=2048, help="feature dimension")
+            sub.add_argument("--seed", type=int, default=0)
+            continue
         sub.add_argument("--feature-file", default="res101.mat", help="features to verify")
         if name == "download":
             sub.add_argument("--url", default=XLSA17_URL, help="archive URL")
@@ -57,6 +70,19 @@ def run(argv: Sequence[str] | None = None) -> list[str]:
     args = build_parser().parse_args(argv)
     datasets = [d for d in args.datasets.split(",") if d]
     root: Path = args.root
+    if args.command == "synthesize":
+        from zsl.data.standin import FEATURE_FILE, synthesize_features
+
+        for name in datasets:
+            made = synthesize_features(root, name, args.out, args.dim, args.seed)
+            print(
+                f"{name}: {made.n_images} images x {made.feature_dim}-d synthetic features, "
+                f"(train, val, unseen) classes {made.classes}, in {made.folder}"
+            )
+        problems = verify_xlsa17(args.out, datasets, FEATURE_FILE)
+        if not problems:
+            print(f"train on them with data.root={args.out} data.feature_file={FEATURE_FILE}")
+        return problems
     if args.command == "download":
         archive = args.archive
         if archive is None:

@@ -16,10 +16,36 @@ from zsl.data.splits import FeatureScaler, Preprocess, ProtocolSplit, make_split
 from zsl.data.types import ClassSpace, ExampleSet, ZSLBatch, ZSLData
 
 
-class _TensorBatches(Dataset):
-    """In-memory tensors indexed by a whole list of indices at once (no per-sample work)."""
+class MappedRows:
+    """Rows ``index`` of a memory-mapped feature matrix, read and preprocessed per batch.
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+    Evaluation sets of a memory-mapped benchmark stay on disk: a batch reads only its own
+    rows, so the evaluation of millions of images never holds their features at once."""
+
+    def __init__(self, source: np.ndarray, index: np.ndarray, scaler: FeatureScaler) -> None:
+        self.source, self.index, self.scaler = source, np.asarray(index), scaler
+        self.shape = (int(self.index.size), int(source.shape[1]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        wanted = self.index[rows.numpy()]
+        order = np.argsort(wanted, kind="stable")  # read the file front to back
+        block = np.empty(wanted.shape + self.shape[1:], dtype=np.float32)
+        block[order] = self.source[wanted[order]]
+        return torch.from_numpy(np.ascontiguousarray(self.scaler.transform(block)))
+
+    def materialise(self) -> torch.Tensor:
+        """Every row in memory (for consumers that need the whole set, e.g. a projection plot)."""
+        return self[torch.arange(self.shape[0])]
+
+
+class _TensorBatches(Dataset):
+    """In-memory tensors (or :class:`MappedRows`) indexed by a whole list of indices at once
+    (no per-sample work)."""
+
+    def __init__(self, features: torch.Tensor | MappedRows, labels: torch.Tensor) -> None:
         self.features, self.labels = features, labels
 
     def __len__(self) -> int:
@@ -27,6 +53,8 @@ class _TensorBatches(Dataset):
 
     def __getitem__(self, item: tuple[torch.Tensor, float]) -> ZSLBatch:
         index, share = item
+        if isinstance(self.features, torch.Tensor):  # index_select: the fast row gather
+            return ZSLBatch(self.features.index_select(0, index), self.labels[index], share)
         return ZSLBatch(self.features[index], self.labels[index], share)
 
 
@@ -98,7 +126,11 @@ class ShardedBatchSampler(Sampler[tuple[torch.Tensor, float]]):
 
 
 def tensor_loader(
-    features: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0
+    features: torch.Tensor | MappedRows,
+    labels: torch.Tensor,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
 ) -> DataLoader:
     """A DataLoader that yields :class:`ZSLBatch` slices of in-memory tensors (sharded
     across DDP ranks, see :class:`ShardedBatchSampler`)."""
@@ -177,7 +209,12 @@ class ZSLDataModule(pl.LightningDataModule):
             return feats, labels[torch.from_numpy(idx)]
 
         self.train_x, self.train_y = take(split.train_idx)
-        self.eval_x, self.eval_y = take(split.eval_idx)
+        self.eval_x: torch.Tensor | MappedRows
+        if isinstance(data.features, np.memmap):  # evaluation reads its rows batch by batch
+            self.eval_x = MappedRows(data.features, split.eval_idx, scaler)
+            self.eval_y = labels[torch.from_numpy(split.eval_idx)]
+        else:
+            self.eval_x, self.eval_y = take(split.eval_idx)
         seen = torch.from_numpy(split.seen_classes)
         if not torch.isin(self.train_y, seen).all():  # the guarantee, asserted on tensors
             raise DataError(str(self.name), "a training label is not a seen class")
@@ -196,9 +233,11 @@ class ZSLDataModule(pl.LightningDataModule):
         return ExampleSet(self.train_x, self.train_y)
 
     def evaluation_examples(self) -> ExampleSet:
-        """The preprocessed evaluation examples (validation or test, by protocol)."""
+        """The preprocessed evaluation examples (validation or test, by protocol); read whole
+        into memory when the benchmark's features are memory-mapped."""
         self.setup()
-        return ExampleSet(self.eval_x, self.eval_y)
+        x = self.eval_x.materialise() if isinstance(self.eval_x, MappedRows) else self.eval_x
+        return ExampleSet(x, self.eval_y)
 
     # -- loaders -----------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

@@ -122,10 +122,10 @@ class FeatureScaler:
     def transform(self, features: np.ndarray) -> np.ndarray:
         if self.kind == "l2":
             norm = np.linalg.norm(features, axis=1, keepdims=True)
-            return (features / np.maximum(norm, 1e-12)).astype(np.float32)
+            return (features / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
         if self.kind == "minmax":
             assert self.low is not None and self.scale is not None
-            return ((features - self.low) / self.scale).astype(np.float32)
+            return ((features - self.low) / self.scale).astype(np.float32, copy=False)
         return features
 
 

@@ -35,6 +35,8 @@ class ZSLData:
     guard_locs: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
     #: val protocol: test images removed from each split key (see ``exclude_test_images``)
     removed_test_images: Mapping[str, int] = field(default_factory=dict)
+    #: the features were generated at the benchmark's shapes, not read (zsl.data.standin)
+    synthetic_features: bool = False
 
     @property
     def n_classes(self) -> int:

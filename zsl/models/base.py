@@ -28,6 +28,8 @@ __all__ = ["LeakageError", "ModelLoadError", "ZSLModule", "check_common_hparams"
 #: hyper-parameters that must be positive / non-negative wherever a model has them
 POSITIVE_HPARAMS = ("lr", "cls_lr", "pretrain_lr")
 NON_NEGATIVE_HPARAMS = ("weight_decay", "cls_weight_decay", "margin")
+#: most scores (rows x classes) an evaluation step holds at once: 2^22 floats, 16 MiB
+SCORE_CHUNK = 1 << 22
 
 
 def check_common_hparams(model: str, hparams: dict[str, Any]) -> None:
@@ -50,6 +52,8 @@ class ZSLModule(pl.LightningModule):
     closed_form: ClassVar[bool] = False
     #: generative models may read unseen-class semantics (never unseen features) in training
     uses_unseen_semantics: ClassVar[bool] = False
+    #: grid points may be fitted together in one pass (see zsl.run.stacked)
+    stackable: ClassVar[bool] = False
     # buffers (registered in __init__)
     semantics: Tensor
     seen_ids: Tensor
@@ -260,12 +264,19 @@ class ZSLModule(pl.LightningModule):
         self.evaluator = ZSLEvaluator(self.seen_ids, self.universe_mask(), self.device)
 
     def _eval_step(self, batch: ZSLBatch) -> None:
-        with torch.no_grad():
-            scores = self.all_scores(batch.features)
-        if torch.isnan(scores).any():  # e.g. weights that diverged without a NaN loss
-            self.check_finite(scores[torch.isnan(scores)], "scores")
+        """Score a batch in row chunks of at most ``SCORE_CHUNK`` scores each, so that memory
+        stays bounded whatever the class count (no batch x classes matrix of a large batch
+        against 21,000 classes is ever held); the evaluator keeps per-example summaries."""
         assert self.evaluator is not None
-        self.evaluator.update(scores, batch.labels)
+        rows = max(1, SCORE_CHUNK // max(self.n_classes, 1))
+        for features, labels in zip(
+            batch.features.split(rows), batch.labels.split(rows), strict=True
+        ):
+            with torch.no_grad():
+                scores = self.all_scores(features)
+            if torch.isnan(scores).any():  # e.g. weights that diverged without a NaN loss
+                self.check_finite(scores[torch.isnan(scores)], "scores")
+            self.evaluator.update(scores, labels)
 
     def _finish_eval(self, stage: str, gamma: float | None) -> Evaluation:
         """Compute and log the pass's metrics. Validation chooses gamma on itself; a test pass

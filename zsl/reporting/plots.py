@@ -93,7 +93,7 @@ def plot_seen_unseen_curve(
     ax.legend(loc="upper right", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pca_2d(x: Tensor) -> Tensor:
@@ -152,10 +152,11 @@ def plot_feature_projection(
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=6, ncol=2, loc="best", markerscale=1.5)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (folders created) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

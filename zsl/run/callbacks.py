@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 
 from zsl.data.types import ExampleSet
@@ -125,40 +127,94 @@ class RngState(Callback):
             set_rng_state(checkpoint["zsl_rng_state"])
 
 
-def validation_checkpoints(directory: Path, metric: str, keep_last: bool) -> list[ModelCheckpoint]:
-    """Callbacks of a val-protocol fit: ``best.ckpt`` by ``val/<metric>`` (max; the first
-    epoch reaching the best value, as in selection) and, if ``keep_last``, ``last.ckpt`` of
-    every epoch (what a resumed fit starts from)."""
-    if "/" in metric:  # a bare name such as zsl_t1; never a test/... key
-        raise ValueError(f"expected a metric name such as zsl_t1, got {metric!r}")
-    best = ModelCheckpoint(
-        dirpath=directory,
-        filename=Path(BEST).stem,
-        monitor=f"val/{metric}",
-        mode="max",
-        save_top_k=1,
-        save_last=False,
-        save_on_train_epoch_end=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    return [best, *([last_checkpoint(directory)] if keep_last else [])]
+class FitCheckpoints(Callback):
+    """The checkpoint files of one fit, written only when a run can need them.
+
+    * ``best.ckpt`` (``metric`` given): the checkpoint of the first epoch reaching the best
+      ``val/<metric>`` (as selection picks it). It is kept in memory and written when the fit
+      ends, and beside every ``last.ckpt`` if it changed since: not once per improving epoch.
+    * ``on_write(trainer)``: called where ``best.ckpt`` is, for files of the same moments (a
+      stacked grid's per-point bests, :mod:`zsl.run.stacked`).
+    * ``last.ckpt`` (``keep_last``): what an interrupted fit resumes from. Written at the end
+      of the first epoch, then at an epoch end only when ``interval_s`` seconds have passed
+      since the last write, and at the end of the last epoch. A fit stopped by SIGTERM resumes from
+      the last one written, at most ``interval_s`` of training earlier; one written every
+      epoch cost more than the epochs of a small model.
+
+    Under DDP every rank takes the same decisions (rank zero's clock) and rank zero writes.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        metric: str | None,
+        keep_last: bool,
+        interval_s: float = 60.0,
+        on_write: Callable[[pl.Trainer], None] | None = None,
+    ) -> None:
+        if metric is not None and "/" in metric:  # a bare name such as zsl_t1; never test/...
+            raise ValueError(f"expected a metric name such as zsl_t1, got {metric!r}")
+        self.directory, self.metric, self.keep_last = Path(directory), metric, keep_last
+        self.interval_s = float(interval_s)
+        self.on_write = on_write  # more files written beside last.ckpt and at the end
+        self.best_score: float | None = None
+        self._best: dict[str, Any] | None = None  # the best epoch's checkpoint, not yet written
+        self._last_write: float | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "FitCheckpoints"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_score": self.best_score}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score = state_dict.get("best_score")
+
+    def _write(self, trainer: pl.Trainer, checkpoint: dict[str, Any], name: str) -> None:
+        trainer.strategy.save_checkpoint(checkpoint, self.directory / name)
+        trainer.strategy.barrier("FitCheckpoints")
+
+    def _flush_best(self, trainer: pl.Trainer) -> None:
+        if self._best is not None:
+            self._write(trainer, self._best, BEST)
+            self._best = None
+        if self.on_write is not None:
+            self.on_write(trainer)
+
+    def _save_last(self, trainer: pl.Trainer) -> None:
+        self._flush_best(trainer)
+        trainer.save_checkpoint(self.directory / LAST)
+        self._last_write = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.metric is not None:
+            value = trainer.callback_metrics.get(f"val/{self.metric}")
+            if value is not None and (self.best_score is None or float(value) > self.best_score):
+                self.best_score = float(value)
+                dumped = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+                self._best = cloned(dumped)
+        if not self.keep_last:
+            return
+        final = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
+        due = self._last_write is None or time.monotonic() - self._last_write >= self.interval_s
+        if trainer.strategy.broadcast(due or final, src=0):
+            self._save_last(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.received_sigterm:  # stopped mid-epoch: the last write stands
+            self._flush_best(trainer)
 
 
-def last_checkpoint(directory: Path) -> ModelCheckpoint:
-    """``last.ckpt`` rewritten at the end of every training epoch; monitors nothing.
-
-    (Lightning's ``save_last=True`` writes ``last.ckpt`` only in epochs that also saved a
-    top-k checkpoint, so a monitored callback cannot provide it.)"""
-    return ModelCheckpoint(
-        dirpath=directory,
-        filename=Path(LAST).stem,
-        monitor=None,
-        save_top_k=1,
-        save_last=False,
-        save_on_train_epoch_end=True,
-        enable_version_counter=False,
-    )
+def cloned(value: Any) -> Any:
+    """A copy of a checkpoint dict whose tensors no later optimiser step can change."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return type(value)((k, cloned(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(cloned(v) for v in value)
+    return value
 
 
 class ProjectionPlot(Callback):

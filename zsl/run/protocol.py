@@ -40,11 +40,10 @@ from zsl.run.callbacks import (
     BEST,
     LAST,
     EvaluationRecorder,
+    FitCheckpoints,
     ProjectionPlot,
     RngState,
     SelectionLogger,
-    last_checkpoint,
-    validation_checkpoints,
 )
 from zsl.run.config import to_container
 from zsl.run.progress import GridProgress
@@ -60,6 +59,7 @@ from zsl.run.selection import (
     transfer_epochs,
     transfer_rule,
 )
+from zsl.run.stacked import GridStack, StackRecorder, can_stack
 from zsl.run.store import (
     CHECKPOINT_DIR,
     TRIALS_DIR,
@@ -94,6 +94,12 @@ class Session:
         self.model_cls = get_model_class(str(cfg.model.name))
         self._data: dict[str, ZSLData] = {}
         self._spaces: dict[str, ClassSpace] = {}
+        self._dms: dict[str, ZSLDataModule] = {}
+
+    @property
+    def checkpoint_interval(self) -> float:
+        """Seconds between ``last.ckpt`` writes within a fit (``trainer.checkpoint_interval_s``)."""
+        return float(self.cfg.trainer.get("checkpoint_interval_s", 60.0))
 
     def data(self, protocol: ProtocolName) -> ZSLData:
         if protocol not in self._data:
@@ -101,10 +107,12 @@ class Session:
         return self._data[protocol]
 
     def datamodule(self, protocol: ProtocolName) -> ZSLDataModule:
-        """A fresh datamodule of ``protocol`` (its class space is kept for reports)."""
-        dm = make_datamodule(self.cfg, protocol, self.data(protocol))
-        self._spaces[protocol] = dm.class_space
-        return dm
+        """The set-up datamodule of ``protocol``, built once per run: every grid point fits on
+        the same split and preprocessed tensors (a datamodule holds no state of a fit)."""
+        if protocol not in self._dms:
+            self._dms[protocol] = make_datamodule(self.cfg, protocol, self.data(protocol))
+            self._spaces[protocol] = self._dms[protocol].class_space
+        return self._dms[protocol]
 
     def class_space(self, protocol: ProtocolName) -> ClassSpace:
         """The protocol's classes (from the last datamodule built, else a new one)."""
@@ -129,7 +137,8 @@ class Session:
         recorder = EvaluationRecorder()
         keep_last = not self.model_cls.closed_form  # one epoch: nothing to resume
         callbacks: list[Callback] = [recorder, RngState(), *extra]
-        callbacks += validation_checkpoints(directory, search_metric(self.cfg.model), keep_last)
+        metric = search_metric(self.cfg.model)
+        callbacks.append(FitCheckpoints(directory, metric, keep_last, self.checkpoint_interval))
         trainer = make_trainer(
             self.cfg,
             self.model_cls,
@@ -148,6 +157,53 @@ class Session:
             str(last.relative_to(self.run_dir)) if last.is_file() else None,
         )
 
+    def fit_stacked(
+        self, indices: list[int], points: list[dict[str, Any]], logger: Logger | None
+    ) -> dict[int, ValFit]:
+        """Fit grid points ``indices`` together on the val protocol (:mod:`zsl.run.stacked`):
+        the same histories as separate fits; each point gets its own ``best.ckpt``. A
+        ``last.ckpt`` left by an interrupted stacked fit is resumed from."""
+        t0 = time.perf_counter()
+        checkpoints = self.run_dir / CHECKPOINT_DIR
+        directory = checkpoints / ("val-" + "-".join(map(str, indices)))
+        dm = self.datamodule("val")
+        models = []
+        for index in indices:  # each point starts where its own fit would have
+            pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
+            models.append(make_model(self.cfg, dm, points[index]))
+        stack = GridStack(models)
+        recorder = StackRecorder(
+            search_metric(self.cfg.model),
+            [checkpoints / f"val-{i}" for i in indices],
+            indices,
+            logger,
+        )
+        saver = FitCheckpoints(directory, None, True, self.checkpoint_interval, recorder.flush)
+        trainer = make_trainer(
+            self.cfg,
+            self.model_cls,
+            int(self.cfg.trainer.max_epochs),
+            False,
+            validate=True,
+            callbacks=[recorder, RngState(), saver],
+            root_dir=self.run_dir,
+        )
+        points_text = ", ".join(str(i) for i in indices)
+        fit(
+            trainer,
+            stack,
+            dm,
+            directory,
+            f"the stacked validation fit of grid points {points_text}",
+        )
+        seconds = (time.perf_counter() - t0) / len(indices)
+        out = {}
+        for g, index in enumerate(indices):
+            best = checkpoints / f"val-{index}" / BEST
+            relative = str(best.relative_to(self.run_dir)) if best.is_file() else None
+            out[index] = ValFit(recorder.histories[g], seconds, relative, relative)
+        return out
+
     def fit_final(
         self, params: dict[str, Any], epochs: int, gamma: float, logger: Logger | bool
     ) -> Evaluation:
@@ -161,7 +217,7 @@ class Session:
         recorder = EvaluationRecorder()
         callbacks: list[Callback] = [recorder, RngState()]
         if not self.model_cls.closed_form:
-            callbacks.append(last_checkpoint(directory))
+            callbacks.append(FitCheckpoints(directory, None, True, self.checkpoint_interval))
         if self.model_cls.uses_unseen_semantics and hasattr(model, "synthesize"):
             names = self.data("test").class_names
             callbacks.append(ProjectionPlot(self.run_dir, dm.evaluation_examples(), names))
@@ -257,16 +313,26 @@ def select_on_validation(session: Session, logger: Logger) -> Selection:
     keys = list(cfg.model.search.get("grid") or {}) if cfg.model.get("search") else []
     progress = GridProgress(len(points), keys if cfg.selection.grid else [], metric)
     trials: list[Trial] = []
+    recorded = [load_trial(trials_dir, index, params) for index, params in enumerate(points)]
+    pending = [index for index, trial in enumerate(recorded) if trial is None]
+    stacked: dict[int, ValFit] = {}
+    if cfg.selection.get("stack_grid", True) and can_stack(
+        session.model_cls, len(pending), cfg.trainer
+    ):
+        for index in pending:
+            progress.started(index, points[index])
+        stacked = session.fit_stacked(pending, points, logger)
     for index, params in enumerate(points):
-        trial = load_trial(trials_dir, index, params)
-        fitted: ValFit | None = None
+        trial = recorded[index]
+        fitted: ValFit | None = stacked.get(index)
         if trial is not None and dist.is_global_zero():
             print(f"grid point {index}: already validated ({trials_dir}/{index}.json), skipped")
         if trial is None:
-            progress.started(index, params)
-            # with a single point the val fit is the run itself in the val protocol: log it
-            log = logger if (cfg.data.protocol == "val" and len(points) == 1) else False
-            fitted = session.fit_validation(index, params, log, SelectionLogger(logger, index))
+            if fitted is None:
+                progress.started(index, params)
+                # with a single point the val fit is the run itself in the val protocol: log it
+                log = logger if (cfg.data.protocol == "val" and len(points) == 1) else False
+                fitted = session.fit_validation(index, params, log, SelectionLogger(logger, index))
             trial = make_trial(params, fitted, metric, bool(cfg.selection.select_epochs))
             if dist.is_global_zero():  # DDP: one writer
                 save_trial(trials_dir, index, trial)
@@ -413,6 +479,7 @@ def _stages(session: Session, logger: Logger, start: float) -> RunResult:
         selection_metric=selection.metric,
         selection_warnings=selection.warnings,
         val_removed_test_images=dict(session.data("val").removed_test_images),
+        synthetic_features=session.data("val").synthetic_features,
         wall_time_s=time.perf_counter() - start,
     )
     if evaluation is not None:

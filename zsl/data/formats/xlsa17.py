@@ -4,6 +4,11 @@ A dataset folder holds ``att_splits.mat`` (class semantics and split indices) an
 file laid out like ``res101.mat`` (``features`` D x N, ``labels`` N x 1, ``image_files``).
 All MATLAB indices are 1-based; everything returned here is 0-based.
 
+A feature file ending in ``.npy`` is read memory-mapped instead of loaded: ``<stem>.npy``
+holds the features as N x D rows (float32, C order) and ``<stem>_labels.npy`` the N labels,
+1-based as in ``res101.mat`` (:func:`write_features_npy` writes the pair). Only the rows a
+split touches are ever read, so benchmarks larger than memory (ImageNet-scale) can be used.
+
 Each protocol uses only its own split keys. The other protocol's keys are read as index arrays
 (never their features) to check the invariants that make the two protocols honest
 (:func:`zsl.data.splits.check_cross_splits`): validation classes are trainval classes,
@@ -16,6 +21,7 @@ kept in ``ZSLData.removed_test_images``.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -78,11 +84,19 @@ def _numeric(raw: Any, where: str) -> np.ndarray:
     return arr
 
 
-def _finite(array: np.ndarray, where: str) -> None:
-    bad = ~np.isfinite(array)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise DataError(where, f"{int(bad.sum())} non-finite values (first at index {first})")
+def _finite(array: np.ndarray, where: str, block: int = 1 << 16) -> None:
+    """Raise a DataError naming the first non-finite value; checks ``block`` rows at a time so
+    that a memory-mapped array is never read whole."""
+    total, first = 0, None
+    for start in range(0, max(array.shape[0], 1), block):
+        bad = ~np.isfinite(array[start : start + block])
+        count = int(bad.sum())
+        if count and first is None:
+            hit = np.argwhere(bad)[0]
+            first = (int(hit[0]) + start, *(int(i) for i in hit[1:]))
+        total += count
+    if total:
+        raise DataError(where, f"{total} non-finite values (first at index {first})")
 
 
 def _index_vector(raw: Any, where: str, upper: int, what: str = "") -> np.ndarray:
@@ -200,6 +214,85 @@ def _features_and_labels(
     return features, labels
 
 
+#: the last feature file read: both protocols of a run (and ``zsl-data verify``) read the same
+#: file, which then costs one read and one copy in memory; the arrays are never written to
+_FEATURE_CACHE: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+
+def _cached_features(
+    feat_path: Path, n_classes: int, classes_from: str
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+    """Features, 0-based labels and image files of a ``.mat`` feature file, read once per
+    (file, inode, size, modification and change times, class count)."""
+    stat = feat_path.stat() if feat_path.is_file() else None
+    stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns) if stat else None
+    full = (str(feat_path.resolve()), stamp, n_classes, classes_from)
+    if stat is None or full not in _FEATURE_CACHE:
+        feats = _read_mat(feat_path)
+        features, labels = _features_and_labels(feats, feat_path, n_classes, classes_from)
+        features.setflags(write=False)
+        image_files = _strings(feats["image_files"]) if "image_files" in feats else None
+        _FEATURE_CACHE.clear()
+        _FEATURE_CACHE[full] = (features, labels, image_files)
+    features, labels, image_files = _FEATURE_CACHE[full]
+    return features, labels, image_files
+
+
+def labels_path(feature_path: Path) -> Path:
+    """The labels file beside a ``.npy`` feature file: ``<stem>_labels.npy``."""
+    return feature_path.with_name(f"{feature_path.stem}_labels.npy")
+
+
+def provenance_path(feature_path: Path) -> Path:
+    """The provenance file beside a feature file: ``<stem>.json``."""
+    return feature_path.with_name(f"{feature_path.stem}.json")
+
+
+def is_synthetic(feature_path: Path) -> bool:
+    """True when ``feature_path`` has a provenance file saying its features were generated
+    (:mod:`zsl.data.standin`)."""
+    path = provenance_path(feature_path)
+    if not path.is_file():
+        return False
+    try:
+        return bool(json.loads(path.read_text()).get("synthetic"))
+    except (OSError, ValueError):
+        return False
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(str(path), "file not found")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - numpy raises many types for corrupt files
+        raise DataError(str(path), f"cannot read .npy file ({type(err).__name__}: {err})") from None
+
+
+def _npy_features_and_labels(
+    feat_path: Path, n_classes: int, classes_from: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Memory-mapped N x D float32 rows and 0-based labels of a ``.npy`` feature file."""
+    features = _load_npy(feat_path, mmap=True)
+    if features.ndim != 2 or features.dtype != np.float32:
+        raise DataError(
+            str(feat_path),
+            f"expected N x D float32 rows, got shape {features.shape} of {features.dtype}",
+        )
+    label_path = labels_path(feat_path)
+    raw_labels = _load_npy(label_path, mmap=False)
+    if raw_labels.size != features.shape[0]:
+        raise DataError(
+            str(label_path),
+            f"{raw_labels.size} labels but {feat_path.name} has {features.shape[0]} rows (images)",
+        )
+    labels = _index_vector(
+        raw_labels, str(label_path), n_classes, f"{n_classes} classes = columns of {classes_from}"
+    )
+    _finite(features, str(feat_path))
+    return features, labels
+
+
 def load_xlsa17(
     root: str | Path,
     dataset: str,
@@ -221,13 +314,14 @@ def load_xlsa17(
     split_path = folder / split_file
     feat_path = Path(feature_file) if Path(feature_file).is_absolute() else folder / feature_file
     splits = _read_mat(split_path)
-    feats = _read_mat(feat_path)
-
     att, names = _semantics(splits, split_path, semantics_key)
     n_classes = att.shape[1]
-    features, labels = _features_and_labels(
-        feats, feat_path, n_classes, f"{split_path.name}[{semantics_key!r}]"
-    )
+    classes_from = f"{split_path.name}[{semantics_key!r}]"
+    if feat_path.suffix == ".npy":
+        features, labels = _npy_features_and_labels(feat_path, n_classes, classes_from)
+        image_files = None
+    else:
+        features, labels, image_files = _cached_features(feat_path, n_classes, classes_from)
     n_images = features.shape[0]
     locs = {
         key: _split_vector(
@@ -241,7 +335,6 @@ def load_xlsa17(
         for key in PROTOCOL_KEYS[other]
         if key in splits
     }
-    image_files = _strings(feats["image_files"]) if "image_files" in feats else None
     data = ZSLData(
         name=dataset,
         features=features,
@@ -252,6 +345,7 @@ def load_xlsa17(
         image_files=image_files,
         source=str(split_path),
         guard_locs=guard,
+        synthetic_features=is_synthetic(feat_path),
     )
     check_split_integrity(data, protocol)
     check_cross_splits(data)
@@ -350,3 +444,25 @@ def write_features(
         content["image_files"] = matlab_cell(list(image_files))
     savemat_atomic(Path(path), content)
     return Path(path)
+
+
+def write_features_npy(path: Path, features: np.ndarray, labels0: np.ndarray) -> Path:
+    """Write a memory-mappable feature file: ``path`` (``.npy``, N x D float32 rows) and
+    ``<stem>_labels.npy`` (labels written 1-based). Each file is renamed into place whole."""
+    path = Path(path)
+    if path.suffix != ".npy":
+        raise ValueError(f"{path}: a memory-mapped feature file must end in .npy")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for target, array in (
+        (path, np.ascontiguousarray(features, dtype=np.float32)),
+        (labels_path(path), np.asarray(labels0, dtype=np.int64).ravel() + 1),
+    ):
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "xb") as handle:
+                np.save(handle, array)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return path

@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from zsl.data.types import ZSLBatch
-from zsl.models.base import ZSLModule
+from zsl.models.classical.components import RankingModel
 from zsl.models.classical.losses import warp_rank_loss
 
 
@@ -21,11 +20,24 @@ class Bilinear(nn.Module):
         self.weight = nn.Parameter(torch.randn(feature_dim, n_attributes) * std)
 
     def forward(self, features: Tensor, class_semantics: Tensor) -> Tensor:
-        return (features @ self.weight) @ class_semantics.T
+        return bilinear_scores(features, self.weight, class_semantics)
 
 
-class ALE(ZSLModule):
+def bilinear_scores(features: Tensor, weight: Tensor, class_semantics: Tensor) -> Tensor:
+    """``features [B, D] @ weight [D, A] @ class_semantics.T [A, C]`` in the cheaper order:
+    ``(X W) S^T`` costs ``B·A·(D + C)`` multiply-adds, ``X (W S^T)`` costs ``D·C·(A + B)``; the
+    second wins when there are fewer classes than attributes and the batch is large (an
+    evaluation pass over CUB's 312 attributes and 150 classes: 2x fewer)."""
+    (b, d), (a, c) = features.shape, (weight.shape[1], class_semantics.shape[0])
+    if d * c * (a + b) < b * a * (d + c):
+        return features @ (weight @ class_semantics.T)
+    return (features @ weight) @ class_semantics.T
+
+
+class ALE(RankingModel):
     """Attribute Label Embedding (Akata et al., TPAMI 2016)."""
+
+    loss = staticmethod(warp_rank_loss)
 
     def __init__(
         self,
@@ -40,15 +52,3 @@ class ALE(ZSLModule):
 
     def configure_models(self) -> None:
         self.net = Bilinear(self.feature_dim, self.n_attributes)
-
-    def scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
-        return self.net(features, class_semantics)
-
-    def training_loss(
-        self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
-    ) -> Tensor:
-        scores = self.scores(batch.features, seen_semantics)
-        return warp_rank_loss(scores, local_labels, self.hp.margin)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hp.lr, weight_decay=self.hp.weight_decay)

@@ -36,6 +36,9 @@ class RankingModel(ZSLModule):
 
     #: ``loss(scores [B, C], labels [B], margin) -> scalar``, e.g. ``staticmethod(warp_rank_loss)``
     loss: ClassVar[staticmethod[[Tensor, Tensor, float], Tensor]]
+    #: grid points train together in one pass (zsl.run.stacked): no randomness in training,
+    #: one Adam, hyper-parameters that do not change shapes
+    stackable: ClassVar[bool] = True
     net: nn.Module
 
     def scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:

@@ -20,7 +20,11 @@ class LatentBilinear(nn.Module):
         self.weight = nn.Parameter(torch.randn(n_maps, feature_dim, n_attributes) * std)
 
     def map_scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
-        """x^T W_k phi(y) for every map: [B, K, C]."""
+        """x^T W_k phi(y) for every map: [B, K, C], in the cheaper association order (see
+        :func:`zsl.models.classical.ale.bilinear_scores`)."""
+        (b, d), (a, c) = features.shape, (self.weight.shape[2], class_semantics.shape[0])
+        if d * c * (a + b) < b * a * (d + c):
+            return torch.einsum("bd,kdc->bkc", features, self.weight @ class_semantics.T)
         projected = torch.einsum("bd,kda->bka", features, self.weight)
         return projected @ class_semantics.T
 

@@ -1,0 +1,93 @@
+"""Grid points fitted together (``zsl.run.stacked``) select exactly what separate fits select:
+the same validation history of every point, the same chosen point, epochs and gamma, the same
+test numbers, and each point's ``best.ckpt`` holds the very weights of its separate fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import TinyXlsa17
+
+from zsl.cli.train import main as train_main
+from zsl.models.classical.ale import ALE
+from zsl.run.stacked import GridStack, can_stack
+
+GRIDS = {
+    "ale": ["model.search.grid.lr=[0.001,0.01,0.1]"],
+    "devise": ["model.search.grid.lr=[0.003,0.03]", "model.search.grid.margin=[0.1,1.0]"],
+    "sje": ["model.search.grid.lr=[0.003,0.03]"],
+    "latem": ["model.search.grid.lr=[0.003,0.03]"],
+}
+
+
+def run(tiny: TinyXlsa17, out: Path, model: str, stack: bool) -> dict[str, Any]:
+    metrics = train_main(
+        [
+            "data=cub",
+            f"data.root={tiny.root}",
+            f"data.name={tiny.name}",
+            f"model={model}",
+            *GRIDS[model],
+            "trainer.max_epochs=4",
+            "data.batch_size=16",
+            "logger=csv",
+            f"output_dir={out}",
+            "trainer.enable_progress_bar=false",
+            f"selection.stack_grid={str(stack).lower()}",
+        ]
+    )
+    assert metrics is not None
+    return metrics
+
+
+def without_times(selection: dict[str, Any]) -> dict[str, Any]:
+    for trial in [selection["best"], *selection["trials"]]:
+        trial.pop("seconds")
+    return selection
+
+
+@pytest.mark.parametrize("model", list(GRIDS))
+def test_stacked_selection_equals_separate_fits(
+    tiny: TinyXlsa17, tmp_path: Path, model: str
+) -> None:
+    apart, together = tmp_path / "apart", tmp_path / "together"
+    a, b = run(tiny, apart, model, False), run(tiny, together, model, True)
+    for metrics in (a, b):
+        metrics.pop("wall_time_s")
+    assert a == b  # every float of the test evaluation and the selection record
+    sel_a = without_times(json.loads((apart / "selection.json").read_text()))
+    sel_b = without_times(json.loads((together / "selection.json").read_text()))
+    assert sel_a == sel_b  # every point's history, epoch by epoch
+    n_points = len(sel_a["trials"])
+    assert n_points > 1 and (together / "checkpoints" / "val-0-1").is_dir() is (n_points == 2)
+    for index in range(n_points):
+        mine = torch.load(together / f"checkpoints/val-{index}/best.ckpt", weights_only=True)
+        theirs = torch.load(apart / f"checkpoints/val-{index}/best.ckpt", weights_only=True)
+        assert mine["epoch"] == theirs["epoch"]
+        assert mine["state_dict"].keys() == theirs["state_dict"].keys()
+        for key, value in theirs["state_dict"].items():  # gamma: NaN in both
+            torch.testing.assert_close(
+                mine["state_dict"][key], value, rtol=0, atol=0, equal_nan=True
+            )
+
+
+def test_stacked_best_checkpoint_loads_as_the_model(tiny: TinyXlsa17, tmp_path: Path) -> None:
+    run(tiny, tmp_path / "run", "ale", True)
+    loaded = ALE.load_from_checkpoint(tmp_path / "run/checkpoints/val-1/best.ckpt")
+    assert loaded.hp.lr == 0.01 and loaded.seen_ids.numel() > 0
+
+
+def test_only_stackable_models_without_clipping_stack() -> None:
+    from zsl.models.classical.eszsl import ESZSL
+    from zsl.models.generative.cadavae import CADAVAE
+
+    assert can_stack(ALE, 3, {"gradient_clip_val": None})
+    assert not can_stack(ALE, 1, {})
+    assert not can_stack(ALE, 3, {"gradient_clip_val": 1.0})
+    assert not can_stack(ESZSL, 3, {}) and not can_stack(CADAVAE, 3, {})
+    with pytest.raises(ValueError, match="one class"):
+        GridStack([])

@@ -1,0 +1,174 @@
+"""Several grid points of one model fitted in one batched pass (selection on validation classes).
+
+A grid over learning rate, margin or weight decay trains G independent copies of one model on
+the same batches. :class:`GridStack` holds the G copies and trains them together: one training
+loop, one batch read per step, each point's own loss (their sum is minimised, so every point's
+gradient is exactly its own), one optimiser with one parameter group per point (its own
+learning rate and weight decay), and one validation pass per epoch in which every point is
+scored. Each point starts from the initialisation its own fit would have had (the seed is set
+before each copy is built) and sees the same batches, so its validation history -- and the
+selection -- are those of G separate fits; what is shared is the per-fit and per-step work that
+is not arithmetic (trainer, loops, batch gathering, checkpoints).
+
+A model class opts in with ``stackable = True`` (the iterative compatibility models: no
+randomness in training, one optimiser, nothing but ``lr``/``weight_decay``/``margin``-like
+hyper-parameters that do not change shapes). :func:`can_stack` says when a selection stacks.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import Logger
+from torch import Tensor, nn
+
+from zsl.data.types import ZSLBatch
+from zsl.evaluation import Evaluation
+from zsl.models.base import ZSLModule
+from zsl.run.callbacks import BEST, cloned
+
+__all__ = ["GridStack", "StackRecorder", "can_stack"]
+
+
+def can_stack(model_cls: type[ZSLModule], n_points: int, trainer_cfg: Any) -> bool:
+    """Stack ``n_points`` (> 1) of ``model_cls`` when the class allows it and no trainer
+    setting couples the points (gradient clipping would clip their joint norm)."""
+    clip = trainer_cfg.get("gradient_clip_val")
+    return bool(getattr(model_cls, "stackable", False)) and n_points > 1 and not clip
+
+
+class GridStack(pl.LightningModule):
+    """G bound models of one class trained and validated together (see the module docstring)."""
+
+    def __init__(self, models: list[ZSLModule]) -> None:
+        super().__init__()
+        if not models or len({type(m) for m in models}) != 1:
+            raise ValueError("GridStack needs one or more models of one class")
+        self.points = nn.ModuleList(models)
+        #: each point's evaluation of the last validation pass
+        self.evaluations: list[Evaluation] = []
+
+    def models(self) -> list[ZSLModule]:
+        return [m for m in self.points if isinstance(m, ZSLModule)]
+
+    def on_fit_start(self) -> None:
+        for model in self.models():  # step/epoch in their messages, the device they run on
+            model.trainer = self.trainer
+
+    def training_step(self, batch: ZSLBatch, batch_idx: int) -> Tensor:
+        models = self.models()
+        local = models[0].to_local(batch.labels)
+        total: Tensor | None = None
+        for model in models:
+            loss = model.training_loss(batch, local, model.seen_semantics())
+            model.check_finite(loss, "loss")
+            total = loss if total is None else total + loss
+        assert total is not None
+        # DDP: weight this rank's mean loss by its share of the global batch (ZSLBatch.share)
+        return total * batch.share if batch.share != 1.0 else total
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """One optimiser of the points' own class with one parameter group per point."""
+        optimisers = [model.configure_optimizers() for model in self.models()]
+        if not all(isinstance(o, torch.optim.Optimizer) for o in optimisers):
+            raise TypeError("stacked grid points must each configure a single optimiser")
+        kinds = {type(o) for o in optimisers}
+        if len(kinds) != 1:
+            raise TypeError(
+                f"stacked grid points use different optimisers: {sorted(map(str, kinds))}"
+            )
+        groups = [group for o in optimisers for group in o.param_groups]
+        first: torch.optim.Optimizer = optimisers[0]
+        return type(first)(groups, **first.defaults)
+
+    def on_validation_epoch_start(self) -> None:
+        for model in self.models():
+            model._start_eval()
+
+    def validation_step(self, batch: ZSLBatch, batch_idx: int) -> None:
+        for model in self.models():
+            model._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.evaluations = []
+        for model in self.models():
+            assert model.evaluator is not None
+            self.evaluations.append(model.evaluator.compute(None, choose_gamma=True))
+
+
+class StackRecorder(Callback):
+    """The validation history of every point of a :class:`GridStack` fit, and each point's
+    ``best.ckpt`` (the first epoch reaching its best ``val/<metric>``, written as the point's
+    own model checkpoint into ``directories[g]``). Bests are kept in memory and written by
+    :meth:`flush`, which :class:`zsl.run.callbacks.FitCheckpoints` calls beside every
+    ``last.ckpt`` and at the end of the fit. ``logger`` gets ``selection/point_<index>/...``
+    per epoch, as for separate fits."""
+
+    def __init__(
+        self, metric: str, directories: list[Path], indices: list[int], logger: Logger | None
+    ) -> None:
+        self.metric, self.directories, self.indices, self.logger = (
+            metric,
+            directories,
+            indices,
+            logger,
+        )
+        self.histories: list[list[dict[str, float]]] = [[] for _ in directories]
+        self.best_scores: list[float | None] = [None for _ in directories]
+        self._pending: dict[int, dict[str, Any]] = {}
+
+    @property
+    def state_key(self) -> str:
+        return "StackRecorder"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "histories": [[dict(e) for e in h] for h in self.histories],
+            "best_scores": list(self.best_scores),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.histories = [[dict(e) for e in h] for h in state_dict["histories"]]
+        self.best_scores = list(state_dict["best_scores"])
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        assert isinstance(pl_module, GridStack)
+        epoch = trainer.current_epoch + 1
+        for g, (evaluation, model) in enumerate(
+            zip(pl_module.evaluations, pl_module.models(), strict=True)
+        ):
+            entry = {"epoch": epoch, **evaluation.metrics}
+            self.histories[g].append(entry)
+            value = float(evaluation.metrics[self.metric])
+            best = self.best_scores[g]
+            if best is None or value > best:
+                self.best_scores[g] = value
+                self._pending[g] = {
+                    "epoch": trainer.current_epoch,
+                    "global_step": trainer.global_step,
+                    "pytorch-lightning_version": pl.__version__,
+                    "state_dict": cloned(model.state_dict()),
+                    "hyper_parameters": dict(model.hparams),
+                }
+            if self.logger is not None and trainer.is_global_zero:
+                prefix = f"selection/point_{self.indices[g]}"
+                values = {f"{prefix}/{k}": v for k, v in evaluation.metrics.items()}
+                values = {k: v for k, v in values.items() if math.isfinite(v)}
+                values[f"{prefix}/epoch"] = epoch
+                self.logger.log_metrics(values, step=epoch)
+
+    def flush(self, trainer: pl.Trainer) -> None:
+        """Write the bests that changed since the last flush."""
+        for g, checkpoint in sorted(self._pending.items()):
+            trainer.strategy.save_checkpoint(checkpoint, self.directories[g] / BEST)
+        trainer.strategy.barrier("StackRecorder")
+        self._pending = {}
