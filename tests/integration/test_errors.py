@@ -459,12 +459,6 @@ CASES: dict[str, Case] = {
         "config error: model.params (latem): LATEM: n_maps must be an integer >= 1, got 0",
         (),
     ),
-    "cls_pca above the feature size": Case(
-        tiny_run("model=clswgan", "model.params.second_stage.cls_pca=64", "selection.grid=false"),
-        "config error: model.params (clswgan): second_stage.cls_pca=64 asks for more principal "
-        "components than the 16-d features",
-        ("use 1..16 or null",),
-    ),
     "duplicate class names": Case(
         edited(_duplicate_name),
         "error: {tmp}/data/TINY/att_splits.mat['allclasses_names']: class name '001.class_0' is "

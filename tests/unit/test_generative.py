@@ -555,6 +555,19 @@ def test_cls_pca_restricts_the_classifier_to_the_real_seen_span(
         model.fit_classifier()
 
 
+@pytest.mark.parametrize("name", ["clswgan", "cadavae"])
+def test_cls_pca_not_below_the_classifier_inputs_means_none(tiny, name: str) -> None:
+    """A default ``cls_pca`` of 256 on smaller inputs is a rotation: the classifier takes them
+    whole (the setting is adjusted before training, with a warning, and stored so)."""
+    dm = datamodule(tiny)
+    probe = build(name, dm)
+    dim = probe.classifier_dim()
+    with pytest.warns(UserWarning, match=f"cls_pca={dim} is not below"):
+        model = build(name, dm, cls_pca=dim)
+    assert model.second_stage.cls_pca is None
+    assert model.hparams["second_stage"]["cls_pca"] is None
+
+
 # ---------------------------------------------------------- Lightning fit + test, plots
 
 

@@ -86,14 +86,53 @@ def run_one(
         f"logger={args.logger}",
         "trainer.enable_progress_bar=false",
     ]
-    if args.root:
-        argv.append(f"data.root={args.root}")
-    if args.feature_file:
-        argv.append(f"data.feature_file={args.feature_file}")
+    standin = getattr(args, "standins", {}).get(dataset)
+    if standin is not None:  # generated features at the dataset's real shapes
+        argv += [f"data.root={standin[0]}", f"data.feature_file={standin[1]}"]
+    else:
+        if args.root:
+            argv.append(f"data.root={args.root}")
+        if args.feature_file:
+            argv.append(f"data.feature_file={args.feature_file}")
     print(f"[benchmark] {' '.join(argv + extra)}", flush=True)
     metrics = train_main(argv + extra)
     assert metrics is not None
     return metrics
+
+
+def dataset_folder(dataset: str) -> str:
+    """The benchmark folder a data config reads (``sun`` -> ``SUN``)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    path = Path(__file__).resolve().parent.parent / "conf" / "data" / f"{dataset}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"error: unknown dataset config {dataset!r} (no {path})")
+    cfg = OmegaConf.load(path)
+    return str(cfg.get("name") or dataset) if isinstance(cfg, DictConfig) else dataset
+
+
+def make_standins(datasets: list[str], args: argparse.Namespace) -> dict[str, tuple[str, str]]:
+    """``--synthetic-missing``: for every dataset whose feature file is missing under
+    ``--root``, synthetic features at its real shapes (:mod:`zsl.data.standin`), generated once
+    into ``<runs-dir>/<name>/synthetic_data``; maps the dataset to (data root, feature file)."""
+    from zsl.data.standin import FEATURE_FILE, synthesize_features
+
+    root = Path(args.root or "data/xlsa17")
+    feature_file = args.feature_file or "res101.mat"
+    out = Path(args.runs_dir) / args.name / "synthetic_data"
+    standins = {}
+    for dataset in datasets:
+        folder = dataset_folder(dataset)
+        if (root / folder / feature_file).is_file():
+            continue
+        made = synthesize_features(root, folder, out, dim=args.synthetic_dim)
+        print(
+            f"[benchmark] {folder}: no {feature_file}; synthetic {made.feature_dim}-d features "
+            f"at its real shapes ({made.n_images} images) in {made.folder}",
+            flush=True,
+        )
+        standins[dataset] = (str(out), FEATURE_FILE)
+    return standins
 
 
 def fmt(values: list[float]) -> str:
@@ -303,6 +342,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results-dir", default="results")
     p.add_argument("--force", action="store_true", help="rerun runs that already have metrics")
     p.add_argument(
+        "--synthetic-missing",
+        action="store_true",
+        help="datasets without their feature file get synthetic features at their real shapes\n"
+        "(image and class counts, split indices; rows marked synthetic)",
+    )
+    p.add_argument("--synthetic-dim", type=int, default=2048, help="their feature dimension")
+    p.add_argument(
         "--workers", type=int, default=1, help="cells run in this many processes at once"
     )
     args = p.parse_args(argv)
@@ -317,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         for m in expand_methods(args.methods)
         for s in args.seeds.split(",")
     ]
+    if args.synthetic_missing:
+        args.standins = make_standins(args.datasets.split(","), args)
     results = run_cells(cells, args, extra, args.workers)
     rows = aggregate(results)
     figure = write_tables(rows, args, time.perf_counter() - start)

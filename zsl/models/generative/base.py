@@ -44,11 +44,13 @@ the class space and the seen training features the model was bound to.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
 from zsl.models.base import ZSLModule
@@ -84,11 +86,16 @@ class GenerativeZSL(ZSLModule):
         self.second_stage = SecondStage.from_value(second_stage, self.default_second_stage)
         super().__init__(feature_dim, n_attributes, n_classes)
         rank, dim = self.second_stage.cls_pca, self.classifier_dim()
-        if rank is not None and rank > dim:
-            raise ValueError(
-                f"second_stage.cls_pca={rank} asks for more principal components than the "
-                f"{dim}-d {self.example_space} its classifier sees; use 1..{dim} or null"
+        if rank is not None and rank >= dim:
+            # as many components as dimensions is a rotation, not a restriction: the paper's
+            # classifier on the inputs themselves (the CPU default of 256 on small features)
+            rank_zero_warn(
+                f"{type(self).__name__}: second_stage.cls_pca={rank} is not below the {dim}-d "
+                f"{self.example_space} its classifier sees; the classifier uses them whole "
+                "(cls_pca=null)"
             )
+            self.second_stage = dataclasses.replace(self.second_stage, cls_pca=None)
+            self.hparams["second_stage"] = dataclasses.asdict(self.second_stage)
         # (weight [E, U], bias [U], universe ids [U]); outside the module tree on purpose
         self._classifier: tuple[Tensor, Tensor, Tensor] | None = None
         # (key, mean, basis) of the last cls_pca basis: the real seen features of f-CLSWGAN are
