@@ -75,30 +75,42 @@ def count_flops(argv: list[str]) -> None:
     print(json.dumps({"flops": counter.get_total_flops()}))
 
 
-def timed(argv: list[str]) -> dict[str, float]:
-    """A fresh process running ``train.py argv``: wall and CPU seconds."""
+def timed(argv: list[str], threads: int) -> dict[str, float]:
+    """A fresh process running ``train.py argv`` with ``threads`` torch threads: wall and CPU
+    seconds."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(REPO / "train.py"), *argv], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *argv], check=True, capture_output=True, env=env
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"wall_s": wall, "cpu_s": cpu}
 
 
-def measure(model: str, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
-    out = tmp / f"{model}_timed"
-    row = timed(train_args(model, args, out))
+def measure(model: str, threads: int, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    out = tmp / f"{model}_timed_{threads}"
+    row = timed(train_args(model, args, out), threads)
     metrics = json.loads((out / "metrics.json").read_text())
-    row.update(run_wall_s=float(metrics["wall_time_s"]), zsl_t1=float(metrics["zsl_t1"]))
+    row.update(
+        run_wall_s=float(metrics["wall_time_s"]),
+        run_cpu_s=float(metrics["cpu_time_s"]),
+        zsl_t1=float(metrics["zsl_t1"]),
+    )
+    return row
+
+
+def flops(model: str, args: argparse.Namespace, tmp: Path) -> float:
+    """Matrix-product FLOPs of one full run (counted in a fresh process)."""
     counted = subprocess.run(
         [sys.executable, __file__, "--count", "--", *train_args(model, args, tmp / f"{model}_n")],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    row["flops"] = float(json.loads(counted.strip().splitlines()[-1])["flops"])
-    return row
+    return float(json.loads(counted.strip().splitlines()[-1])["flops"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,52 +125,59 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--feature-file", default="vgg_fc7.mat")
     p.add_argument("--name", default="classical_cost")
     p.add_argument("--results-dir", default=str(REPO / "experiments" / "results"))
+    p.add_argument("--threads", default="2,1", help="torch threads of the timed runs")
     p.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = p.parse_args(argv)
     args.root = str(Path(args.root).resolve())
+    threads = [int(t) for t in args.threads.split(",")]
     wall_rate, cpu_rate = matmul_rate()
     print(f"matmul rate: {wall_rate:.0f} GFLOP/s wall, {cpu_rate:.0f} GFLOP per CPU second")
-    rows: dict[str, dict[str, float]] = {}
+    rows: list[tuple[str, int, float, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
-            rows[model] = r = measure(model, args, Path(tmp))
-            print(
-                f"{model}: {r['flops'] / 1e12:.2f} TFLOP, {r['wall_s']:.1f} s wall "
-                f"({r['run_wall_s']:.1f} s in the run), {r['cpu_s']:.1f} CPU s, "
-                f"ZSL T1 {r['zsl_t1']:.1f}",
-                flush=True,
-            )
+            total = flops(model, args, Path(tmp))
+            for n in threads:
+                r = measure(model, n, args, Path(tmp))
+                rows.append((model, n, total, r))
+                print(
+                    f"{model} ({n} thread(s)): {total / 1e12:.2f} TFLOP, {r['wall_s']:.1f} s wall "
+                    f"({r['run_wall_s']:.1f} in the run), {r['cpu_s']:.1f} CPU s "
+                    f"({r['run_cpu_s']:.1f} in the run), ZSL T1 {r['zsl_t1']:.2f}",
+                    flush=True,
+                )
     lines = [
         f"# Classical cost: full runs on {args.data} ({args.feature_file})",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch threads "
-        f"{_threads()}. Matmul rate measured here: **{wall_rate:.0f} GFLOP/s** of wall time, "
-        f"{cpu_rate:.0f} GFLOP per CPU second (float32, 4096 x 4096 x 312).",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores. Matmul rate measured here with "
+        f"{_threads()} threads: **{wall_rate:.0f} GFLOP/s** of wall time, {cpu_rate:.0f} GFLOP "
+        "per CPU second (float32, 4096 x 4096 x 312).",
         "",
         "A full run = selection over the model's grid on validation classes (every epoch "
-        "validated) + the final trainval fit + one test evaluation, in a fresh process. FLOPs "
-        "are every matrix product's, counted by `torch.utils.flop_counter.FlopCounterMode` on "
-        "the same run; *arithmetic time* is FLOPs / matmul rate. *In-run* is the run's own "
-        "wall time (`metrics.json`: after interpreter start-up and imports).",
+        "validated; the grid points of these models are fitted together in one stacked pass) "
+        "+ the final trainval fit + one test evaluation + reports, in a fresh process. FLOPs are "
+        "every matrix product's, counted by `torch.utils.flop_counter.FlopCounterMode` on the "
+        "same run; *arithmetic time* is FLOPs at the wall-time matmul rate. *Run* columns are "
+        "the run's own figures (`metrics.json`: after interpreter start-up and imports); "
+        "*process* columns include them.",
         "",
-        "| model | TFLOP | arithmetic time (s) | wall (s) | in-run wall (s) | in-run / arithmetic "
-        "| CPU s | NumPy reference CPU s | ratio | ZSL T1 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | threads | TFLOP | arithmetic (s) | run wall (s) | run / arithmetic | "
+        "process wall (s) | run CPU s | process CPU s | NumPy reference CPU s | run CPU s / "
+        "reference | ZSL T1 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for model, r in rows.items():
-        arithmetic = r["flops"] / (wall_rate * 1e9)
+    for model, n, total, r in rows:
+        arithmetic = total / (wall_rate * 1e9)
         ref = NUMPY_REFERENCE_CPU_S.get(model)
-        ratio = f"1/{ref / r['cpu_s']:.0f}" if ref else "–"
+        ratio = f"1/{ref / r['run_cpu_s']:.0f}" if ref else "–"
         lines.append(
-            f"| {model} | {r['flops'] / 1e12:.2f} | {arithmetic:.1f} | {r['wall_s']:.1f} | "
-            f"{r['run_wall_s']:.1f} | {r['run_wall_s'] / arithmetic:.1f}x | {r['cpu_s']:.1f} | "
-            f"{f'{ref:.0f}' if ref else '–'} | "
-            f"{ratio} | {r['zsl_t1']:.1f} |"
+            f"| {model} | {n} | {total / 1e12:.2f} | {arithmetic:.1f} | {r['run_wall_s']:.1f} | "
+            f"{r['run_wall_s'] / arithmetic:.1f}x | {r['wall_s']:.1f} | {r['run_cpu_s']:.1f} | "
+            f"{r['cpu_s']:.1f} | {f'{ref:.0f}' if ref else '–'} | {ratio} | {r['zsl_t1']:.2f} |"
         )
     lines += [
         "",
         "Command: `python experiments/classical_cost.py --root ../shared/data/xlsa17 "
-        "--feature-file vgg_fc7.mat`.",
+        f"--feature-file vgg_fc7.mat --threads {args.threads}`.",
     ]
     out = Path(args.results_dir) / f"{args.name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

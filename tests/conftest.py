@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -176,3 +176,26 @@ def load_experiment(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny ops are much faster single-threaded (and OpenMP spinning on a shared CPU is slow);
+    modules of tiny models use it as ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_datamodule(tiny: TinyXlsa17, protocol: str = "test", batch_size: int = 16) -> Any:
+    """A set-up datamodule of the tiny benchmark with raw (unnormalised) features."""
+    from zsl.data.datamodule import ZSLDataModule
+
+    dm = ZSLDataModule(
+        tiny.name, str(tiny.root), "res101.mat", protocol, preprocess="none", batch_size=batch_size
+    )
+    dm.setup()
+    return dm

@@ -250,3 +250,23 @@ def test_training_loss_sees_only_seen_classes(tiny: TinyXlsa17, protocol: str) -
     assert all(model.training_flags)
     if protocol == "val":  # validation ran in eval mode with the unseen classes
         assert len(recorder.history) == 2
+
+
+def test_min_batches_repeat_a_small_training_set_in_fresh_permutations() -> None:
+    """An epoch of 10 examples in batches of 4 with at least 7 batches: 7 full batches, each
+    run of 10 a permutation, seeded by the epoch; a set with enough batches is unchanged."""
+    from zsl.data.datamodule import ShardedBatchSampler
+
+    sampler = ShardedBatchSampler(10, 4, True, seed=3, rank=0, world_size=1, min_batches=7)
+    batches = [b for b, _ in sampler]
+    assert len(sampler) == 7 and [b.numel() for b in batches] == [4] * 7
+    order = torch.cat(batches)
+    assert sorted(order[:10].tolist()) == list(range(10))
+    assert sorted(order[10:20].tolist()) == list(range(10))
+    assert torch.equal(order, torch.cat([b for b, _ in sampler]))  # same epoch, same batches
+    sampler.set_epoch(1)
+    assert not torch.equal(order, torch.cat([b for b, _ in sampler]))
+    plain = ShardedBatchSampler(10, 4, True, seed=3, rank=0, world_size=1)
+    enough = ShardedBatchSampler(10, 4, True, seed=3, rank=0, world_size=1, min_batches=3)
+    assert [b.tolist() for b, _ in plain] == [b.tolist() for b, _ in enough]
+    assert torch.equal(torch.cat([b for b, _ in plain]), order[:10])  # the first round as before

@@ -76,6 +76,11 @@ class ShardedBatchSampler(Sampler[tuple[torch.Tensor, float]]):
     with no padding, so metrics gathered across ranks count every example exactly once and a
     DDP step sees the same global batch as a single process. Yields ``(indices, share)``
     (see :class:`ZSLBatch`). ``batch_size <= 0`` means one batch of everything.
+
+    ``min_batches`` (shuffled sampling): an epoch has at least this many full batches; a small
+    training set is drawn again, in further permutations of the same epoch seed, until it has.
+    A model whose schedule is written in epochs then takes as many optimiser steps per epoch
+    on 400 images as on a few thousand (``model.min_steps_per_epoch``).
     """
 
     def __init__(
@@ -86,10 +91,12 @@ class ShardedBatchSampler(Sampler[tuple[torch.Tensor, float]]):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        min_batches: int = 0,
     ) -> None:
         self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
         self.batch_size = n if batch_size <= 0 else batch_size
         self._rank, self._world = rank, world_size
+        self.min_batches = int(min_batches)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -107,6 +114,10 @@ class ShardedBatchSampler(Sampler[tuple[torch.Tensor, float]]):
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.n, generator=gen)
+            if len(order.split(self.batch_size)) < self.min_batches:  # repeat a small set
+                rounds = -(-self.min_batches * self.batch_size // self.n)
+                more = [torch.randperm(self.n, generator=gen) for _ in range(rounds - 1)]
+                order = torch.cat([order, *more])[: self.min_batches * self.batch_size]
         else:
             order = torch.arange(self.n)
         batches = list(order.split(self.batch_size))
@@ -131,11 +142,12 @@ def tensor_loader(
     batch_size: int,
     shuffle: bool,
     seed: int = 0,
+    min_batches: int = 0,
 ) -> DataLoader:
     """A DataLoader that yields :class:`ZSLBatch` slices of in-memory tensors (sharded
     across DDP ranks, see :class:`ShardedBatchSampler`)."""
     data = _TensorBatches(features, labels)
-    sampler = ShardedBatchSampler(len(data), batch_size, shuffle, seed)
+    sampler = ShardedBatchSampler(len(data), batch_size, shuffle, seed, min_batches=min_batches)
     return DataLoader(data, sampler=sampler, batch_size=None, collate_fn=None)
 
 
@@ -162,8 +174,11 @@ class ZSLDataModule(pl.LightningDataModule):
         synthetic: dict[str, Any] | None = None,
         data: ZSLData | None = None,
         exclude_test_from_val: bool = True,
+        min_steps_per_epoch: int = 0,
     ) -> None:
         super().__init__()
+        #: training epochs have at least this many batches (see ShardedBatchSampler)
+        self.min_steps_per_epoch = int(min_steps_per_epoch)
         self.name, self.root, self.feature_file = name, root, feature_file
         self.protocol: Protocol = protocol
         self.preprocess: Preprocess = preprocess
@@ -246,7 +261,14 @@ class ZSLDataModule(pl.LightningDataModule):
             data = _TensorBatches(self.train_x, self.train_y)
             full = ShardedBatchSampler(len(data), 0, False, rank=0, world_size=1)
             return DataLoader(data, sampler=full, batch_size=None, collate_fn=None)
-        return tensor_loader(self.train_x, self.train_y, self.batch_size, True, self.split_seed)
+        return tensor_loader(
+            self.train_x,
+            self.train_y,
+            self.batch_size,
+            True,
+            self.split_seed,
+            self.min_steps_per_epoch,
+        )
 
     def _eval_loader(self) -> DataLoader:
         return tensor_loader(self.eval_x, self.eval_y, self.eval_batch_size, False)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from zsl.data.types import ClassSpace, ExampleSet, ZSLBatch, ZSLData, ZSLDataSource
 from zsl.errors import LeakageError, ModelLoadError
-from zsl.evaluation import Evaluation, ZSLEvaluator
+from zsl.evaluation import Evaluation, ZSLEvaluator, release_free_memory
 
 __all__ = ["LeakageError", "ModelLoadError", "ZSLModule", "check_common_hparams"]
 
@@ -277,6 +277,8 @@ class ZSLModule(pl.LightningModule):
             if torch.isnan(scores).any():  # e.g. weights that diverged without a NaN loss
                 self.check_finite(scores[torch.isnan(scores)], "scores")
             self.evaluator.update(scores, labels)
+        if batch.features.shape[0] > rows:  # scored in chunks: do not let the heap grow
+            release_free_memory()
 
     def _finish_eval(self, stage: str, gamma: float | None) -> Evaluation:
         """Compute and log the pass's metrics. Validation chooses gamma on itself; a test pass

@@ -63,11 +63,13 @@ def make_datamodule(
         feature_file=dcfg.feature_file,
         protocol=protocol,
         preprocess=dcfg.preprocess,
-        batch_size=0 if closed_form else int(dcfg.batch_size),
+        # a model config may fix its training batch (a paper's recipe): it wins over data's
+        batch_size=0 if closed_form else int(cfg.model.get("batch_size") or dcfg.batch_size),
         eval_batch_size=int(dcfg.eval_batch_size),
         val_seen_fraction=float(dcfg.val_seen_fraction),
         split_seed=int(dcfg.split_seed),
         data=data if data is not None else load_data(cfg, protocol),
+        min_steps_per_epoch=int(cfg.model.get("min_steps_per_epoch") or 0),
     )
     dm.setup()
     return dm

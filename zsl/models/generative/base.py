@@ -187,6 +187,7 @@ class GenerativeZSL(ZSLModule):
             stage.cls_weight_decay,
             generator,
             stage.cls_steps,
+            stage.cls_min_steps,
         )
         if rank is not None:  # fold the projection in: (x - mean) @ basis @ w + b
             weight = basis @ weight

@@ -27,7 +27,9 @@ class SecondStage:
 
     ``n_synth`` synthetic examples per unseen class (the papers' rule), or with ``synth_ratio``
     that many times as many synthetic unseen examples in total as real seen ones; the
-    classifier trains ``cls_epochs`` epochs (or ``cls_steps`` updates) with Adam at ``cls_lr``
+    classifier trains ``cls_epochs`` epochs (or ``cls_steps`` updates; at least
+    ``cls_min_steps`` updates, so that a small dataset's classifier is trained as much as a
+    large one's) with Adam at ``cls_lr``
     on mini-batches of ``cls_batch_size``; ``cls_pca = k`` restricts it to the top-``k``
     principal components of the real seen examples. ``eval_seed`` seeds its private RNG.
     """
@@ -36,6 +38,7 @@ class SecondStage:
     synth_ratio: float | None = None
     cls_epochs: int = 25
     cls_steps: int | None = None
+    cls_min_steps: int | None = None
     cls_pca: int | None = None
     cls_lr: float = 1e-3
     cls_batch_size: int = 64
@@ -43,7 +46,7 @@ class SecondStage:
     eval_seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("synth_ratio", "cls_steps", "cls_pca"):
+        for name in ("synth_ratio", "cls_steps", "cls_min_steps", "cls_pca"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"second_stage.{name} must be positive or null, got {value}")
@@ -91,6 +94,7 @@ def fit_softmax_classifier(
     weight_decay: float = 0.0,
     generator: torch.Generator | None = None,
     max_steps: int | None = None,
+    min_steps: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression on in-memory tensors: Adam (betas 0.5, 0.999), shuffled
     mini-batches, a fixed number of epochs. Returns (weight [D, n_out], bias [n_out]) that
@@ -102,7 +106,8 @@ def fit_softmax_classifier(
     the same ``lr``/``epochs`` behave alike on 64-d latents, 256-d and 4096-d features.
 
     ``max_steps`` (optional) replaces ``epochs`` by a number of mini-batch updates (reshuffling
-    at every pass), so the training budget does not grow with the size of the training set.
+    at every pass), so the training budget does not grow with the size of the training set;
+    ``min_steps`` (optional) is a floor on the number of updates (more passes over a small set).
     """
     n, dim = x.shape
     scale = 1.0 / float(x.abs().sum(dim=1).mean().clamp_min(1e-12))
@@ -111,6 +116,7 @@ def fit_softmax_classifier(
     opt = torch.optim.Adam([weight, bias], lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
     device = generator.device if generator is not None else x.device
     steps = epochs * -(-n // batch_size) if max_steps is None else max_steps
+    steps = max(steps, min_steps or 0)
     with torch.inference_mode(False), torch.enable_grad():
         while steps > 0:
             order = torch.randperm(n, generator=generator, device=device).to(x.device)

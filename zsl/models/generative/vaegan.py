@@ -1,0 +1,468 @@
+"""f-VAEGAN-D2 and tf-VAEGAN: a conditional VAE and a WGAN sharing one feature generator.
+
+* **f-VAEGAN-D2** (Xian, Sharma, Schiele, Akata, "f-VAEGAN-D2: A Feature Generating Framework
+  for Any-Shot Learning", CVPR 2019, https://arxiv.org/abs/1903.10132). An encoder E(x, a)
+  gives a Gaussian posterior over the noise; the generator G(z, a) is at once the VAE's decoder
+  (reconstruction + KL) and the generator of a conditional WGAN-GP whose critic D(x, a) scores
+  real seen features against features generated from prior noise. The paper's D2 is an
+  *unconditional* critic on unlabelled features of the unseen classes (the transductive
+  setting); here it is the option ``transductive_d2``, off by default and never part of an
+  inductive run: it reads the protocol's unseen evaluation features without their labels,
+  which the inductive protocol forbids, so the engine refuses it unless the data hands them
+  over (see :meth:`FVAEGAN.unlabelled_unseen_features`).
+* **tf-VAEGAN** (Narayan, Gupta, Khan, Snoek, Shao, "Latent Embedding Feedback and
+  Discriminative Features for Zero-Shot Classification", ECCV 2020,
+  https://arxiv.org/abs/2003.07833). f-VAEGAN plus a semantic embedding decoder Dec(x) -> (a,
+  h) trained to recover the class attributes from real and generated features, and a feedback
+  module F(h) whose output is added (times ``feedback_weight``) to the generator's hidden layer:
+  a feature is generated, decoded, and generated again with the decoder's latent fed back, in
+  training and in synthesis. The GZSL classifier sees ``[x, Dec(x), h(x)]``: the features
+  concatenated with the decoder's output and hidden layer, as in the paper.
+
+Both train with Lightning's manual optimisation. Every batch of real seen features is split into
+``n_critic`` critic batches (one critic step each; tf-VAEGAN also steps its decoder on each real
+batch), followed by one step of the encoder and generator (and of the feedback module and the
+decoder) on the whole batch. The reconstruction term is the squared error summed over feature
+dimensions (the features are L2-normalised CNN features here, not min-max scaled into [0, 1]
+for a sigmoid/BCE as in the reference code), the semantic decoder's loss the squared error of
+its L2-normalised output against the (L2-normalised) attributes. The reference code adapts the
+gradient-penalty weight every step; here it is the fixed ``gp_weight`` of WGAN-GP.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zsl.data.types import ZSLBatch
+from zsl.models.generative.base import GenerativeZSL, check_positive
+from zsl.models.generative.clswgan import critic_loss
+from zsl.models.generative.nets import FeatureCritic, init_normal, randn, reparameterize
+from zsl.models.generative.second_stage import SecondStage
+
+
+class ConditionalEncoder(nn.Module):
+    """E(x, a): a feature [B, D] and its class semantics [B, A] -> (mean, log-variance) [B, Z]."""
+
+    def __init__(self, feature_dim: int, n_attributes: int, hidden: int, latent_dim: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(feature_dim + n_attributes, hidden), nn.LeakyReLU(0.2))
+        self.mean = nn.Linear(hidden, latent_dim)
+        self.logvar = nn.Linear(hidden, latent_dim)
+        init_normal(self)
+
+    def forward(self, features: Tensor, semantics: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.body(torch.cat([features, semantics], dim=1))
+        return self.mean(h), self.logvar(h)
+
+
+class FeedbackGenerator(nn.Module):
+    """G(z, a) with one LeakyReLU hidden layer h and a ReLU output (CNN features are
+    non-negative); ``feedback`` [B, H], if given, is added to h first (tf-VAEGAN)."""
+
+    def __init__(self, n_attributes: int, noise_dim: int, hidden: int, feature_dim: int) -> None:
+        super().__init__()
+        self.noise_dim, self.hidden_dim = noise_dim, hidden
+        self.hidden = nn.Sequential(nn.Linear(n_attributes + noise_dim, hidden), nn.LeakyReLU(0.2))
+        self.output = nn.Linear(hidden, feature_dim)
+        init_normal(self)
+
+    def forward(self, noise: Tensor, semantics: Tensor, feedback: Tensor | None = None) -> Tensor:
+        h = self.hidden(torch.cat([noise, semantics], dim=1))
+        if feedback is not None:
+            h = h + feedback
+        return torch.relu(self.output(h))
+
+    @torch.no_grad()
+    def init_output_bias(self, feature_mean: Tensor) -> None:
+        """Start the outputs at the mean training feature (see FeatureGenerator)."""
+        self.output.bias.copy_(feature_mean)
+
+
+class SemanticDecoder(nn.Module):
+    """Dec(x): a feature [B, D] -> (L2-normalised attributes [B, A], hidden layer [B, H])."""
+
+    def __init__(self, feature_dim: int, hidden: int, n_attributes: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(feature_dim, hidden), nn.LeakyReLU(0.2))
+        self.head = nn.Linear(hidden, n_attributes)
+        init_normal(self)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.body(features)
+        return F.normalize(self.head(h), dim=1), h
+
+
+class Feedback(nn.Module):
+    """F(h): the decoder's hidden layer [B, H_dec] -> a correction of the generator's hidden
+    layer [B, H_gen] (two LeakyReLU layers, as in the paper)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, out_dim),
+            nn.LeakyReLU(0.2),
+            nn.Linear(out_dim, out_dim),
+            nn.LeakyReLU(0.2),
+        )
+        init_normal(self)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.net(hidden)
+
+
+def vae_loss(recon: Tensor, target: Tensor, mean: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+    """(reconstruction, KL) of a Gaussian VAE, each summed over dimensions and averaged over
+    the batch: ``sum (recon - x)^2`` and ``KL(N(mean, exp(logvar)) || N(0, I))``."""
+    reconstruction = (recon - target).pow(2).sum(dim=1).mean()
+    kl = -0.5 * (1.0 + logvar - mean.pow(2) - logvar.exp()).sum(dim=1).mean()
+    return reconstruction, kl
+
+
+def semantic_loss(decoded: Tensor, semantics: Tensor) -> Tensor:
+    """Squared error of decoded (L2-normalised) attributes against the class attributes."""
+    return (decoded - F.normalize(semantics, dim=1)).pow(2).sum(dim=1).mean()
+
+
+class FVAEGAN(GenerativeZSL):
+    """f-VAEGAN (Xian et al., CVPR 2019), inductive unless ``transductive_d2``.
+
+    Defaults are the paper's recipe as published with tf-VAEGAN's code (4096 hidden units,
+    noise size = number of attributes, Adam 1e-4 / betas (0.5, 0.999), 5 critic steps, lambda
+    10, generator adversarial weight 10, 300 synthetic features per unseen class, final
+    classifier 25 epochs at 1e-3); ``zsl/conf/model/fvaegan.yaml`` sizes it for a CPU.
+
+    ``kl_weight`` and ``recon_weight`` scale the VAE terms, ``adv_weight`` the generator's WGAN
+    term (gamma in the paper). ``transductive_d2``: add the D2 critic on unlabelled unseen
+    features (``d2_weight``); see the module docstring.
+    """
+
+    default_second_stage = SecondStage(n_synth=300, cls_epochs=25, cls_lr=1e-3, cls_batch_size=64)
+    #: tf-VAEGAN adds the semantic decoder and the feedback module
+    feedback: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        feature_dim: int,
+        n_attributes: int,
+        n_classes: int,
+        hidden: int = 4096,
+        critic_hidden: int = 4096,
+        noise_dim: int | None = None,
+        lr: float = 1e-4,
+        beta1: float = 0.5,
+        n_critic: int = 5,
+        gp_weight: float = 10.0,
+        adv_weight: float = 10.0,
+        kl_weight: float = 1.0,
+        recon_weight: float = 1.0,
+        transductive_d2: bool = False,
+        d2_weight: float = 1.0,
+        second_stage: SecondStage | Mapping[str, Any] | None = None,
+    ) -> None:
+        check_positive(hidden=hidden, critic_hidden=critic_hidden, n_critic=n_critic)
+        for name, value in (("adv_weight", adv_weight), ("kl_weight", kl_weight)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        super().__init__(feature_dim, n_attributes, n_classes, second_stage)
+        self.automatic_optimization = False
+
+    # -- networks -----------------------------------------------------------------------
+    def noise_dim(self) -> int:
+        return int(self.hp.noise_dim or self.n_attributes)
+
+    def configure_models(self) -> None:
+        hp = self.hp
+        z = self.noise_dim()
+        self.encoder = ConditionalEncoder(self.feature_dim, self.n_attributes, hp.hidden, z)
+        self.generator = FeedbackGenerator(self.n_attributes, z, hp.hidden, self.feature_dim)
+        self.critic = FeatureCritic(self.feature_dim, self.n_attributes, hp.critic_hidden)
+        self.critic_d2: nn.Module | None = None
+        if hp.get("transductive_d2"):
+            self.critic_d2 = nn.Sequential(
+                nn.Linear(self.feature_dim, hp.critic_hidden),
+                nn.LeakyReLU(0.2),
+                nn.Linear(hp.critic_hidden, 1),
+            )
+            init_normal(self.critic_d2)
+        self.generator_initialised: Tensor
+        self.register_buffer("generator_initialised", torch.tensor(False))
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        betas = (float(self.hp.beta1), 0.999)
+        lr = float(self.hp.lr)
+        critics = [*self.critic.parameters()]
+        if self.critic_d2 is not None:
+            critics += [*self.critic_d2.parameters()]
+        return [
+            torch.optim.Adam([*self.encoder.parameters(), *self.generator.parameters()], lr, betas),
+            torch.optim.Adam(critics, lr, betas),
+        ]
+
+    def on_fit_start(self) -> None:
+        x, _ = self.seen_training_data()
+        if not bool(self.generator_initialised):
+            self.generator.init_output_bias(x.mean(dim=0))
+            self.generator_initialised.fill_(True)
+        if bool((x < 0).any()):
+            warnings.warn(
+                f"{type(self).__name__}: training features have negative values, but the "
+                "generator ends in a ReLU (CNN features are non-negative); use non-negative "
+                "preprocessing (l2 / minmax of ReLU features)",
+                stacklevel=2,
+            )
+
+    # -- generation ---------------------------------------------------------------------
+    def generate(self, noise: Tensor, semantics: Tensor) -> Tensor:
+        """G(z, a) (tf-VAEGAN: with the decoder's latent fed back, see :meth:`generate`)."""
+        return self.generator(noise, semantics)
+
+    def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        return self.embed(self.generate_features(class_semantics, n, generator))
+
+    def generate_features(
+        self, attributes: Tensor, n: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        rows = torch.arange(attributes.shape[0], device=attributes.device).repeat_interleave(n)
+        noise = randn((rows.numel(), self.noise_dim()), generator, attributes)
+        return self.generate(noise, attributes[rows])
+
+    # -- training -----------------------------------------------------------------------
+    def unlabelled_unseen_features(self) -> Tensor:
+        """D2's real inputs: unseen-class features without labels. Only a transductive data
+        source provides them; the inductive protocol never does."""
+        source = getattr(self, "_transductive_features", None)
+        if source is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: transductive_d2 needs unlabelled unseen features, "
+                "which the inductive protocol does not provide; set transductive_d2=false "
+                "(and never mix transductive numbers into inductive tables)"
+            )
+        return source
+
+    def critic_step(self, real: Tensor, semantics: Tensor, opt_d: Any) -> Tensor:
+        """One critic step on a chunk of real seen features (tf-VAEGAN: decoder step first)."""
+        with torch.no_grad():
+            fake = self.generate(randn((real.shape[0], self.noise_dim()), None, real), semantics)
+        loss_d, _ = critic_loss(self.critic, real, fake, semantics, float(self.hp.gp_weight))
+        if self.critic_d2 is not None:
+            unlabelled = self.unlabelled_unseen_features()
+            pick = torch.randint(0, unlabelled.shape[0], (real.shape[0],), device=real.device)
+            unseen = self.unseen_semantics()
+            pick_a = torch.randint(0, unseen.shape[0], (real.shape[0],), device=real.device)
+            with torch.no_grad():
+                noise = randn((real.shape[0], self.noise_dim()), None, real)
+                fake_u = self.generate(noise, unseen[pick_a])
+            d2 = self.critic_d2
+            loss_d2, _ = critic_loss(
+                lambda x, _a: d2(x).squeeze(1),  # type: ignore[arg-type]
+                unlabelled[pick],
+                fake_u,
+                unseen[pick_a],
+                float(self.hp.gp_weight),
+            )
+            loss_d = loss_d + float(self.hp.d2_weight) * loss_d2
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(loss_d)
+        opt_d.step()
+        return loss_d.detach()
+
+    def generator_terms(self, real: Tensor, semantics: Tensor) -> dict[str, Tensor]:
+        """The VAE and adversarial terms of a generator step on real seen features."""
+        hp = self.hp
+        mean, logvar = self.encoder(real, semantics)
+        recon = self.generate(reparameterize(mean, logvar), semantics)
+        reconstruction, kl = vae_loss(recon, real, mean, logvar)
+        fake = self.generate(randn((real.shape[0], self.noise_dim()), None, real), semantics)
+        terms = {
+            "reconstruction": reconstruction,
+            "kl": kl,
+            "adversarial": -self.critic(fake, semantics).mean(),
+        }
+        if self.critic_d2 is not None:
+            unseen = self.unseen_semantics()
+            pick = torch.randint(0, unseen.shape[0], (real.shape[0],), device=real.device)
+            fake_u = self.generate(
+                randn((real.shape[0], self.noise_dim()), None, real), unseen[pick]
+            )
+            terms["adversarial_d2"] = -float(hp.d2_weight) * self.critic_d2(fake_u).mean()
+        terms["_fake"] = fake
+        return terms
+
+    def generator_loss(self, terms: dict[str, Tensor]) -> Tensor:
+        hp = self.hp
+        loss = float(hp.recon_weight) * terms["reconstruction"] + float(hp.kl_weight) * terms["kl"]
+        loss = loss + float(hp.adv_weight) * terms["adversarial"]
+        if "adversarial_d2" in terms:
+            loss = loss + float(hp.adv_weight) * terms["adversarial_d2"]
+        return loss
+
+    def training_loss(
+        self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
+    ) -> Tensor:
+        opt_g, opt_d = self.optimizers()[:2]  # type: ignore[index]
+        real, semantics = batch.features, seen_semantics[local_labels]
+        self.critic.requires_grad_(True)
+        losses = [
+            self.critic_step(r, s, opt_d)
+            for r, s in zip(
+                real.chunk(int(self.hp.n_critic)), semantics.chunk(int(self.hp.n_critic))
+            )
+        ]
+        self.check_finite(losses[-1], "critic loss")
+        self.critic.requires_grad_(False)
+        try:
+            terms = self.generator_terms(real, semantics)
+            loss = self.generator_loss(terms)
+            self.check_finite(loss, "generator loss")
+            for opt in self.generator_optimizers():
+                opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            for opt in self.generator_optimizers():
+                opt.step()
+        finally:
+            self.critic.requires_grad_(True)
+        self.log_dict(
+            {
+                "train/critic_loss": losses[-1],
+                **{f"train/{k}": v.detach() for k, v in terms.items() if not k.startswith("_")},
+            },
+            on_step=False,
+            on_epoch=True,
+        )
+        return loss.detach()
+
+    def generator_optimizers(self) -> list[Any]:
+        """The optimisers stepped with the generator (encoder + generator here)."""
+        return [self.optimizers()[0]]  # type: ignore[index]
+
+
+class TFVAEGAN(FVAEGAN):
+    """tf-VAEGAN (Narayan et al., ECCV 2020): f-VAEGAN + semantic embedding decoder + feedback.
+
+    Defaults are the authors' CUB script (decoder and feedback 4096 units, decoder lr 1e-4,
+    feedback lr 1e-5, semantic reconstruction weight 0.01, feedback weight 1 in training and
+    synthesis). ``feedback_weight`` (a1) scales the feedback in training, ``synth_feedback_weight``
+    (a2) in synthesis; ``semantic_weight`` the decoder's loss on real and generated features.
+    """
+
+    feedback: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        feature_dim: int,
+        n_attributes: int,
+        n_classes: int,
+        hidden: int = 4096,
+        critic_hidden: int = 4096,
+        noise_dim: int | None = None,
+        lr: float = 1e-4,
+        beta1: float = 0.5,
+        n_critic: int = 5,
+        gp_weight: float = 10.0,
+        adv_weight: float = 10.0,
+        kl_weight: float = 1.0,
+        recon_weight: float = 1.0,
+        transductive_d2: bool = False,
+        d2_weight: float = 1.0,
+        decoder_hidden: int = 4096,
+        semantic_weight: float = 0.01,
+        feedback_weight: float = 1.0,
+        synth_feedback_weight: float = 1.0,
+        decoder_lr: float = 1e-4,
+        feedback_lr: float = 1e-5,
+        second_stage: SecondStage | Mapping[str, Any] | None = None,
+    ) -> None:
+        check_positive(
+            decoder_hidden=decoder_hidden, decoder_lr=decoder_lr, feedback_lr=feedback_lr
+        )
+        for name, value in (
+            ("semantic_weight", semantic_weight),
+            ("feedback_weight", feedback_weight),
+            ("synth_feedback_weight", synth_feedback_weight),
+        ):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        super().__init__(
+            feature_dim,
+            n_attributes,
+            n_classes,
+            hidden,
+            critic_hidden,
+            noise_dim,
+            lr,
+            beta1,
+            n_critic,
+            gp_weight,
+            adv_weight,
+            kl_weight,
+            recon_weight,
+            transductive_d2,
+            d2_weight,
+            second_stage,
+        )
+
+    def configure_models(self) -> None:
+        super().configure_models()
+        hp = self.hp
+        self.decoder = SemanticDecoder(self.feature_dim, hp.decoder_hidden, self.n_attributes)
+        self.feedback_module = Feedback(hp.decoder_hidden, hp.hidden)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        betas = (float(self.hp.beta1), 0.999)
+        return [
+            *super().configure_optimizers(),
+            torch.optim.Adam(self.decoder.parameters(), float(self.hp.decoder_lr), betas),
+            torch.optim.Adam(self.feedback_module.parameters(), float(self.hp.feedback_lr), betas),
+        ]
+
+    def generator_optimizers(self) -> list[Any]:
+        opts = self.optimizers()
+        return [opts[0], opts[2], opts[3]]  # type: ignore[index]
+
+    def classifier_dim(self) -> int:
+        """The classifier sees [x, Dec(x), hidden(x)]."""
+        return self.feature_dim + self.n_attributes + int(self.hp.decoder_hidden)
+
+    def embed(self, features: Tensor) -> Tensor:
+        decoded, hidden = self.decoder(features)
+        return torch.cat([features, decoded, hidden], dim=1)
+
+    def generate(self, noise: Tensor, semantics: Tensor, weight: float | None = None) -> Tensor:
+        """Two passes: x0 = G(z, a); h = Dec's hidden layer of x0 (detached); x = G(z, a,
+        a1 * F(h)). ``weight``: a1 (training, the default) or a2 (synthesis)."""
+        first = self.generator(noise, semantics)
+        _, hidden = self.decoder(first)
+        a1 = float(self.hp.feedback_weight if weight is None else weight)
+        return self.generator(noise, semantics, a1 * self.feedback_module(hidden.detach()))
+
+    def generate_features(
+        self, attributes: Tensor, n: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        rows = torch.arange(attributes.shape[0], device=attributes.device).repeat_interleave(n)
+        noise = randn((rows.numel(), self.noise_dim()), generator, attributes)
+        return self.generate(noise, attributes[rows], float(self.hp.synth_feedback_weight))
+
+    def critic_step(self, real: Tensor, semantics: Tensor, opt_d: Any) -> Tensor:
+        """A decoder step on the real chunk (semantic reconstruction), then the critic step."""
+        opt_dec = self.optimizers()[2]  # type: ignore[index]
+        decoded, _ = self.decoder(real)
+        loss = float(self.hp.semantic_weight) * semantic_loss(decoded, semantics)
+        opt_dec.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_dec.step()
+        return super().critic_step(real, semantics, opt_d)
+
+    def generator_terms(self, real: Tensor, semantics: Tensor) -> dict[str, Tensor]:
+        terms = super().generator_terms(real, semantics)
+        decoded, _ = self.decoder(terms["_fake"])
+        terms["semantic"] = semantic_loss(decoded, semantics)
+        return terms
+
+    def generator_loss(self, terms: dict[str, Tensor]) -> Tensor:
+        return super().generator_loss(terms) + float(self.hp.semantic_weight) * terms["semantic"]
