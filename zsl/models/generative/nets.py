@@ -76,8 +76,7 @@ class FeatureGenerator(nn.Module):
         self, semantics: Tensor, n: int, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         """``n`` features per row of ``semantics`` [K, A] -> (features [K*n, D], rows [K*n])."""
-        rows = torch.arange(semantics.shape[0], device=semantics.device).repeat_interleave(n)
-        noise = randn((rows.numel(), self.noise_dim), generator, semantics)
+        noise, rows = class_noise(semantics, n, self.noise_dim, generator)
         return self(noise, semantics[rows]), rows
 
 
@@ -130,6 +129,15 @@ def randn(shape: tuple[int, ...], generator: torch.Generator | None, like: Tenso
     """Standard normal noise drawn on the generator's device, returned on ``like``'s device."""
     device = generator.device if generator is not None else like.device
     return torch.randn(shape, generator=generator, device=device).to(like.device, like.dtype)
+
+
+def class_noise(
+    semantics: Tensor, n: int, noise_dim: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Noise [K*n, noise_dim] for ``n`` samples of each row of ``semantics`` [K, A], and the row
+    each sample belongs to [K*n] (grouped: row ``k`` owns ``k*n .. k*n + n - 1``)."""
+    rows = torch.arange(semantics.shape[0], device=semantics.device).repeat_interleave(n)
+    return randn((rows.numel(), noise_dim), generator, semantics), rows
 
 
 def reparameterize(

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from zsl.data.types import ZSLBatch
 from zsl.models.generative.base import GenerativeZSL, check_positive
-from zsl.models.generative.nets import init_normal, randn, reparameterize
+from zsl.models.generative.nets import class_noise, init_normal, randn, reparameterize
 from zsl.models.generative.second_stage import SecondStage
 from zsl.models.generative.vaegan import FeedbackGenerator, vae_loss
 
@@ -131,8 +131,7 @@ class SEGZSL(GenerativeZSL):
     def generate_features(
         self, attributes: Tensor, n: int, generator: torch.Generator | None = None
     ) -> Tensor:
-        rows = torch.arange(attributes.shape[0], device=attributes.device).repeat_interleave(n)
-        noise = randn((rows.numel(), int(self.hp.latent_dim)), generator, attributes)
+        noise, rows = class_noise(attributes, n, int(self.hp.latent_dim), generator)
         return self.generator(noise, attributes[rows])
 
     # -- training -----------------------------------------------------------------------

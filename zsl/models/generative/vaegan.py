@@ -42,7 +42,13 @@ from torch import Tensor, nn
 from zsl.data.types import ZSLBatch
 from zsl.models.generative.base import GenerativeZSL, check_positive
 from zsl.models.generative.clswgan import critic_loss
-from zsl.models.generative.nets import FeatureCritic, init_normal, randn, reparameterize
+from zsl.models.generative.nets import (
+    FeatureCritic,
+    class_noise,
+    init_normal,
+    randn,
+    reparameterize,
+)
 from zsl.models.generative.second_stage import SecondStage
 
 
@@ -228,8 +234,7 @@ class FVAEGAN(GenerativeZSL):
     def generate_features(
         self, attributes: Tensor, n: int, generator: torch.Generator | None = None
     ) -> Tensor:
-        rows = torch.arange(attributes.shape[0], device=attributes.device).repeat_interleave(n)
-        noise = randn((rows.numel(), self.noise_dim()), generator, attributes)
+        noise, rows = class_noise(attributes, n, self.noise_dim(), generator)
         return self.generate(noise, attributes[rows])
 
     # -- training -----------------------------------------------------------------------
@@ -444,8 +449,7 @@ class TFVAEGAN(FVAEGAN):
     def generate_features(
         self, attributes: Tensor, n: int, generator: torch.Generator | None = None
     ) -> Tensor:
-        rows = torch.arange(attributes.shape[0], device=attributes.device).repeat_interleave(n)
-        noise = randn((rows.numel(), self.noise_dim()), generator, attributes)
+        noise, rows = class_noise(attributes, n, self.noise_dim(), generator)
         return self.generate(noise, attributes[rows], float(self.hp.synth_feedback_weight))
 
     def critic_step(self, real: Tensor, semantics: Tensor, opt_d: Any) -> Tensor:
