@@ -3,8 +3,9 @@
 Times, on random tensors of the real shapes (4096-d VGG fc7 features, 312 attributes, 150
 seen / 50 unseen classes, batch 128), with the shipped configs' network sizes:
 
-* one training iteration: CADA-VAE (forward + backward + Adam step of both VAEs) and
-  f-CLSWGAN (``n_critic`` critic steps with the gradient penalty + one generator step);
+* one training iteration: CADA-VAE (forward + backward + Adam step of both VAEs),
+  f-CLSWGAN (``n_critic`` critic steps with the gradient penalty + one generator step), and
+  SE-GZSL, f-VAEGAN and tf-VAEGAN (their ``training_loss``: every optimiser step of one batch);
 * one evaluation: synthesising the unseen examples and fitting the GZSL softmax classifier
   (what every validation epoch and the final test pay on top of training).
 
@@ -25,8 +26,12 @@ import torch
 from omegaconf import OmegaConf
 
 from zsl.conf import CONFIG_DIR
+from zsl.data.types import ZSLBatch
+from zsl.models.generative.base import GenerativeZSL
 from zsl.models.generative.cadavae import CADAVAE
 from zsl.models.generative.clswgan import CLSWGAN, clswgan_iteration
+from zsl.models.generative.segzsl import SEGZSL
+from zsl.models.generative.vaegan import FVAEGAN, TFVAEGAN
 
 D, A, SEEN, UNSEEN, BATCH, N_REAL = 4096, 312, 150, 50, 128, 7057
 
@@ -49,19 +54,27 @@ def params(name: str) -> dict:
     return out  # type: ignore[return-value]
 
 
-def build(cls: type, name: str) -> CADAVAE | CLSWGAN:
+def build(cls: type, name: str) -> GenerativeZSL:
     model = cls(D, A, SEEN + UNSEEN, **params(name))
     model.seen_ids = torch.arange(SEEN)
     model.unseen_ids = torch.arange(SEEN, SEEN + UNSEEN)
     model.semantics = torch.rand(SEEN + UNSEEN, A)
-    return model
+    return model  # type: ignore[no-any-return]
 
 
-def second_stage(model: CADAVAE | CLSWGAN, real: torch.Tensor, labels: torch.Tensor) -> None:
-    """Synthesise the unseen examples and fit the GZSL classifier (one evaluation's overhead;
-    with ``cls_pca`` the principal components of the fixed real features are cached after the
-    first evaluation, as in training)."""
-    model.train_classifier(real, labels, torch.Generator().manual_seed(0))
+def costs(model: GenerativeZSL, step: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median seconds of one training ``step`` and of one evaluation's overhead: embed the real
+    seen features, synthesise the unseen examples and fit the GZSL classifier (with
+    ``cls_pca`` the principal components of the fixed real features are cached after the first
+    evaluation, as in training)."""
+    real_x, real_y = torch.rand(N_REAL, D), torch.randint(0, SEEN, (N_REAL,))
+
+    def evaluate() -> None:
+        with torch.no_grad():
+            real, labels = model.embed_seen(real_x, real_y, torch.Generator().manual_seed(0))
+        model.train_classifier(real, labels, torch.Generator().manual_seed(0))
+
+    return median_time(step, repeats), median_time(evaluate, max(1, repeats // 10), 1)
 
 
 def cadavae_costs(repeats: int) -> tuple[float, float]:
@@ -76,14 +89,7 @@ def cadavae_costs(repeats: int) -> tuple[float, float]:
         loss.backward()
         opt.step()
 
-    real_x, real_y = torch.rand(N_REAL, D), torch.randint(0, SEEN, (N_REAL,))
-
-    def evaluate() -> None:
-        with torch.no_grad():
-            real, labels = model.embed_seen(real_x, real_y, torch.Generator().manual_seed(0))
-        second_stage(model, real, labels)
-
-    return median_time(step, repeats), median_time(evaluate, max(1, repeats // 10), 1)
+    return costs(model, step, repeats)
 
 
 def clswgan_costs(repeats: int) -> tuple[float, float]:
@@ -107,14 +113,28 @@ def clswgan_costs(repeats: int) -> tuple[float, float]:
             hp.gp_weight,
             hp.cls_weight,
         )
-        model.update_generator_average()  # gen_ema, as in training
+        model.update_averages()  # gen_ema, as in training
 
-    real_x, real_y = torch.rand(N_REAL, D), torch.randint(0, SEEN, (N_REAL,))
+    return costs(model, step, repeats)
 
-    def evaluate() -> None:
-        second_stage(model, real_x, real_y)
 
-    return median_time(step, repeats), median_time(evaluate, max(1, repeats // 10), 1)
+def manual_costs(cls: type, name: str, repeats: int) -> tuple[float, float]:
+    """A model trained by its own ``training_loss`` with Lightning's manual optimisation: the
+    optimisers, ``manual_backward`` and logging that a Trainer would attach, attached here."""
+    model = build(cls, name)
+    opts = model.configure_optimizers()
+    model.optimizers = lambda use_pl_optimizer=True: opts  # type: ignore[method-assign]
+    model.manual_backward = lambda loss, *a, **k: loss.backward()  # type: ignore[method-assign]
+    model.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
+    model.generator.init_output_bias(torch.rand(D))
+    labels = torch.randint(0, SEEN, (BATCH,))
+    batch = ZSLBatch(torch.rand(BATCH, D), labels)
+    seen_semantics = model.semantics[:SEEN]
+
+    def step() -> None:
+        model.training_loss(batch, labels, seen_semantics)
+
+    return costs(model, step, repeats)
 
 
 def main() -> None:
@@ -132,7 +152,13 @@ def main() -> None:
     )
     print("| model | s / training iteration | s / trainval epoch (training) | s / evaluation |")
     print("| --- | --- | --- | --- |")
-    for name, fn in (("cadavae", cadavae_costs), ("clswgan", clswgan_costs)):
+    models: list[tuple[str, Callable[[int], tuple[float, float]]]] = [
+        ("cadavae", cadavae_costs),
+        ("clswgan", clswgan_costs),
+    ]
+    for name, cls in (("segzsl", SEGZSL), ("fvaegan", FVAEGAN), ("tfvaegan", TFVAEGAN)):
+        models.append((name, lambda r, cls=cls, name=name: manual_costs(cls, name, r)))
+    for name, fn in models:
         step, evaluation = fn(args.repeats)
         print(f"| {name} | {step:.4f} | {step * steps_per_epoch:.1f} | {evaluation:.2f} |")
 

@@ -159,8 +159,62 @@ def test_feedback_path_gradients_match_finite_differences(tiny) -> None:
         numeric = finite_difference(f, param, index)
         assert float(param.grad[index]) == pytest.approx(numeric, rel=1e-5, abs=1e-7)
     assert all(p.grad is None or not p.grad.any() for p in model.decoder.parameters())
+    model.hp.synth_feedback_weight = 0.0
     with torch.no_grad():  # a zero feedback weight: the second pass is the first
-        assert torch.equal(model.generate(noise, sem, weight=0.0), model.generator(noise, sem))
+        assert torch.equal(model.generate(noise, sem, synthesis=True), model.generator(noise, sem))
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_gen_ema_averages_the_synthesising_networks(tiny, tmp_path: Path, name: str) -> None:
+    """gen_ema: after a fit, every averaged network (tf-VAEGAN: generator and feedback
+    module) differs from the trained one, holds no gradient and sits in no optimiser, is saved
+    in the state dict, and is what generate_features uses; without gen_ema nothing is
+    averaged."""
+    pl.seed_everything(0, verbose=False)
+    dm = datamodule(tiny)
+    model = build(name, dm, gen_ema=0.5)
+    tr = trainer(tmp_path, 1)
+    tr.fit(model, dm)
+    names = model.averaged()
+    assert names == (["generator", "feedback_module"] if name == "tfvaegan" else ["generator"])
+    in_optim = {id(p) for opt in tr.optimizers for g in opt.param_groups for p in g["params"]}
+    for net in names:
+        average, current = getattr(model, f"{net}_ema"), getattr(model, net)
+        assert model.synthesis_net(net) is average
+        assert not in_optim & {id(p) for p in average.parameters()}
+        assert not any(p.requires_grad for p in average.parameters())
+        assert any(
+            not torch.equal(a, c) for a, c in zip(average.parameters(), current.parameters())
+        )
+        assert any(k.startswith(f"{net}_ema.") for k in model.state_dict())
+    sem = dm.class_space.semantics[:2]
+    with torch.no_grad():
+        synth = model.generate_features(sem, 3, torch.Generator().manual_seed(1))
+        for net in names:  # the trained networks in place of the averages: other numbers
+            setattr(model, f"{net}_ema", getattr(model, net))
+        trained = model.generate_features(sem, 3, torch.Generator().manual_seed(1))
+    assert not torch.allclose(synth, trained)
+    plain = build(name, dm)
+    assert all(getattr(plain, f"{n}_ema", None) is None for n in plain.averaged())
+
+
+def test_condition_norm_rescales_the_attributes_to_the_noise_norm(tiny) -> None:
+    """condition_norm c: the generator sees c * sqrt(Z) * a instead of the unit-norm a (so
+    a's norm is c times the noise's expected norm); null leaves a as it is; <= 0 is refused."""
+    dm = datamodule(tiny)
+    model = build("fvaegan", dm, condition_norm=2.0)
+    z = model.noise_dim()
+    assert model.generator.attribute_gain == pytest.approx(2.0 * z**0.5)
+    seen: list[torch.Tensor] = []
+    model.generator.hidden.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0]))
+    sem = torch.nn.functional.normalize(dm.class_space.semantics[:3], dim=1)
+    model.generator(torch.zeros(3, z), sem)
+    torch.testing.assert_close(seen[0][:, z:].norm(dim=1), torch.full((3,), 2.0 * z**0.5))
+    assert build("fvaegan", dm).generator.attribute_gain == 1.0
+    with pytest.raises(ValueError, match="condition_norm"):
+        build("segzsl", dm, condition_norm=0.0)
+    with pytest.raises(ValueError, match="gen_ema"):
+        build("tfvaegan", dm, gen_ema=1.0)
 
 
 def test_semantic_and_vae_losses_match_hand_computations() -> None:

@@ -44,16 +44,19 @@ the class space and the seen training features the model was bound to.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 
 from zsl.models.base import ZSLModule
+from zsl.models.generative.nets import ema_update
 from zsl.models.generative.second_stage import SecondStage, fit_softmax_classifier, principal_basis
 
 __all__ = ["GenerativeZSL", "SecondStage", "check_positive", "linear_warmup"]
@@ -135,6 +138,55 @@ class GenerativeZSL(ZSLModule):
         x, y = examples.features.to(self.device), examples.labels.to(self.device)
         self.to_local(y)  # raises if a training label is not a seen class
         return x, y
+
+    # -- generator helpers (f-CLSWGAN, SE-GZSL, f-VAEGAN, tf-VAEGAN) -------------------
+    def averaged(self) -> list[str]:
+        """Names of the networks whose weight average (``gen_ema``) synthesises features."""
+        return []
+
+    def build_averages(self) -> None:
+        """With ``gen_ema`` set: frozen copies ``<name>_ema`` of the :meth:`averaged`
+        networks, outside every optimiser and saved in checkpoints (call at the end of
+        ``configure_models``). Weight averaging of GAN generators: Yazici et al., "The Unusual
+        Effectiveness of Averaging in GAN Training", ICLR 2019."""
+        if self.hp.get("gen_ema") is not None:
+            for name in self.averaged():
+                average = copy.deepcopy(getattr(self, name)).requires_grad_(False)
+                setattr(self, f"{name}_ema", average)
+
+    def synthesis_net(self, name: str) -> nn.Module:
+        """The network that synthesises: ``<name>_ema`` with ``gen_ema``, else ``<name>``."""
+        average: nn.Module | None = getattr(self, f"{name}_ema", None)
+        return average if average is not None else getattr(self, name)  # type: ignore[no-any-return]
+
+    def update_averages(self) -> None:
+        """One step of the ``gen_ema`` averages, after a generator step (no-op without)."""
+        if self.hp.get("gen_ema") is not None:
+            decay = float(self.hp.gen_ema)
+            for name in self.averaged():
+                ema_update(getattr(self, f"{name}_ema"), getattr(self, name), decay)
+
+    def start_generator(self, generator: Any, features: Tensor) -> None:
+        """Shared start of a feature generator ending in a ReLU: warn if the training
+        ``features`` have negative values, and on the first fit only (the subclass's
+        ``generator_initialised`` buffer, saved in checkpoints) start its outputs at the mean
+        training feature (``generator.init_output_bias``) and copy the networks into their
+        ``gen_ema`` averages."""
+        if bool((features < 0).any()):
+            warnings.warn(
+                f"{type(self).__name__}: training features have negative values, but the "
+                "generator ends in a ReLU (CNN features are non-negative); use non-negative "
+                "preprocessing (l2 / minmax of ReLU features)",
+                stacklevel=2,
+            )
+        flag = getattr(self, "generator_initialised")  # noqa: B009 (a subclass buffer)
+        if not bool(flag):
+            generator.init_output_bias(features.mean(dim=0))
+            for name in self.averaged():
+                average = getattr(self, f"{name}_ema", None)
+                if average is not None:
+                    average.load_state_dict(getattr(self, name).state_dict())
+            flag.fill_(True)
 
     def _eval_generator(self) -> torch.Generator:
         """A private RNG for evaluation, so evaluating never perturbs the training RNG stream."""

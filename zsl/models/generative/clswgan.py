@@ -26,8 +26,6 @@ with 0.998 (ZSL top-1 about 54 instead of 50).
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,7 +39,7 @@ from zsl.models.generative.base import (
     check_positive,
     fit_softmax_classifier,
 )
-from zsl.models.generative.nets import FeatureCritic, FeatureGenerator, ema_update, randn
+from zsl.models.generative.nets import FeatureCritic, FeatureGenerator, randn
 from zsl.models.generative.second_stage import SecondStage
 
 
@@ -169,11 +167,7 @@ class CLSWGAN(GenerativeZSL):
             self.n_attributes, noise_dim, hp.gen_hidden, self.feature_dim
         )
         self.critic = FeatureCritic(self.feature_dim, self.n_attributes, hp.critic_hidden)
-        # weight average of the generator (gen_ema); a frozen copy outside every optimizer,
-        # saved in checkpoints with the generator
-        self.generator_ema: FeatureGenerator | None = None
-        if hp.get("gen_ema") is not None:
-            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+        self.build_averages()  # generator_ema with gen_ema (the base's weight averages)
         # softmax classifier over global ids, used on the seen columns only; pre-trained in
         # on_fit_start and frozen (not in any optimizer)
         self.seen_classifier = nn.Linear(self.feature_dim, self.n_classes)
@@ -196,18 +190,7 @@ class CLSWGAN(GenerativeZSL):
         """Pre-train the frozen seen-class classifier of the classification loss and (first fit
         only) start the generator's outputs at the mean training feature."""
         x, y = self.seen_training_data()
-        if not bool(self.generator_initialised):
-            self.generator.init_output_bias(x.mean(dim=0))
-            if self.generator_ema is not None:
-                self.generator_ema.load_state_dict(self.generator.state_dict())
-            self.generator_initialised.fill_(True)
-        if bool((x < 0).any()):
-            warnings.warn(
-                f"{type(self).__name__}: training features have negative values, but the "
-                "generator ends in a ReLU (CNN features are non-negative); use non-negative "
-                "preprocessing (l2 / minmax of ReLU features)",
-                stacklevel=2,
-            )
+        self.start_generator(self.generator, x)
         gen = torch.Generator().manual_seed(self.second_stage.eval_seed)
         weight, bias = fit_softmax_classifier(
             x,
@@ -251,7 +234,7 @@ class CLSWGAN(GenerativeZSL):
             backward=self.manual_backward,
         )
         self.check_finite(losses["critic_loss"], "critic loss")
-        self.update_generator_average()
+        self.update_averages()
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items() if k != "generator_loss"},
             on_step=False,
@@ -259,17 +242,16 @@ class CLSWGAN(GenerativeZSL):
         )
         return losses["generator_loss"]
 
-    def update_generator_average(self) -> None:
-        """One step of the ``gen_ema`` weight average, after a generator step (no-op when
-        ``gen_ema`` is null)."""
-        if self.generator_ema is not None:
-            ema_update(self.generator_ema, self.generator, float(self.hp.gen_ema))
-
     # -- generation ---------------------------------------------------------------------
+    def averaged(self) -> list[str]:
+        return ["generator"]
+
     def sampler(self) -> FeatureGenerator:
         """The network that synthesises features: the weight average with ``gen_ema``, else
         the trained generator."""
-        return self.generator if self.generator_ema is None else self.generator_ema
+        net = self.synthesis_net("generator")
+        assert isinstance(net, FeatureGenerator)
+        return net
 
     def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
         return self.sampler().sample(class_semantics, n, generator)[0]

@@ -30,7 +30,7 @@ from zsl.data.types import ZSLBatch
 from zsl.models.generative.base import GenerativeZSL, check_positive
 from zsl.models.generative.nets import class_noise, init_normal, randn, reparameterize
 from zsl.models.generative.second_stage import SecondStage
-from zsl.models.generative.vaegan import FeedbackGenerator, vae_loss
+from zsl.models.generative.vaegan import FeedbackGenerator, check_generator_options, vae_loss
 
 
 class FeatureEncoder(nn.Module):
@@ -68,7 +68,13 @@ def regression_loss(predicted: Tensor, semantics: Tensor) -> Tensor:
 
 
 class SEGZSL(GenerativeZSL):
-    """SE-GZSL (Verma et al., CVPR 2018): conditional VAE + attribute-regressor feedback."""
+    """SE-GZSL (Verma et al., CVPR 2018): conditional VAE + attribute-regressor feedback.
+
+    ``recon_weight`` scales the reconstruction against the KL term (1 collapses the posterior
+    on unit-norm features; the CPU config uses 100), ``feedback_weight`` and ``latent_weight``
+    the regressor's and the encoder's feedback, ``regressor_synth_weight`` the regressor's
+    loss on generated features. ``condition_norm`` and ``gen_ema``: as in
+    :class:`~zsl.models.generative.vaegan.FVAEGAN` (null = the paper)."""
 
     default_second_stage = SecondStage(n_synth=300, cls_epochs=25, cls_lr=1e-3, cls_batch_size=64)
 
@@ -82,14 +88,19 @@ class SEGZSL(GenerativeZSL):
         regressor_hidden: int = 512,
         lr: float = 1e-3,
         kl_weight: float = 1.0,
+        recon_weight: float = 1.0,
         feedback_weight: float = 0.1,
         latent_weight: float = 0.1,
         regressor_synth_weight: float = 0.1,
+        condition_norm: float | None = None,
+        gen_ema: float | None = None,
         second_stage: SecondStage | Mapping[str, Any] | None = None,
     ) -> None:
         check_positive(hidden=hidden, latent_dim=latent_dim, regressor_hidden=regressor_hidden)
+        check_generator_options(condition_norm, gen_ema)
         for name, value in (
             ("kl_weight", kl_weight),
+            ("recon_weight", recon_weight),
             ("feedback_weight", feedback_weight),
             ("latent_weight", latent_weight),
             ("regressor_synth_weight", regressor_synth_weight),
@@ -103,13 +114,17 @@ class SEGZSL(GenerativeZSL):
         hp = self.hp
         self.encoder = FeatureEncoder(self.feature_dim, hp.hidden, hp.latent_dim)
         self.generator = FeedbackGenerator(
-            self.n_attributes, hp.latent_dim, hp.hidden, self.feature_dim
+            self.n_attributes, hp.latent_dim, hp.hidden, self.feature_dim, hp.get("condition_norm")
         )
         self.regressor = AttributeRegressor(
             self.feature_dim, hp.regressor_hidden, self.n_attributes
         )
+        self.build_averages()
         self.generator_initialised: Tensor
         self.register_buffer("generator_initialised", torch.tensor(False))
+
+    def averaged(self) -> list[str]:
+        return ["generator"]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         lr = float(self.hp.lr)
@@ -120,9 +135,7 @@ class SEGZSL(GenerativeZSL):
 
     def on_fit_start(self) -> None:
         x, _ = self.seen_training_data()
-        if not bool(self.generator_initialised):
-            self.generator.init_output_bias(x.mean(dim=0))
-            self.generator_initialised.fill_(True)
+        self.start_generator(self.generator, x)
 
     # -- generation ---------------------------------------------------------------------
     def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
@@ -132,7 +145,7 @@ class SEGZSL(GenerativeZSL):
         self, attributes: Tensor, n: int, generator: torch.Generator | None = None
     ) -> Tensor:
         noise, rows = class_noise(attributes, n, int(self.hp.latent_dim), generator)
-        return self.generator(noise, attributes[rows])
+        return self.synthesis_net("generator")(noise, attributes[rows])  # type: ignore[no-any-return]
 
     # -- training -----------------------------------------------------------------------
     def sampled_semantics(self, n: int, like: Tensor) -> Tensor:
@@ -172,13 +185,14 @@ class SEGZSL(GenerativeZSL):
             fake = self.generator(noise, drawn)
             feedback = regression_loss(self.regressor(fake), drawn)
             latent = (self.encoder(fake)[0] - noise).pow(2).sum(dim=1).mean()
-            loss = reconstruction + float(hp.kl_weight) * kl
+            loss = float(hp.get("recon_weight", 1.0)) * reconstruction + float(hp.kl_weight) * kl
             loss = loss + float(hp.feedback_weight) * feedback
             loss = loss + float(hp.latent_weight) * latent
             self.check_finite(loss, "loss")
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             opt_g.step()
+            self.update_averages()
         finally:
             self.regressor.requires_grad_(True)
         self.log_dict(

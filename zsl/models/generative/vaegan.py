@@ -31,7 +31,6 @@ gradient-penalty weight every step; here it is the fixed ``gp_weight`` of WGAN-G
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -69,17 +68,30 @@ class ConditionalEncoder(nn.Module):
 
 class FeedbackGenerator(nn.Module):
     """G(z, a) with one LeakyReLU hidden layer h and a ReLU output (CNN features are
-    non-negative); ``feedback`` [B, H], if given, is added to h first (tf-VAEGAN)."""
+    non-negative); ``feedback`` [B, H], if given, is added to h first (tf-VAEGAN).
 
-    def __init__(self, n_attributes: int, noise_dim: int, hidden: int, feature_dim: int) -> None:
+    ``condition_norm`` (None = the papers): rescale the L2-normalised attributes to that
+    multiple of the noise's expected norm sqrt(Z) before they enter the network. With Z = 312
+    noise dimensions the unit-norm attributes are 1/18 of the input's norm, and a small network
+    trained briefly hardly conditions on them (see :class:`FVAEGAN`)."""
+
+    def __init__(
+        self,
+        n_attributes: int,
+        noise_dim: int,
+        hidden: int,
+        feature_dim: int,
+        condition_norm: float | None = None,
+    ) -> None:
         super().__init__()
         self.noise_dim, self.hidden_dim = noise_dim, hidden
+        self.attribute_gain = 1.0 if condition_norm is None else condition_norm * noise_dim**0.5
         self.hidden = nn.Sequential(nn.Linear(n_attributes + noise_dim, hidden), nn.LeakyReLU(0.2))
         self.output = nn.Linear(hidden, feature_dim)
         init_normal(self)
 
     def forward(self, noise: Tensor, semantics: Tensor, feedback: Tensor | None = None) -> Tensor:
-        h = self.hidden(torch.cat([noise, semantics], dim=1))
+        h = self.hidden(torch.cat([noise, self.attribute_gain * semantics], dim=1))
         if feedback is not None:
             h = h + feedback
         return torch.relu(self.output(h))
@@ -122,6 +134,14 @@ class Feedback(nn.Module):
         return self.net(hidden)
 
 
+def check_generator_options(condition_norm: float | None, gen_ema: float | None) -> None:
+    """Refuse a non-positive ``condition_norm`` or a ``gen_ema`` outside [0, 1)."""
+    if condition_norm is not None and not condition_norm > 0:
+        raise ValueError(f"condition_norm must be positive or null, got {condition_norm}")
+    if gen_ema is not None and not 0.0 <= gen_ema < 1.0:
+        raise ValueError(f"gen_ema must be in [0, 1) or null, got {gen_ema}")
+
+
 def vae_loss(recon: Tensor, target: Tensor, mean: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
     """(reconstruction, KL) of a Gaussian VAE, each summed over dimensions and averaged over
     the batch: ``sum (recon - x)^2`` and ``KL(N(mean, exp(logvar)) || N(0, I))``."""
@@ -146,6 +166,14 @@ class FVAEGAN(GenerativeZSL):
     ``kl_weight`` and ``recon_weight`` scale the VAE terms, ``adv_weight`` the generator's WGAN
     term (gamma in the paper). ``transductive_d2``: add the D2 critic on unlabelled unseen
     features (``d2_weight``); see the module docstring.
+
+    Two options for L2-normalised features and short CPU budgets (null = the paper):
+    ``condition_norm`` scales the attributes entering the generator to that multiple of the
+    noise's norm (:class:`FeedbackGenerator`), and ``gen_ema`` synthesises from a moving
+    average of the generator's weights (tf-VAEGAN: also of the feedback module; see
+    :meth:`GenerativeZSL.build_averages`). With ``recon_weight`` 1 the summed squared error of
+    unit-norm features can fall by at most about 1 against the KL term and the posterior
+    collapses; the CPU configs weight it 100 (docs/generative.md has the CUB measurements).
     """
 
     default_second_stage = SecondStage(n_synth=300, cls_epochs=25, cls_lr=1e-3, cls_batch_size=64)
@@ -169,9 +197,12 @@ class FVAEGAN(GenerativeZSL):
         recon_weight: float = 1.0,
         transductive_d2: bool = False,
         d2_weight: float = 1.0,
+        condition_norm: float | None = None,
+        gen_ema: float | None = None,
         second_stage: SecondStage | Mapping[str, Any] | None = None,
     ) -> None:
         check_positive(hidden=hidden, critic_hidden=critic_hidden, n_critic=n_critic)
+        check_generator_options(condition_norm, gen_ema)
         for name, value in (("adv_weight", adv_weight), ("kl_weight", kl_weight)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -186,7 +217,9 @@ class FVAEGAN(GenerativeZSL):
         hp = self.hp
         z = self.noise_dim()
         self.encoder = ConditionalEncoder(self.feature_dim, self.n_attributes, hp.hidden, z)
-        self.generator = FeedbackGenerator(self.n_attributes, z, hp.hidden, self.feature_dim)
+        self.generator = FeedbackGenerator(
+            self.n_attributes, z, hp.hidden, self.feature_dim, hp.get("condition_norm")
+        )
         self.critic = FeatureCritic(self.feature_dim, self.n_attributes, hp.critic_hidden)
         self.critic_d2: nn.Module | None = None
         if hp.get("transductive_d2"):
@@ -196,8 +229,12 @@ class FVAEGAN(GenerativeZSL):
                 nn.Linear(hp.critic_hidden, 1),
             )
             init_normal(self.critic_d2)
+        self.build_averages()
         self.generator_initialised: Tensor
         self.register_buffer("generator_initialised", torch.tensor(False))
+
+    def averaged(self) -> list[str]:
+        return ["generator"]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = (float(self.hp.beta1), 0.999)
@@ -212,21 +249,14 @@ class FVAEGAN(GenerativeZSL):
 
     def on_fit_start(self) -> None:
         x, _ = self.seen_training_data()
-        if not bool(self.generator_initialised):
-            self.generator.init_output_bias(x.mean(dim=0))
-            self.generator_initialised.fill_(True)
-        if bool((x < 0).any()):
-            warnings.warn(
-                f"{type(self).__name__}: training features have negative values, but the "
-                "generator ends in a ReLU (CNN features are non-negative); use non-negative "
-                "preprocessing (l2 / minmax of ReLU features)",
-                stacklevel=2,
-            )
+        self.start_generator(self.generator, x)
 
     # -- generation ---------------------------------------------------------------------
-    def generate(self, noise: Tensor, semantics: Tensor) -> Tensor:
-        """G(z, a) (tf-VAEGAN: with the decoder's latent fed back, see :meth:`generate`)."""
-        return self.generator(noise, semantics)
+    def generate(self, noise: Tensor, semantics: Tensor, synthesis: bool = False) -> Tensor:
+        """G(z, a) (tf-VAEGAN: with the decoder's latent fed back); ``synthesis``: with the
+        weight average of :meth:`synthesis_net` (the networks being trained otherwise)."""
+        generator = self.synthesis_net("generator") if synthesis else self.generator
+        return generator(noise, semantics)  # type: ignore[no-any-return]
 
     def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
         return self.embed(self.generate_features(class_semantics, n, generator))
@@ -235,7 +265,7 @@ class FVAEGAN(GenerativeZSL):
         self, attributes: Tensor, n: int, generator: torch.Generator | None = None
     ) -> Tensor:
         noise, rows = class_noise(attributes, n, self.noise_dim(), generator)
-        return self.generate(noise, attributes[rows])
+        return self.generate(noise, attributes[rows], synthesis=True)
 
     # -- training -----------------------------------------------------------------------
     def unlabelled_unseen_features(self) -> Tensor:
@@ -330,6 +360,7 @@ class FVAEGAN(GenerativeZSL):
             self.manual_backward(loss)
             for opt in self.generator_optimizers():
                 opt.step()
+            self.update_averages()
         finally:
             self.critic.requires_grad_(True)
         self.log_dict(
@@ -381,6 +412,8 @@ class TFVAEGAN(FVAEGAN):
         synth_feedback_weight: float = 1.0,
         decoder_lr: float = 1e-4,
         feedback_lr: float = 1e-5,
+        condition_norm: float | None = None,
+        gen_ema: float | None = None,
         second_stage: SecondStage | Mapping[str, Any] | None = None,
     ) -> None:
         check_positive(
@@ -409,14 +442,19 @@ class TFVAEGAN(FVAEGAN):
             recon_weight,
             transductive_d2,
             d2_weight,
+            condition_norm,
+            gen_ema,
             second_stage,
         )
 
     def configure_models(self) -> None:
-        super().configure_models()
         hp = self.hp
         self.decoder = SemanticDecoder(self.feature_dim, hp.decoder_hidden, self.n_attributes)
         self.feedback_module = Feedback(hp.decoder_hidden, hp.hidden)
+        super().configure_models()
+
+    def averaged(self) -> list[str]:
+        return ["generator", "feedback_module"]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = (float(self.hp.beta1), 0.999)
@@ -438,19 +476,22 @@ class TFVAEGAN(FVAEGAN):
         decoded, hidden = self.decoder(features)
         return torch.cat([features, decoded, hidden], dim=1)
 
-    def generate(self, noise: Tensor, semantics: Tensor, weight: float | None = None) -> Tensor:
+    def generate(self, noise: Tensor, semantics: Tensor, synthesis: bool = False) -> Tensor:
         """Two passes: x0 = G(z, a); h = Dec's hidden layer of x0 (detached); x = G(z, a,
-        a1 * F(h)). ``weight``: a1 (training, the default) or a2 (synthesis)."""
-        first = self.generator(noise, semantics)
+        w * F(h)), with w = a1 in training and a2 (and the ``gen_ema`` averages) in
+        ``synthesis``."""
+        if synthesis:
+            generator, feedback = (
+                self.synthesis_net("generator"),
+                self.synthesis_net("feedback_module"),
+            )
+            weight = float(self.hp.synth_feedback_weight)
+        else:
+            generator, feedback = self.generator, self.feedback_module
+            weight = float(self.hp.feedback_weight)
+        first = generator(noise, semantics)
         _, hidden = self.decoder(first)
-        a1 = float(self.hp.feedback_weight if weight is None else weight)
-        return self.generator(noise, semantics, a1 * self.feedback_module(hidden.detach()))
-
-    def generate_features(
-        self, attributes: Tensor, n: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        noise, rows = class_noise(attributes, n, self.noise_dim(), generator)
-        return self.generate(noise, attributes[rows], float(self.hp.synth_feedback_weight))
+        return generator(noise, semantics, weight * feedback(hidden.detach()))  # type: ignore[no-any-return]
 
     def critic_step(self, real: Tensor, semantics: Tensor, opt_d: Any) -> Tensor:
         """A decoder step on the real chunk (semantic reconstruction), then the critic step."""
