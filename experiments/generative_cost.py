@@ -50,7 +50,6 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> floa
 def params(name: str) -> dict:
     cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
     out = OmegaConf.to_container(cfg.params, resolve=True)
-    out["projection_plot"] = False
     return out  # type: ignore[return-value]
 
 
