@@ -175,8 +175,8 @@ def test_gen_ema_averages_the_synthesising_networks(tiny, tmp_path: Path, name: 
     model = build(name, dm, gen_ema=0.5)
     tr = trainer(tmp_path, 1)
     tr.fit(model, dm)
-    names = model.averaged()
-    assert names == (["generator", "feedback_module"] if name == "tfvaegan" else ["generator"])
+    names = model.averaged
+    assert names == (("generator", "feedback_module") if name == "tfvaegan" else ("generator",))
     in_optim = {id(p) for opt in tr.optimizers for g in opt.param_groups for p in g["params"]}
     for net in names:
         average, current = getattr(model, f"{net}_ema"), getattr(model, net)
@@ -195,7 +195,7 @@ def test_gen_ema_averages_the_synthesising_networks(tiny, tmp_path: Path, name: 
         trained = model.generate_features(sem, 3, torch.Generator().manual_seed(1))
     assert not torch.allclose(synth, trained)
     plain = build(name, dm)
-    assert all(getattr(plain, f"{n}_ema", None) is None for n in plain.averaged())
+    assert all(getattr(plain, f"{n}_ema", None) is None for n in plain.averaged)
 
 
 def test_condition_norm_rescales_the_attributes_to_the_noise_norm(tiny) -> None:

@@ -77,6 +77,10 @@ class GenerativeZSL(ZSLModule):
     example_space: ClassVar[str] = "features"
     #: the paper's second-stage settings; ``second_stage`` entries override them
     default_second_stage: ClassVar[SecondStage] = SecondStage()
+    #: the networks whose weight average (``gen_ema``) synthesises features
+    averaged: ClassVar[tuple[str, ...]] = ("generator",)
+    #: set by :meth:`register_generator_state` (models with a feature generator)
+    generator_initialised: Tensor
 
     def __init__(
         self,
@@ -140,19 +144,18 @@ class GenerativeZSL(ZSLModule):
         return x, y
 
     # -- generator helpers (f-CLSWGAN, SE-GZSL, f-VAEGAN, tf-VAEGAN) -------------------
-    def averaged(self) -> list[str]:
-        """Names of the networks whose weight average (``gen_ema``) synthesises features."""
-        return []
-
-    def build_averages(self) -> None:
-        """With ``gen_ema`` set: frozen copies ``<name>_ema`` of the :meth:`averaged`
-        networks, outside every optimiser and saved in checkpoints (call at the end of
-        ``configure_models``). Weight averaging of GAN generators: Yazici et al., "The Unusual
-        Effectiveness of Averaging in GAN Training", ICLR 2019."""
+    def register_generator_state(self) -> None:
+        """The state every feature generator keeps beside its networks (call at the end of
+        ``configure_models``): the ``generator_initialised`` buffer of
+        :meth:`start_generator` and, with ``gen_ema`` set, frozen copies ``<name>_ema`` of the
+        :attr:`averaged` networks, outside every optimiser; both are saved in checkpoints.
+        Weight averaging of GAN generators: Yazici et al., "The Unusual Effectiveness of
+        Averaging in GAN Training", ICLR 2019."""
         if self.hp.get("gen_ema") is not None:
-            for name in self.averaged():
+            for name in self.averaged:
                 average = copy.deepcopy(getattr(self, name)).requires_grad_(False)
                 setattr(self, f"{name}_ema", average)
+        self.register_buffer("generator_initialised", torch.tensor(False))
 
     def synthesis_net(self, name: str) -> nn.Module:
         """The network that synthesises: ``<name>_ema`` with ``gen_ema``, else ``<name>``."""
@@ -163,12 +166,12 @@ class GenerativeZSL(ZSLModule):
         """One step of the ``gen_ema`` averages, after a generator step (no-op without)."""
         if self.hp.get("gen_ema") is not None:
             decay = float(self.hp.gen_ema)
-            for name in self.averaged():
+            for name in self.averaged:
                 ema_update(getattr(self, f"{name}_ema"), getattr(self, name), decay)
 
     def start_generator(self, generator: Any, features: Tensor) -> None:
         """Shared start of a feature generator ending in a ReLU: warn if the training
-        ``features`` have negative values, and on the first fit only (the subclass's
+        ``features`` have negative values, and on the first fit only (the
         ``generator_initialised`` buffer, saved in checkpoints) start its outputs at the mean
         training feature (``generator.init_output_bias``) and copy the networks into their
         ``gen_ema`` averages."""
@@ -179,14 +182,13 @@ class GenerativeZSL(ZSLModule):
                 "preprocessing (l2 / minmax of ReLU features)",
                 stacklevel=2,
             )
-        flag = getattr(self, "generator_initialised")  # noqa: B009 (a subclass buffer)
-        if not bool(flag):
+        if not bool(self.generator_initialised):
             generator.init_output_bias(features.mean(dim=0))
-            for name in self.averaged():
+            for name in self.averaged:
                 average = getattr(self, f"{name}_ema", None)
                 if average is not None:
                     average.load_state_dict(getattr(self, name).state_dict())
-            flag.fill_(True)
+            self.generator_initialised.fill_(True)
 
     def _eval_generator(self) -> torch.Generator:
         """A private RNG for evaluation, so evaluating never perturbs the training RNG stream."""

@@ -167,15 +167,13 @@ class CLSWGAN(GenerativeZSL):
             self.n_attributes, noise_dim, hp.gen_hidden, self.feature_dim
         )
         self.critic = FeatureCritic(self.feature_dim, self.n_attributes, hp.critic_hidden)
-        self.build_averages()  # generator_ema with gen_ema (the base's weight averages)
         # softmax classifier over global ids, used on the seen columns only; pre-trained in
         # on_fit_start and frozen (not in any optimizer)
         self.seen_classifier = nn.Linear(self.feature_dim, self.n_classes)
         nn.init.zeros_(self.seen_classifier.weight)
         nn.init.zeros_(self.seen_classifier.bias)
         self.seen_classifier.requires_grad_(False)
-        self.generator_initialised: Tensor
-        self.register_buffer("generator_initialised", torch.tensor(False))
+        self.register_generator_state()  # generator_ema with gen_ema, the start flag
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = (float(self.hp.beta1), 0.999)
@@ -243,9 +241,6 @@ class CLSWGAN(GenerativeZSL):
         return losses["generator_loss"]
 
     # -- generation ---------------------------------------------------------------------
-    def averaged(self) -> list[str]:
-        return ["generator"]
-
     def sampler(self) -> FeatureGenerator:
         """The network that synthesises features: the weight average with ``gen_ema``, else
         the trained generator."""

@@ -119,12 +119,7 @@ class SEGZSL(GenerativeZSL):
         self.regressor = AttributeRegressor(
             self.feature_dim, hp.regressor_hidden, self.n_attributes
         )
-        self.build_averages()
-        self.generator_initialised: Tensor
-        self.register_buffer("generator_initialised", torch.tensor(False))
-
-    def averaged(self) -> list[str]:
-        return ["generator"]
+        self.register_generator_state()
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         lr = float(self.hp.lr)

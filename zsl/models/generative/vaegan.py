@@ -171,9 +171,10 @@ class FVAEGAN(GenerativeZSL):
     ``condition_norm`` scales the attributes entering the generator to that multiple of the
     noise's norm (:class:`FeedbackGenerator`), and ``gen_ema`` synthesises from a moving
     average of the generator's weights (tf-VAEGAN: also of the feedback module; see
-    :meth:`GenerativeZSL.build_averages`). With ``recon_weight`` 1 the summed squared error of
-    unit-norm features can fall by at most about 1 against the KL term and the posterior
-    collapses; the CPU configs weight it 100 (docs/generative.md has the CUB measurements).
+    :meth:`GenerativeZSL.register_generator_state`). With ``recon_weight`` 1 the summed squared
+    error of unit-norm features can fall by at most about 1 against the KL term and the
+    posterior collapses; the CPU configs weight it 100 (docs/generative.md has the CUB
+    measurements).
     """
 
     default_second_stage = SecondStage(n_synth=300, cls_epochs=25, cls_lr=1e-3, cls_batch_size=64)
@@ -229,12 +230,7 @@ class FVAEGAN(GenerativeZSL):
                 nn.Linear(hp.critic_hidden, 1),
             )
             init_normal(self.critic_d2)
-        self.build_averages()
-        self.generator_initialised: Tensor
-        self.register_buffer("generator_initialised", torch.tensor(False))
-
-    def averaged(self) -> list[str]:
-        return ["generator"]
+        self.register_generator_state()
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = (float(self.hp.beta1), 0.999)
@@ -453,8 +449,7 @@ class TFVAEGAN(FVAEGAN):
         self.feedback_module = Feedback(hp.decoder_hidden, hp.hidden)
         super().configure_models()
 
-    def averaged(self) -> list[str]:
-        return ["generator", "feedback_module"]
+    averaged = ("generator", "feedback_module")
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = (float(self.hp.beta1), 0.999)
