@@ -199,3 +199,23 @@ def tiny_datamodule(tiny: TinyXlsa17, protocol: str = "test", batch_size: int = 
     )
     dm.setup()
     return dm
+
+
+def tiny_trainer(tmp_path: Path, epochs: int, validate: bool = False, **kwargs: Any) -> Any:
+    """A quiet CPU Lightning trainer for tiny fits: no logger, checkpoints, bars or sanity
+    pass; validation every epoch only with ``validate``; extra Trainer arguments in ``kwargs``."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if validate else 0,
+        default_root_dir=str(tmp_path),
+        deterministic=True,
+        **kwargs,
+    )

@@ -14,6 +14,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import tiny_datamodule
+from conftest import tiny_trainer as trainer
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
@@ -31,6 +32,7 @@ from zsl.models.generative.second_stage import (
     SecondStage,
     fit_softmax_classifier,
     principal_basis,
+    within_class_residuals,
 )
 from zsl.reporting.plots import plot_feature_projection, plot_seen_unseen_curve
 from zsl.run.callbacks import EvaluationRecorder, ProjectionPlot
@@ -86,24 +88,6 @@ def build(name: str, dm: ZSLDataModule, **overrides) -> GenerativeZSL:
 def restage(model: GenerativeZSL, **options) -> None:
     """Change second-stage options of a built model (the settings are a frozen dataclass)."""
     model.second_stage = dataclasses.replace(model.second_stage, **options)
-
-
-def trainer(
-    tmp_path: Path, epochs: int, validate: bool = False, callbacks: list | None = None
-) -> pl.Trainer:
-    return pl.Trainer(
-        callbacks=callbacks,
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1.0 if validate else 0,
-        default_root_dir=str(tmp_path),
-        deterministic=True,
-    )
 
 
 # ------------------------------------------------------------------- WGAN-GP penalty
@@ -447,6 +431,62 @@ def test_synth_ratio_fixes_the_unseen_share(tiny, name: str) -> None:
     assert model.n_synth_per_class(1) == 1
     with pytest.raises(ValueError, match="synth_ratio"):
         build(name, dm, synth_ratio=0.0)
+
+
+def test_within_class_residuals_match_numpy() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.array([7, 3, 7, 9, 3, 3, 9])
+    x = rng.normal(size=(7, 4)) + labels[:, None]
+    expected = x.copy()
+    for c in np.unique(labels):
+        expected[labels == c] -= x[labels == c].mean(axis=0)
+    got = within_class_residuals(torch.from_numpy(x), torch.from_numpy(labels))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_synth_residual_adds_real_seen_deviations(tiny) -> None:
+    """Every synthetic example is the generated feature + k x one real seen residual (clamped
+    at 0 for non-negative features), and the synthetic classes then vary more."""
+    dm = datamodule(tiny)
+    model = build("clswgan", dm)
+    x, y = model.seen_training_data()
+    x = x.abs()  # non-negative, as CNN features are
+    residuals = within_class_residuals(x, y)
+    k = 0.5
+    restage(model, synth_residual=k)
+    model._nonnegative_features = True
+    with torch.no_grad():
+        plain = model.generate_features(
+            model.unseen_semantics(), 300, torch.Generator().manual_seed(3)
+        )
+        got = model.synthesize_unseen(300, torch.Generator().manual_seed(3), residuals)
+    # the same generator draws come first, then one residual index per example
+    pick = torch.randint(
+        0, residuals.shape[0], (plain.shape[0],), generator=_after(plain, model, 3)
+    )
+    torch.testing.assert_close(got, (plain + k * residuals[pick]).clamp_min(0.0))
+    n_unseen = model.unseen_ids.numel()
+    labels = torch.arange(n_unseen).repeat_interleave(300)
+    assert bool((within_class_std(got, labels) > within_class_std(plain, labels)).all())
+    restage(model, synth_residual=None)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.synthesize_unseen(300, torch.Generator().manual_seed(3)), plain
+        )
+    with pytest.raises(ValueError, match="synth_residual must be positive"):
+        build("clswgan", dm, synth_residual=0.0)
+    with pytest.raises(ValueError, match="synth_residual"):
+        build("cadavae", dm, synth_residual=1.0)
+
+
+def _after(plain: torch.Tensor, model: GenerativeZSL, seed: int) -> torch.Generator:
+    """An RNG seeded ``seed`` that has made the draws of ``generate_features`` (as
+    :meth:`GenerativeZSL.synthesize_unseen` does before drawing residual rows)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        again = model.generate_features(model.unseen_semantics(), 300, gen)
+    torch.testing.assert_close(again, plain)
+    return gen
 
 
 def test_fit_softmax_classifier_is_scale_invariant() -> None:

@@ -19,6 +19,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import tiny_datamodule
+from conftest import tiny_trainer as trainer
 from omegaconf import OmegaConf
 
 from zsl.conf import CONFIG_DIR
@@ -52,20 +53,6 @@ def build(name: str, dm: ZSLDataModule, **overrides: Any) -> GenerativeZSL:
     model = get_model_class(name)(space.feature_dim, space.n_attributes, space.n_classes, **params)
     model.bind(dm)
     return model
-
-
-def trainer(tmp_path: Path, epochs: int, **kwargs: Any) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(tmp_path),
-        **kwargs,
-    )
 
 
 # ----------------------------------------------------------------------------- inductive
@@ -254,7 +241,7 @@ def test_each_model_overfits_a_tiny_dataset(tiny, tmp_path: Path, name: str) -> 
 
     model.on_fit_start()  # the output bias starts at the mean feature, as a fit does
     before = error()
-    trainer(tmp_path, 150, limit_val_batches=0).fit(model, dm)
+    trainer(tmp_path, 150).fit(model, dm)
     after = error()
     assert after < 0.5 * before, (before, after)
 
@@ -267,7 +254,7 @@ def test_fit_validate_and_test_through_lightning(tiny, tmp_path: Path, name: str
     dm = datamodule(tiny, "val")
     model = build(name, dm)
     recorder = EvaluationRecorder()
-    trainer(tmp_path, 2, callbacks=[recorder]).fit(model, dm)
+    trainer(tmp_path, 2, validate=True, callbacks=[recorder]).fit(model, dm)
     assert len(recorder.history) == 2
     assert all(0.0 <= e["gzsl_h"] <= 100.0 for e in recorder.history)
     if name == "tfvaegan":  # the classifier sees [x, Dec(x), hidden(x)]
@@ -296,7 +283,7 @@ def test_cpu_and_paper_configs_build_and_step(tiny, tmp_path: Path, name: str) -
     space = dm.class_space
     model = get_model_class(name)(space.feature_dim, space.n_attributes, space.n_classes, **params)
     model.bind(dm)
-    trainer(tmp_path, 1, limit_train_batches=2, limit_val_batches=0).fit(model, dm)
+    trainer(tmp_path, 1, limit_train_batches=2).fit(model, dm)
     assert model.global_step >= 2
 
 

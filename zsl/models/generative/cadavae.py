@@ -89,6 +89,7 @@ class CADAVAE(GenerativeZSL):
     default_second_stage = SecondStage(n_synth=400, cls_epochs=23, cls_lr=1e-3, cls_batch_size=32)
 
     example_space = "latent codes"
+    feature_residuals = False
     feature_scale: Tensor
     semantic_scale: Tensor
     latent_within_std: Tensor

@@ -31,7 +31,9 @@ class SecondStage:
     ``cls_min_steps`` updates, so that a small dataset's classifier is trained as much as a
     large one's) with Adam at ``cls_lr``
     on mini-batches of ``cls_batch_size``; ``cls_pca = k`` restricts it to the top-``k``
-    principal components of the real seen examples. ``eval_seed`` seeds its private RNG.
+    principal components of the real seen examples. ``synth_residual = k`` adds to every
+    synthetic feature ``k`` times the deviation of a random real seen training feature from
+    its class mean (feature-space classifiers only). ``eval_seed`` seeds its private RNG.
     """
 
     n_synth: int = 300
@@ -43,10 +45,11 @@ class SecondStage:
     cls_lr: float = 1e-3
     cls_batch_size: int = 64
     cls_weight_decay: float = 0.0
+    synth_residual: float | None = None
     eval_seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("synth_ratio", "cls_steps", "cls_min_steps", "cls_pca"):
+        for name in ("synth_ratio", "cls_steps", "cls_min_steps", "cls_pca", "synth_residual"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"second_stage.{name} must be positive or null, got {value}")
@@ -128,6 +131,14 @@ def fit_softmax_classifier(
                 opt.step()
                 steps -= 1
     return weight.detach() * scale, bias.detach()
+
+
+def within_class_residuals(x: Tensor, y: Tensor) -> Tensor:
+    """Each row of ``x`` [N, D] minus the mean of the rows with its label ``y`` [N]."""
+    classes, index = torch.unique(y, return_inverse=True)
+    sums = x.new_zeros(classes.numel(), x.shape[1]).index_add_(0, index, x)
+    counts = torch.bincount(index, minlength=classes.numel()).to(x.dtype)
+    return x - (sums / counts[:, None])[index]
 
 
 def principal_basis(x: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,71 @@
+"""``experiments/second_stage_check.py`` on the tiny benchmark: it loads the validation-fit
+generator that a run's trial names, on the val protocol, and scores every classifier setting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import load_experiment
+from omegaconf import OmegaConf
+
+from zsl.cli.compose import compose
+from zsl.run.builders import load_data, make_datamodule, make_model
+from zsl.run.config import to_container
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_second_stage_check_scores_a_validation_generator(tiny, tmp_path: Path) -> None:
+    script = load_experiment("second_stage_check")
+    cfg = compose(
+        [
+            "data=xlsa17",
+            f"data.name={tiny.name}",
+            f"data.root={tiny.root}",
+            "data.feature_file=res101.mat",
+            "model=fvaegan",
+            "model.params.hidden=16",
+            "model.params.critic_hidden=16",
+            "logger=csv",
+            "trainer.enable_progress_bar=false",
+        ]
+    )
+    dm = make_datamodule(cfg, "val", load_data(cfg, "val"))
+    params = to_container(cfg.model.params)
+    model = make_model(cfg, dm, params)
+    run = tmp_path / "run"
+    (run / "trials").mkdir(parents=True)
+    (run / "checkpoints" / "val-0").mkdir(parents=True)
+    OmegaConf.save(cfg, run / "config.yaml")
+    torch.save({"state_dict": model.state_dict()}, run / "checkpoints" / "val-0" / "best.ckpt")
+    record = {"params": params, "epochs": 3, "checkpoint": "checkpoints/val-0/best.ckpt"}
+    (run / "trials" / "0.json").write_text(json.dumps(record))
+
+    loaded, loaded_dm, _ = script.load_validation_generator(run, 0)
+    assert loaded_dm.protocol == "val"  # never the test split
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, equal_nan=True)
+
+    out = tmp_path / "out"
+    result = script.main(
+        [str(run), "--cls-steps", "5,20", "--synth-residual", "none,1", "--out-dir", str(out)]
+    )
+    rows = result["rows"]
+    assert [(r["synth_residual"], r["cls_steps"]) for r in rows] == [
+        (None, 5),
+        (None, 20),
+        (1.0, 5),
+        (1.0, 20),
+    ]
+    for r in rows:
+        assert all(0.0 <= r[m] <= 100.0 for m in script.METRICS)
+    # the settings reach the classifier: its inputs or length differ, so do its scores
+    assert len({tuple(r[m] for m in script.METRICS) for r in rows}) > 1
+    assert result["spread"]["real"] > 0 and result["spread"]["generated"] >= 0
+    text = (out / f"{tiny.name.lower()}_fvaegan_second_stage.md").read_text()
+    assert text.count("\n| ") == 1 + 1 + len(rows)  # header, rule, one line per setting
+    with pytest.raises(SystemExit, match="trials/7.json"):
+        script.load_validation_generator(run, 7)
