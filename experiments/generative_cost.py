@@ -30,8 +30,10 @@ from zsl.data.types import ZSLBatch
 from zsl.models.generative.base import GenerativeZSL
 from zsl.models.generative.cadavae import CADAVAE
 from zsl.models.generative.clswgan import CLSWGAN, clswgan_iteration
+from zsl.models.generative.second_stage import within_class_residuals  # noqa: E402
 from zsl.models.generative.segzsl import SEGZSL
-from zsl.models.generative.vaegan import FVAEGAN, TFVAEGAN
+from zsl.models.generative.tfvaegan import TFVAEGAN
+from zsl.models.generative.vaegan import FVAEGAN
 
 D, A, SEEN, UNSEEN, BATCH, N_REAL = 4096, 312, 150, 50, 128, 7057
 
@@ -65,13 +67,17 @@ def costs(model: GenerativeZSL, step: Callable[[], object], repeats: int) -> tup
     """Median seconds of one training ``step`` and of one evaluation's overhead: embed the real
     seen features, synthesise the unseen examples and fit the GZSL classifier (with
     ``cls_pca`` the principal components of the fixed real features are cached after the first
-    evaluation, as in training)."""
+    evaluation, as in training; with ``synth_residual`` their within-class deviations are
+    computed at every evaluation, as in training)."""
     real_x, real_y = torch.rand(N_REAL, D), torch.randint(0, SEEN, (N_REAL,))
 
     def evaluate() -> None:
         with torch.no_grad():
             real, labels = model.embed_seen(real_x, real_y, torch.Generator().manual_seed(0))
-        model.train_classifier(real, labels, torch.Generator().manual_seed(0))
+            residuals = None  # synth_residual: real seen deviations, as fit_classifier takes
+            if model.second_stage.synth_residual is not None:
+                residuals = within_class_residuals(real_x, real_y)
+        model.train_classifier(real, labels, torch.Generator().manual_seed(0), residuals)
 
     return median_time(step, repeats), median_time(evaluate, max(1, repeats // 10), 1)
 

@@ -30,7 +30,8 @@ from zsl.models.base import LeakageError
 from zsl.models.generative.base import GenerativeZSL
 from zsl.models.generative.second_stage import fit_softmax_classifier
 from zsl.models.generative.segzsl import SEGZSL
-from zsl.models.generative.vaegan import FVAEGAN, TFVAEGAN, semantic_loss, vae_loss
+from zsl.models.generative.tfvaegan import TFVAEGAN, semantic_loss
+from zsl.models.generative.vaegan import FVAEGAN, vae_loss
 
 NEW = ("segzsl", "fvaegan", "tfvaegan")
 STAGE = dict(n_synth=20, cls_epochs=10, cls_lr=0.1, cls_batch_size=64)

@@ -67,5 +67,20 @@ def test_second_stage_check_scores_a_validation_generator(tiny, tmp_path: Path) 
     assert result["spread"]["real"] > 0 and result["spread"]["generated"] >= 0
     text = (out / f"{tiny.name.lower()}_fvaegan_second_stage.md").read_text()
     assert text.count("\n| ") == 1 + 1 + len(rows)  # header, rule, one line per setting
+    # the nested check: the same generator bound to fewer seen classes (inner), then carried
+    inner, inner_dm, _ = script.load_validation_generator(run, 0, 0.5, 0)
+    assert inner_dm.protocol == "val"
+    assert 2 <= inner.seen_ids.numel() < loaded.seen_ids.numel()
+    assert set(inner.seen_ids.tolist()) < set(loaded.seen_ids.tolist())
+    torch.testing.assert_close(inner.unseen_ids, loaded.unseen_ids)
+    for name, value in inner.state_dict().items():
+        if not name.endswith("_ids"):
+            torch.testing.assert_close(value, loaded.state_dict()[name], equal_nan=True)
+    check = script.nested(run, 0, 0.5, 0, [5, 20], 1.0)
+    assert check["inner_best"] in (5, 20)
+    ratio = check["outer"]["universe"] / check["inner"]["universe"]
+    assert check["rules"]["steps"]["cls_steps"] == check["inner_best"]
+    assert check["rules"]["per_class"]["cls_steps"] == round(check["inner_best"] * ratio)
+    assert check["outer_best"]["gzsl_h"] == max(r["gzsl_h"] for r in check["outer"]["rows"])
     with pytest.raises(SystemExit, match="trials/7.json"):
         script.load_validation_generator(run, 7)

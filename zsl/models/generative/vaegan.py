@@ -1,32 +1,23 @@
-"""f-VAEGAN-D2 and tf-VAEGAN: a conditional VAE and a WGAN sharing one feature generator.
+"""f-VAEGAN-D2: a conditional VAE and a WGAN sharing one feature generator.
 
-* **f-VAEGAN-D2** (Xian, Sharma, Schiele, Akata, "f-VAEGAN-D2: A Feature Generating Framework
-  for Any-Shot Learning", CVPR 2019, https://arxiv.org/abs/1903.10132). An encoder E(x, a)
-  gives a Gaussian posterior over the noise; the generator G(z, a) is at once the VAE's decoder
-  (reconstruction + KL) and the generator of a conditional WGAN-GP whose critic D(x, a) scores
-  real seen features against features generated from prior noise. The paper's D2 is an
-  *unconditional* critic on unlabelled features of the unseen classes (the transductive
-  setting); here it is the option ``transductive_d2``, off by default and never part of an
-  inductive run: it reads the protocol's unseen evaluation features without their labels,
-  which the inductive protocol forbids, so the engine refuses it unless the data hands them
-  over (see :meth:`FVAEGAN.unlabelled_unseen_features`).
-* **tf-VAEGAN** (Narayan, Gupta, Khan, Snoek, Shao, "Latent Embedding Feedback and
-  Discriminative Features for Zero-Shot Classification", ECCV 2020,
-  https://arxiv.org/abs/2003.07833). f-VAEGAN plus a semantic embedding decoder Dec(x) -> (a,
-  h) trained to recover the class attributes from real and generated features, and a feedback
-  module F(h) whose output is added (times ``feedback_weight``) to the generator's hidden layer:
-  a feature is generated, decoded, and generated again with the decoder's latent fed back, in
-  training and in synthesis. The GZSL classifier sees ``[x, Dec(x), h(x)]``: the features
-  concatenated with the decoder's output and hidden layer, as in the paper.
+Xian, Sharma, Schiele, Akata, "f-VAEGAN-D2: A Feature Generating Framework for Any-Shot
+Learning", CVPR 2019, https://arxiv.org/abs/1903.10132. An encoder E(x, a) gives a Gaussian
+posterior over the noise; the generator G(z, a) is at once the VAE's decoder (reconstruction +
+KL) and the generator of a conditional WGAN-GP whose critic D(x, a) scores real seen features
+against features generated from prior noise. The paper's D2 is an *unconditional* critic on
+unlabelled features of the unseen classes (the transductive setting); here it is the option
+``transductive_d2``, off by default and never part of an inductive run: it reads the
+protocol's unseen evaluation features without their labels, which the inductive protocol
+forbids, so the engine refuses it unless the data hands them over (see
+:meth:`FVAEGAN.unlabelled_unseen_features`). tf-VAEGAN builds on it
+(:mod:`zsl.models.generative.tfvaegan`).
 
-Both train with Lightning's manual optimisation. Every batch of real seen features is split into
-``n_critic`` critic batches (one critic step each; tf-VAEGAN also steps its decoder on each real
-batch), followed by one step of the encoder and generator (and of the feedback module and the
-decoder) on the whole batch. The reconstruction term is the squared error summed over feature
+Training uses Lightning's manual optimisation. Every batch of real seen features is split into
+``n_critic`` critic batches (one critic step each), followed by one step of the encoder and
+generator on the whole batch. The reconstruction term is the squared error summed over feature
 dimensions (the features are L2-normalised CNN features here, not min-max scaled into [0, 1]
-for a sigmoid/BCE as in the reference code), the semantic decoder's loss the squared error of
-its L2-normalised output against the (L2-normalised) attributes. The reference code adapts the
-gradient-penalty weight every step; here it is the fixed ``gp_weight`` of WGAN-GP.
+for a sigmoid/BCE as in the reference code). The reference code adapts the gradient-penalty
+weight every step; here it is the fixed ``gp_weight`` of WGAN-GP.
 """
 
 from __future__ import annotations
@@ -35,7 +26,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zsl.data.types import ZSLBatch
@@ -102,38 +92,6 @@ class FeedbackGenerator(nn.Module):
         self.output.bias.copy_(feature_mean)
 
 
-class SemanticDecoder(nn.Module):
-    """Dec(x): a feature [B, D] -> (L2-normalised attributes [B, A], hidden layer [B, H])."""
-
-    def __init__(self, feature_dim: int, hidden: int, n_attributes: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(feature_dim, hidden), nn.LeakyReLU(0.2))
-        self.head = nn.Linear(hidden, n_attributes)
-        init_normal(self)
-
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.body(features)
-        return F.normalize(self.head(h), dim=1), h
-
-
-class Feedback(nn.Module):
-    """F(h): the decoder's hidden layer [B, H_dec] -> a correction of the generator's hidden
-    layer [B, H_gen] (two LeakyReLU layers, as in the paper)."""
-
-    def __init__(self, in_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, out_dim),
-            nn.LeakyReLU(0.2),
-            nn.Linear(out_dim, out_dim),
-            nn.LeakyReLU(0.2),
-        )
-        init_normal(self)
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        return self.net(hidden)
-
-
 def check_generator_options(condition_norm: float | None, gen_ema: float | None) -> None:
     """Refuse a non-positive ``condition_norm`` or a ``gen_ema`` outside [0, 1)."""
     if condition_norm is not None and not condition_norm > 0:
@@ -148,11 +106,6 @@ def vae_loss(recon: Tensor, target: Tensor, mean: Tensor, logvar: Tensor) -> tup
     reconstruction = (recon - target).pow(2).sum(dim=1).mean()
     kl = -0.5 * (1.0 + logvar - mean.pow(2) - logvar.exp()).sum(dim=1).mean()
     return reconstruction, kl
-
-
-def semantic_loss(decoded: Tensor, semantics: Tensor) -> Tensor:
-    """Squared error of decoded (L2-normalised) attributes against the class attributes."""
-    return (decoded - F.normalize(semantics, dim=1)).pow(2).sum(dim=1).mean()
 
 
 class FVAEGAN(GenerativeZSL):
@@ -372,137 +325,3 @@ class FVAEGAN(GenerativeZSL):
     def generator_optimizers(self) -> list[Any]:
         """The optimisers stepped with the generator (encoder + generator here)."""
         return [self.optimizers()[0]]  # type: ignore[index]
-
-
-class TFVAEGAN(FVAEGAN):
-    """tf-VAEGAN (Narayan et al., ECCV 2020): f-VAEGAN + semantic embedding decoder + feedback.
-
-    Defaults are the authors' CUB script (decoder and feedback 4096 units, decoder lr 1e-4,
-    feedback lr 1e-5, semantic reconstruction weight 0.01, feedback weight 1 in training and
-    synthesis). ``feedback_weight`` (a1) scales the feedback in training, ``synth_feedback_weight``
-    (a2) in synthesis; ``semantic_weight`` the decoder's loss on real and generated features.
-    """
-
-    feedback: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        feature_dim: int,
-        n_attributes: int,
-        n_classes: int,
-        hidden: int = 4096,
-        critic_hidden: int = 4096,
-        noise_dim: int | None = None,
-        lr: float = 1e-4,
-        beta1: float = 0.5,
-        n_critic: int = 5,
-        gp_weight: float = 10.0,
-        adv_weight: float = 10.0,
-        kl_weight: float = 1.0,
-        recon_weight: float = 1.0,
-        transductive_d2: bool = False,
-        d2_weight: float = 1.0,
-        decoder_hidden: int = 4096,
-        semantic_weight: float = 0.01,
-        feedback_weight: float = 1.0,
-        synth_feedback_weight: float = 1.0,
-        decoder_lr: float = 1e-4,
-        feedback_lr: float = 1e-5,
-        condition_norm: float | None = None,
-        gen_ema: float | None = None,
-        second_stage: SecondStage | Mapping[str, Any] | None = None,
-    ) -> None:
-        check_positive(
-            decoder_hidden=decoder_hidden, decoder_lr=decoder_lr, feedback_lr=feedback_lr
-        )
-        for name, value in (
-            ("semantic_weight", semantic_weight),
-            ("feedback_weight", feedback_weight),
-            ("synth_feedback_weight", synth_feedback_weight),
-        ):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        super().__init__(
-            feature_dim,
-            n_attributes,
-            n_classes,
-            hidden,
-            critic_hidden,
-            noise_dim,
-            lr,
-            beta1,
-            n_critic,
-            gp_weight,
-            adv_weight,
-            kl_weight,
-            recon_weight,
-            transductive_d2,
-            d2_weight,
-            condition_norm,
-            gen_ema,
-            second_stage,
-        )
-
-    def configure_models(self) -> None:
-        hp = self.hp
-        self.decoder = SemanticDecoder(self.feature_dim, hp.decoder_hidden, self.n_attributes)
-        self.feedback_module = Feedback(hp.decoder_hidden, hp.hidden)
-        super().configure_models()
-
-    averaged = ("generator", "feedback_module")
-
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        betas = (float(self.hp.beta1), 0.999)
-        return [
-            *super().configure_optimizers(),
-            torch.optim.Adam(self.decoder.parameters(), float(self.hp.decoder_lr), betas),
-            torch.optim.Adam(self.feedback_module.parameters(), float(self.hp.feedback_lr), betas),
-        ]
-
-    def generator_optimizers(self) -> list[Any]:
-        opts = self.optimizers()
-        return [opts[0], opts[2], opts[3]]  # type: ignore[index]
-
-    def classifier_dim(self) -> int:
-        """The classifier sees [x, Dec(x), hidden(x)]."""
-        return self.feature_dim + self.n_attributes + int(self.hp.decoder_hidden)
-
-    def embed(self, features: Tensor) -> Tensor:
-        decoded, hidden = self.decoder(features)
-        return torch.cat([features, decoded, hidden], dim=1)
-
-    def generate(self, noise: Tensor, semantics: Tensor, synthesis: bool = False) -> Tensor:
-        """Two passes: x0 = G(z, a); h = Dec's hidden layer of x0 (detached); x = G(z, a,
-        w * F(h)), with w = a1 in training and a2 (and the ``gen_ema`` averages) in
-        ``synthesis``."""
-        if synthesis:
-            generator, feedback = (
-                self.synthesis_net("generator"),
-                self.synthesis_net("feedback_module"),
-            )
-            weight = float(self.hp.synth_feedback_weight)
-        else:
-            generator, feedback = self.generator, self.feedback_module
-            weight = float(self.hp.feedback_weight)
-        first = generator(noise, semantics)
-        _, hidden = self.decoder(first)
-        return generator(noise, semantics, weight * feedback(hidden.detach()))  # type: ignore[no-any-return]
-
-    def critic_step(self, real: Tensor, semantics: Tensor, opt_d: Any) -> Tensor:
-        """A decoder step on the real chunk (semantic reconstruction), then the critic step."""
-        opt_dec = self.optimizers()[2]  # type: ignore[index]
-        decoded, _ = self.decoder(real)
-        loss = float(self.hp.semantic_weight) * semantic_loss(decoded, semantics)
-        opt_dec.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt_dec.step()
-        return super().critic_step(real, semantics, opt_d)
-
-    def generator_terms(self, real: Tensor, semantics: Tensor) -> dict[str, Tensor]:
-        terms = super().generator_terms(real, semantics)
-        decoded, _ = self.decoder(terms["_fake"])
-        terms["semantic"] = semantic_loss(decoded, semantics)
-        return terms
-
-    def generator_loss(self, terms: dict[str, Tensor]) -> Tensor:
-        return super().generator_loss(terms) + float(self.hp.semantic_weight) * terms["semantic"]
