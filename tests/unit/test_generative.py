@@ -454,12 +454,11 @@ def test_synth_residual_adds_real_seen_deviations(tiny) -> None:
     residuals = within_class_residuals(x, y)
     k = 0.5
     restage(model, synth_residual=k)
-    model._nonnegative_features = True
     with torch.no_grad():
         plain = model.generate_features(
             model.unseen_semantics(), 300, torch.Generator().manual_seed(3)
         )
-        got = model.synthesize_unseen(300, torch.Generator().manual_seed(3), residuals)
+        got = model.synthesize_unseen(300, torch.Generator().manual_seed(3), residuals, True)
     # the same generator draws come first, then one residual index per example
     pick = torch.randint(
         0, residuals.shape[0], (plain.shape[0],), generator=_after(plain, model, 3)

@@ -135,9 +135,6 @@ class GenerativeZSL(ZSLModule):
         # (key, mean, basis) of the last cls_pca basis: the real seen features of f-CLSWGAN are
         # the same at every evaluation, so their PCA is computed once
         self._basis_cache: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
-        # whether the real seen training features are non-negative (synth_residual keeps
-        # synthetic features so); set at every fit_classifier
-        self._nonnegative_features = True
 
     # -- hooks for subclasses ---------------------------------------------------------
     def classifier_dim(self) -> int:
@@ -238,9 +235,8 @@ class GenerativeZSL(ZSLModule):
             residuals = None
             if self.second_stage.synth_residual is not None:
                 residuals = within_class_residuals(x, y)
-                self._nonnegative_features = bool((x >= 0).all())
         self.train(was_training)
-        self.train_classifier(real, real_y, gen, residuals)
+        self.train_classifier(real, real_y, gen, residuals, bool((x >= 0).all()))
 
     @torch.inference_mode(False)
     def train_classifier(
@@ -249,19 +245,21 @@ class GenerativeZSL(ZSLModule):
         real_y: Tensor,
         generator: torch.Generator,
         residuals: Tensor | None = None,
+        nonnegative: bool = True,
     ) -> None:
         """Fit the GZSL softmax classifier over the protocol's universe (global ids) on ``real``
         seen examples in classifier space [N, E] with global labels [N] plus
         :meth:`n_synth_per_class` synthetic examples per unseen class (``cls_pca``: on the top
         principal components of ``real``; ``synth_residual``: with real seen within-class
-        ``residuals`` [N', D] added, see :meth:`synthesize_unseen`)."""
+        ``residuals`` [N', D] added, kept non-negative if the real features are
+        (``nonnegative``), see :meth:`synthesize_unseen`)."""
         stage = self.second_stage
         was_training = self.training
         self.eval()
         with torch.no_grad():
             unseen = self.unseen_ids
             n_synth = self.n_synth_per_class(real.shape[0])
-            synth = self.synthesize_unseen(n_synth, generator, residuals)
+            synth = self.synthesize_unseen(n_synth, generator, residuals, nonnegative)
             synth_y = unseen.repeat_interleave(n_synth)
         self.train(was_training)
         universe = torch.nonzero(self.universe_mask()).squeeze(1)
@@ -290,13 +288,18 @@ class GenerativeZSL(ZSLModule):
         self._classifier = (weight, bias, universe)
 
     def synthesize_unseen(
-        self, n: int, generator: torch.Generator, residuals: Tensor | None = None
+        self,
+        n: int,
+        generator: torch.Generator,
+        residuals: Tensor | None = None,
+        nonnegative: bool = True,
     ) -> Tensor:
         """``n`` synthetic examples per unseen class in classifier space, grouped by class.
 
         With ``synth_residual = k`` and the real seen training features' within-class
-        ``residuals``: generated features + ``k`` x a residual drawn with replacement (kept
-        non-negative when the real features are, as CNN features are), then :meth:`embed`."""
+        ``residuals``: generated features + ``k`` x a residual drawn with replacement (clamped at
+        0 with ``nonnegative``: the real features are, as CNN features are), then
+        :meth:`embed`."""
         k = self.second_stage.synth_residual
         if k is None:
             return self.synthesize(self.unseen_semantics(), n, generator)
@@ -311,7 +314,7 @@ class GenerativeZSL(ZSLModule):
             0, residuals.shape[0], (features.shape[0],), generator=generator, device=device
         ).to(residuals.device)
         features = features + float(k) * residuals[pick]
-        if self._nonnegative_features:
+        if nonnegative:
             features = features.clamp_min(0.0)
         return self.embed(features)
 
