@@ -15,14 +15,25 @@ writes ``experiments/results/<name>.md`` and ``.json``. The classifier's within-
 is printed beside: root mean squared deviation from the class mean, real seen training features
 against the generator's features of the same seen classes.
 
-``--inner-fraction f`` adds a nested check of how a classifier length selected on validation
-carries over to a protocol with more classes (the final fit has 150 seen CUB classes where
-validation had 100), one level down and on validation classes only: the same generator, with
-only the fraction ``f`` of the train classes as the classifier's seen classes (inner) and with
-all of them (outer). The inner optimum is carried to the outer protocol by three rules -- the
-same number of updates (``steps``), updates in proportion to the classes of the universe
-(``per_class``), or to the classifier's training examples (``epochs``) -- and each is scored
-on the outer protocol beside the outer optimum (for reference only).
+``--inner-fraction f`` adds a nested check of how a setting selected on validation carries over
+to a protocol with more seen classes (the final fit has 150 seen CUB classes where validation
+had 100), one level down and on validation classes only: the same generator, with only the
+fraction ``f`` of the train classes as the classifier's seen classes (inner) and with all of
+them (outer). ``--nested`` names the setting:
+
+* ``cls_steps`` (the ``--cls-steps`` values, at the last ``--synth-residual``): the inner
+  optimum is carried by the same number of updates (``steps``), updates in proportion to the
+  classes of the universe (``per_class``), or to the classifier's training examples
+  (``epochs``);
+* ``synth_ratio`` (the ``--synth-ratios`` values, at the config's classifier length and the
+  last ``--synth-residual``): the inner optimum is carried as the same share of synthetic
+  examples among all (``share``: ``synth_ratio`` unchanged, so each unseen class gets 1.5x
+  more examples when there are 1.5x more real seen ones) or as the same number per unseen
+  class relative to the real examples per seen class (``per_class``: ``synth_ratio`` times
+  inner / outer seen classes).
+
+Each rule is scored on the outer protocol beside the outer optimum (for reference only).
+``--inner-seeds`` repeats the check over several draws of the inner classes.
 """
 
 from __future__ import annotations
@@ -108,30 +119,56 @@ def spread(model: GenerativeZSL, per_class: int = 50) -> dict[str, float]:
 
 
 def sweep(
-    model: GenerativeZSL, dm: Any, cfg: Any, steps: list[int], residuals: list[float | None]
+    model: GenerativeZSL, dm: Any, cfg: Any, settings: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Validation metrics of every (classifier updates, synth_residual) combination."""
+    """Validation metrics of the classifier retrained with every setting (``SecondStage``
+    fields, e.g. ``{"cls_steps": 600, "synth_residual": 1.0}``) on ``model``'s generator."""
     trainer = make_trainer(cfg, get_model_class(str(cfg.model.name)), 1, False)
     base = model.second_stage
     rows = []
-    for k in residuals:
-        for n in steps:
-            model.second_stage = dataclasses.replace(
-                base, cls_steps=n, cls_min_steps=None, synth_residual=k
-            )
-            start = time.perf_counter()
-            out = trainer.validate(model, dm, verbose=False)[0]
-            row: dict[str, Any] = {"synth_residual": k, "cls_steps": n}
-            row.update({m: float(out[f"val/{m}"]) for m in METRICS})
-            row["seconds"] = time.perf_counter() - start
-            rows.append(row)
-            print(
-                f"synth_residual={k} cls_steps={n}: "
-                + " ".join(f"{m} {row[m]:.1f}" for m in METRICS),
-                flush=True,
-            )
+    for setting in settings:
+        fields = dict(setting)
+        if "cls_steps" in fields:
+            fields["cls_min_steps"] = None
+        model.second_stage = dataclasses.replace(base, **fields)
+        start = time.perf_counter()
+        out = trainer.validate(model, dm, verbose=False)[0]
+        row: dict[str, Any] = dict(setting)
+        row.update({m: float(out[f"val/{m}"]) for m in METRICS})
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+        print(
+            " ".join(f"{k}={v}" for k, v in setting.items())
+            + ": "
+            + " ".join(f"{m} {row[m]:.1f}" for m in METRICS),
+            flush=True,
+        )
     model.second_stage = base
     return rows
+
+
+def sizes(model: GenerativeZSL) -> dict[str, int]:
+    return {
+        "universe": int(model.universe_mask().sum()),
+        "real_seen": int(model.seen_training_data()[0].shape[0]),
+        "seen_classes": int(model.seen_ids.numel()),
+    }
+
+
+def carried(knob: str, best: float, inner: dict[str, int], outer: dict[str, int]) -> dict[str, Any]:
+    """The inner optimum ``best`` of ``knob`` carried to the outer protocol by each rule."""
+    if knob == "cls_steps":
+        return {
+            "steps": int(best),
+            "per_class": round(best * outer["universe"] / inner["universe"]),
+            "epochs": round(best * outer["real_seen"] / inner["real_seen"]),
+        }
+    if knob == "synth_ratio":
+        return {
+            "share": best,
+            "per_class": round(best * inner["seen_classes"] / outer["seen_classes"], 4),
+        }
+    raise SystemExit(f"error: --nested must be cls_steps or synth_ratio, got {knob!r}")
 
 
 def nested(
@@ -139,33 +176,36 @@ def nested(
     trial: int,
     fraction: float,
     seed: int,
-    steps: list[int],
-    residual: float | None,
+    knob: str,
+    values: list[Any],
+    fixed: dict[str, Any],
+    outer_model: tuple[GenerativeZSL, Any, Any],
+    outer_rows: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The nested transfer check of the classifier's length (see the module docstring)."""
-    sides: dict[str, Any] = {}
-    for side, frac in (("inner", fraction), ("outer", None)):
-        model, dm, cfg = load_validation_generator(run, trial, frac, seed)
-        rows = sweep(model, dm, cfg, steps, [residual])
-        sides[side] = {
-            "rows": rows,
-            "universe": int(model.universe_mask().sum()),
-            "real_seen": int(model.seen_training_data()[0].shape[0]),
-            "seen_classes": int(model.seen_ids.numel()),
-        }
-    inner, outer = sides["inner"], sides["outer"]
-    best = int(max(inner["rows"], key=lambda r: r["gzsl_h"])["cls_steps"])
-    carried = {
-        "steps": best,
-        "per_class": round(best * outer["universe"] / inner["universe"]),
-        "epochs": round(best * outer["real_seen"] / inner["real_seen"]),
-    }
+    """The nested transfer check of ``knob`` (see the module docstring) with the other
+    second-stage fields at ``fixed``; ``outer_model`` is the run's generator on the full val
+    protocol, ``outer_rows`` its scores at ``values`` when already computed."""
+    settings = [{**fixed, knob: v} for v in values]
+    model, dm, cfg = load_validation_generator(run, trial, fraction, seed)
+    inner = {"rows": sweep(model, dm, cfg, settings), **sizes(model)}
+    model, dm, cfg = outer_model
+    outer = {"rows": outer_rows or sweep(model, dm, cfg, settings), **sizes(model)}
+    best = max(inner["rows"], key=lambda r: r["gzsl_h"])[knob]
     rules = {}
-    for rule, n in carried.items():
-        row = sweep(model, dm, cfg, [n], [residual])[0]
-        rules[rule] = {"cls_steps": n, **{m: row[m] for m in METRICS}}
+    for rule, value in carried(knob, best, inner, outer).items():
+        done = [r for r in outer["rows"] if r[knob] == value]
+        row = done[0] if done else sweep(model, dm, cfg, [{**fixed, knob: value}])[0]
+        rules[rule] = {knob: value, **{m: row[m] for m in METRICS}}
     oracle = max(outer["rows"], key=lambda r: r["gzsl_h"])
-    return {"inner_best": best, "rules": rules, "outer_best": oracle, **sides}
+    return {
+        "knob": knob,
+        "seed": seed,
+        "inner_best": best,
+        "rules": rules,
+        "outer_best": oracle,
+        "inner": inner,
+        "outer": outer,
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -189,40 +229,56 @@ def markdown(result: dict[str, Any]) -> str:
             + " | ".join(f"{r[m]:.1f}" for m in METRICS)
             + " |"
         )
-    check = result.get("nested")
-    if check:
-        inner, outer = check["inner"], check["outer"]
+    checks = result.get("nested") or []
+    for check in checks:
+        inner, outer, knob = check["inner"], check["outer"], check["knob"]
         lines += [
             "",
-            f"## Nested transfer of the classifier length (inner fraction {check['fraction']})",
+            f"## Nested transfer of {knob} (inner fraction {check['fraction']}, "
+            f"draw {check['seed']})",
             "",
             f"Inner: {inner['seen_classes']} seen classes ({inner['real_seen']} real seen "
             f"examples, universe {inner['universe']}); outer: {outer['seen_classes']} "
-            f"({outer['real_seen']}, universe {outer['universe']}); synth_residual "
-            f"{check['synth_residual']}.",
+            f"({outer['real_seen']}, universe {outer['universe']}); other fields "
+            f"{check['fixed']}.",
             "",
-            "| classifier updates | inner GZSL H | outer GZSL H |",
+            f"| {knob} | inner GZSL H | outer GZSL H |",
             "| --- | --- | --- |",
         ]
         for a, b in zip(inner["rows"], outer["rows"], strict=True):
-            lines.append(f"| {a['cls_steps']} | {a['gzsl_h']:.1f} | {b['gzsl_h']:.1f} |")
+            lines.append(f"| {a[knob]} | {a['gzsl_h']:.1f} | {b['gzsl_h']:.1f} |")
         lines += [
             "",
-            f"Inner optimum: {check['inner_best']} updates. Carried to the outer protocol:",
+            f"Inner optimum: {check['inner_best']}. Carried to the outer protocol:",
             "",
-            "| rule | updates | outer GZSL u | outer GZSL s | outer GZSL H |",
+            f"| rule | {knob} | outer GZSL u | outer GZSL s | outer GZSL H |",
             "| --- | --- | --- | --- | --- |",
         ]
         for rule, r in check["rules"].items():
             lines.append(
-                f"| {rule} | {r['cls_steps']} | {r['gzsl_u']:.1f} | {r['gzsl_s']:.1f} | "
+                f"| {rule} | {r[knob]} | {r['gzsl_u']:.1f} | {r['gzsl_s']:.1f} | "
                 f"{r['gzsl_h']:.1f} |"
             )
         best = check["outer_best"]
         lines.append(
-            f"| (outer optimum, reference only) | {best['cls_steps']} | {best['gzsl_u']:.1f} | "
+            f"| (outer optimum, reference only) | {best[knob]} | {best['gzsl_u']:.1f} | "
             f"{best['gzsl_s']:.1f} | {best['gzsl_h']:.1f} |"
         )
+    if len(checks) > 1:
+        lines += [
+            "",
+            "## Rules over the draws (outer GZSL H)",
+            "",
+            "| rule | " + " | ".join(f"draw {c['seed']}" for c in checks) + " | mean |",
+            "| --- |" + " --- |" * (len(checks) + 1),
+        ]
+        for rule in checks[0]["rules"]:
+            values = [c["rules"][rule]["gzsl_h"] for c in checks]
+            lines.append(
+                f"| {rule} | "
+                + " | ".join(f"{v:.1f}" for v in values)
+                + f" | {sum(values) / len(values):.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -239,31 +295,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--inner-fraction", type=float, default=None, help="also run the nested transfer check"
     )
-    parser.add_argument("--seed", type=int, default=0, help="draw of the inner train classes")
+    parser.add_argument(
+        "--nested",
+        default="cls_steps",
+        choices=["cls_steps", "synth_ratio"],
+        help="the setting the nested check carries",
+    )
+    parser.add_argument(
+        "--synth-ratios", default="3.2,4.5,6.4,9.0,12.8", help="values of --nested synth_ratio"
+    )
+    parser.add_argument(
+        "--inner-seeds", default="0", help="draws of the inner train classes (comma-separated)"
+    )
     parser.add_argument("--name", default=None, help="results file name")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     model, dm, cfg = load_validation_generator(args.run, args.trial)
     record = json.loads((args.run / "trials" / f"{args.trial}.json").read_text())
+    steps = [int(v) for v in args.cls_steps.split(",")]
+    residuals = parse_residuals(args.synth_residual)
     rows = sweep(
-        model,
-        dm,
-        cfg,
-        [int(v) for v in args.cls_steps.split(",")],
-        parse_residuals(args.synth_residual),
+        model, dm, cfg, [{"synth_residual": k, "cls_steps": n} for k in residuals for n in steps]
     )
+    checks = []
     if args.inner_fraction is not None:
-        residual = parse_residuals(args.synth_residual)[-1]
-        check = nested(
-            args.run,
-            args.trial,
-            args.inner_fraction,
-            args.seed,
-            [int(v) for v in args.cls_steps.split(",")],
-            residual,
-        )
-        check.update(fraction=args.inner_fraction, synth_residual=residual)
+        residual = residuals[-1]
+        if args.nested == "cls_steps":
+            knob, values = "cls_steps", steps
+            fixed: dict[str, Any] = {"synth_residual": residual}
+            reuse = [r for r in rows if r["synth_residual"] == residual]
+        else:
+            knob, values = "synth_ratio", [float(v) for v in args.synth_ratios.split(",")]
+            fixed = {"synth_residual": residual}
+            reuse = None
+        for seed in (int(v) for v in args.inner_seeds.split(",")):
+            check = nested(
+                args.run,
+                args.trial,
+                args.inner_fraction,
+                seed,
+                knob,
+                values,
+                fixed,
+                (model, dm, cfg),
+                reuse,
+            )
+            reuse = check["outer"]["rows"]
+            check.update(fraction=args.inner_fraction, fixed=fixed)
+            checks.append(check)
     result = {
         "model": str(cfg.model.name),
         "dataset": str(cfg.data.name),
@@ -272,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "epoch": record.get("epochs"),
         "spread": spread(model),
         "rows": rows,
-        "nested": check if args.inner_fraction is not None else None,
+        "nested": checks,
         "seconds": time.perf_counter() - start,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "command": "python experiments/second_stage_check.py "

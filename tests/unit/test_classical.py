@@ -187,6 +187,30 @@ def test_hinge_rank_loss_by_hand() -> None:
     assert hinge_rank_loss(SCORES, LABELS, 0.1).item() == pytest.approx(0.7)
 
 
+def test_devise_margin_only_rescales_the_learning_rate() -> None:
+    # why DeViSE's grid has no margin axis: margin m at lr eta from W0 trains W = m V, where V
+    # trains with margin 1 at lr eta / m from W0 / m (hinge loss homogeneous, Adam scale-free)
+    from zsl.models.classical.components import adam
+    from zsl.models.classical.devise import DeViSE
+
+    gen = torch.Generator().manual_seed(0)
+    x, sem = torch.randn(64, 12, generator=gen), torch.randn(5, 4, generator=gen)
+    y = torch.randint(0, 5, (64,), generator=gen)
+    m, lr = 0.1, 0.01
+    a = DeViSE(12, 4, 5, lr=lr, margin=m)
+    b = DeViSE(12, 4, 5, lr=lr / m, margin=1.0)
+    with torch.no_grad():
+        b.net.weight.copy_(a.net.weight / m)
+    for model in (a, b):
+        opt = adam(model)
+        for _ in range(30):
+            opt.zero_grad()
+            hinge_rank_loss(model.net(x, sem), y, model.hp.margin).backward()
+            opt.step()
+    torch.testing.assert_close(a.net.weight / m, b.net.weight, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(a.net.weight, b.net.weight)  # different W, same predictions
+
+
 def test_structured_hinge_loss_by_hand() -> None:
     # SJE keeps the most violating class: image 0: 0.5; image 1: max(1.2, 2.0) = 2.0; mean 1.25
     assert structured_hinge_loss(SCORES, LABELS, 1.0).item() == pytest.approx(1.25)

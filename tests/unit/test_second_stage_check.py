@@ -3,6 +3,7 @@ generator that a run's trial names, on the val protocol, and scores every classi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -76,11 +77,33 @@ def test_second_stage_check_scores_a_validation_generator(tiny, tmp_path: Path) 
     for name, value in inner.state_dict().items():
         if not name.endswith("_ids"):
             torch.testing.assert_close(value, loaded.state_dict()[name], equal_nan=True)
-    check = script.nested(run, 0, 0.5, 0, [5, 20], 1.0)
+    outer = (loaded, loaded_dm, _)
+    check = script.nested(run, 0, 0.5, 0, "cls_steps", [5, 20], {"synth_residual": 1.0}, outer)
     assert check["inner_best"] in (5, 20)
     ratio = check["outer"]["universe"] / check["inner"]["universe"]
     assert check["rules"]["steps"]["cls_steps"] == check["inner_best"]
     assert check["rules"]["per_class"]["cls_steps"] == round(check["inner_best"] * ratio)
     assert check["outer_best"]["gzsl_h"] == max(r["gzsl_h"] for r in check["outer"]["rows"])
+    # the synthetic count: the per-class rule keeps examples per unseen class relative to the
+    # real examples per seen class, so it scales the ratio by inner / outer seen classes
+    check = script.nested(run, 0, 0.5, 0, "synth_ratio", [1.0, 4.0], {"cls_steps": 5}, outer)
+    best = check["inner_best"]
+    assert best in (1.0, 4.0)
+    assert check["rules"]["share"]["synth_ratio"] == best
+    seen = check["inner"]["seen_classes"] / check["outer"]["seen_classes"]
+    assert check["rules"]["per_class"]["synth_ratio"] == pytest.approx(best * seen, abs=1e-4)
+    assert [r["synth_ratio"] for r in check["outer"]["rows"]] == [1.0, 4.0]
+    shared = next(r for r in check["outer"]["rows"] if r["synth_ratio"] == best)
+    assert check["rules"]["share"]["gzsl_h"] == shared["gzsl_h"]
+    n_real = check["outer"]["real_seen"]
+    per_unseen = loaded.n_synth_per_class  # the per-class rule's count, through the model
+    loaded.second_stage = dataclasses.replace(loaded.second_stage, synth_ratio=best * seen)
+    kept = per_unseen(n_real) / (n_real / check["outer"]["seen_classes"])
+    loaded.second_stage = dataclasses.replace(loaded.second_stage, synth_ratio=best)
+    inner_real = check["inner"]["real_seen"]
+    inner_kept = (best * inner_real / loaded.unseen_ids.numel()) / (
+        inner_real / check["inner"]["seen_classes"]
+    )
+    assert kept == pytest.approx(inner_kept, rel=0.1)
     with pytest.raises(SystemExit, match="trials/7.json"):
         script.load_validation_generator(run, 7)
