@@ -133,6 +133,19 @@ def test_added_model_param_must_be_a_constructor_argument() -> None:
         compose(["+model.params.extra=abc"])
 
 
+def test_model_params_reach_the_parent_through_forwarded_kwargs() -> None:
+    # tf-VAEGAN names its own arguments and forwards the rest (**kwargs) to f-VAEGAN: both
+    # classes' arguments are accepted, anything else is refused with the whole list
+    cfg = compose(["model=tfvaegan", "model.params.adv_weight=3.0", "model.params.lr=0.01"])
+    assert cfg.model.params.adv_weight == 3.0
+    with pytest.raises(
+        ConfigError,
+        match=r"model.params.extra is not a parameter of tfvaegan .*decoder_hidden.*"
+        r"adv_weight",
+    ):
+        compose(["model=tfvaegan", "+model.params.extra=abc"])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -205,6 +205,39 @@ def test_condition_norm_rescales_the_attributes_to_the_noise_norm(tiny) -> None:
         build("tfvaegan", dm, gen_ema=1.0)
 
 
+@pytest.mark.parametrize("name", ["fvaegan", "tfvaegan"])
+def test_encoded_noise_puts_the_reconstructions_before_the_critic(
+    tiny, tmp_path: Path, name: str
+) -> None:
+    """encoded_noise: the adversarial term judges G(E(x, a)) -- the reconstruction -- so its
+    gradient reaches the encoder, and the critic's fakes come from the encoder's posterior;
+    without it both use prior noise and the encoder gets no adversarial gradient."""
+    dm = datamodule(tiny)
+    x, y = dm.train_x[:16], dm.train_y[:16]
+    for encoded in (False, True):
+        model = build(name, dm, encoded_noise=encoded)
+        trainer(tmp_path, 1, limit_train_batches=1).fit(model, dm)  # attaches optimisers
+        assert bool(model.hparams["encoded_noise"]) == encoded
+        model.zero_grad(set_to_none=True)
+        sem = model.semantics[y]
+        torch.manual_seed(0)
+        terms = model.generator_terms(x, sem)
+        terms["adversarial"].backward()
+        grads = [p.grad for p in model.encoder.parameters()]
+        reached = any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+        assert reached == encoded
+        # the critic's fakes: with encoded noise, a posterior sample's reconstruction
+        calls: list[torch.Tensor] = []
+        hook = model.encoder.register_forward_hook(
+            lambda _m, inp, _o, calls=calls: calls.append(inp[0])  # type: ignore[misc]
+        )
+        model.critic_step(x, sem, model.optimizers()[1])  # type: ignore[index]
+        hook.remove()
+        assert (len(calls) == 1) == encoded
+        if encoded:
+            torch.testing.assert_close(calls[0], x)
+
+
 def test_semantic_and_vae_losses_match_hand_computations() -> None:
     decoded = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
     semantics = torch.tensor([[3.0, 4.0], [0.0, 2.0]])  # normalised: (0.6, 0.8), (0, 1)

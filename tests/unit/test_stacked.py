@@ -18,7 +18,7 @@ from zsl.run.stacked import GridStack, can_stack
 
 GRIDS = {
     "ale": ["model.search.grid.lr=[0.001,0.01,0.1]"],
-    "devise": ["model.search.grid.lr=[0.003,0.03]", "model.search.grid.margin=[0.1,1.0]"],
+    "devise": ["model.search.grid.lr=[0.003,0.03]", "+model.search.grid.margin=[0.1,1.0]"],
     "sje": ["model.search.grid.lr=[0.003,0.03]"],
     "latem": ["model.search.grid.lr=[0.003,0.03]"],
 }

@@ -110,19 +110,32 @@ def validate(cfg: DictConfig) -> None:
                     raise ConfigError(f"model.search.grid.{key}: {problem}")
 
 
+def constructor_parameters(cls: type) -> dict[str, inspect.Parameter] | None:
+    """The named constructor arguments of ``cls``: its own, and where its ``__init__`` forwards
+    ``**kwargs`` to the parent class, the parent's (along the MRO); None when a ``**kwargs``
+    reaches no class that names its arguments."""
+    found: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        sig = inspect.signature(vars(klass)["__init__"])
+        for name, p in sig.parameters.items():
+            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                found.setdefault(name, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            return found
+    return None
+
+
 def _check_model_params(model: DictConfig) -> None:
     """``model.params`` must be constructor arguments of the model (listed when not)."""
     from zsl.models import get_model_class
 
     cls = get_model_class(str(model.name))
-    sig = inspect.signature(cls.__init__)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+    parameters = constructor_parameters(cls)
+    if parameters is None:
         return
-    accepted = [
-        name
-        for name, p in sig.parameters.items()
-        if name not in SHAPE_ARGS and p.kind is not inspect.Parameter.VAR_POSITIONAL
-    ]
+    accepted = [name for name in parameters if name not in SHAPE_ARGS]
     params = model.get("params") or {}
     unknown = [key for key in params if key not in accepted]
     if unknown:
@@ -133,7 +146,7 @@ def _check_model_params(model: DictConfig) -> None:
     missing = [
         name
         for name in accepted
-        if sig.parameters[name].default is inspect.Parameter.empty and name not in params
+        if parameters[name].default is inspect.Parameter.empty and name not in params
     ]
     if missing:
         raise ConfigError(f"model.params.{missing[0]} is required by {model.name}")

@@ -17,7 +17,6 @@ squared error of its L2-normalised output against the (L2-normalised) attributes
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -26,7 +25,6 @@ from torch import Tensor, nn
 
 from zsl.models.generative.base import check_positive
 from zsl.models.generative.nets import init_normal
-from zsl.models.generative.second_stage import SecondStage
 from zsl.models.generative.vaegan import FVAEGAN
 
 
@@ -83,28 +81,16 @@ class TFVAEGAN(FVAEGAN):
         feature_dim: int,
         n_attributes: int,
         n_classes: int,
-        hidden: int = 4096,
-        critic_hidden: int = 4096,
-        noise_dim: int | None = None,
-        lr: float = 1e-4,
-        beta1: float = 0.5,
-        n_critic: int = 5,
-        gp_weight: float = 10.0,
-        adv_weight: float = 10.0,
-        kl_weight: float = 1.0,
-        recon_weight: float = 1.0,
-        transductive_d2: bool = False,
-        d2_weight: float = 1.0,
         decoder_hidden: int = 4096,
         semantic_weight: float = 0.01,
         feedback_weight: float = 1.0,
         synth_feedback_weight: float = 1.0,
         decoder_lr: float = 1e-4,
         feedback_lr: float = 1e-5,
-        condition_norm: float | None = None,
-        gen_ema: float | None = None,
-        second_stage: SecondStage | Mapping[str, Any] | None = None,
+        **vaegan: Any,
     ) -> None:
+        """The decoder and feedback settings; ``vaegan``: :class:`FVAEGAN`'s arguments (the
+        config check and the saved hyper-parameters read both)."""
         check_positive(
             decoder_hidden=decoder_hidden, decoder_lr=decoder_lr, feedback_lr=feedback_lr
         )
@@ -115,26 +101,7 @@ class TFVAEGAN(FVAEGAN):
         ):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        super().__init__(
-            feature_dim,
-            n_attributes,
-            n_classes,
-            hidden,
-            critic_hidden,
-            noise_dim,
-            lr,
-            beta1,
-            n_critic,
-            gp_weight,
-            adv_weight,
-            kl_weight,
-            recon_weight,
-            transductive_d2,
-            d2_weight,
-            condition_norm,
-            gen_ema,
-            second_stage,
-        )
+        super().__init__(feature_dim, n_attributes, n_classes, **vaegan)
 
     def configure_models(self) -> None:
         hp = self.hp

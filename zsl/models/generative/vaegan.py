@@ -114,7 +114,8 @@ class FVAEGAN(GenerativeZSL):
     Defaults are the paper's recipe as published with tf-VAEGAN's code (4096 hidden units,
     noise size = number of attributes, Adam 1e-4 / betas (0.5, 0.999), 5 critic steps, lambda
     10, generator adversarial weight 10, 300 synthetic features per unseen class, final
-    classifier 25 epochs at 1e-3); ``zsl/conf/model/fvaegan.yaml`` sizes it for a CPU.
+    classifier 25 epochs at 1e-3 in batches of 300); ``zsl/conf/model/fvaegan.yaml`` sizes it
+    for a CPU.
 
     ``kl_weight`` and ``recon_weight`` scale the VAE terms, ``adv_weight`` the generator's WGAN
     term (gamma in the paper). ``transductive_d2``: add the D2 critic on unlabelled unseen
@@ -128,9 +129,15 @@ class FVAEGAN(GenerativeZSL):
     error of unit-norm features can fall by at most about 1 against the KL term and the
     posterior collapses; the CPU configs weight it 100 (docs/generative.md has the CUB
     measurements).
+
+    ``encoded_noise`` (the authors' image scripts, ``--encoded_noise``): the WGAN's fakes are
+    generated from the encoder's posterior sample of the real batch instead of prior noise, so
+    the critic and the generator's adversarial term (and tf-VAEGAN's semantic term) see the
+    VAE's reconstructions, and the adversarial gradient also reaches the encoder. Synthesis
+    always draws prior noise.
     """
 
-    default_second_stage = SecondStage(n_synth=300, cls_epochs=25, cls_lr=1e-3, cls_batch_size=64)
+    default_second_stage = SecondStage(n_synth=300, cls_epochs=25, cls_lr=1e-3, cls_batch_size=300)
     #: tf-VAEGAN adds the semantic decoder and the feedback module
     feedback: ClassVar[bool] = False
 
@@ -153,6 +160,7 @@ class FVAEGAN(GenerativeZSL):
         d2_weight: float = 1.0,
         condition_norm: float | None = None,
         gen_ema: float | None = None,
+        encoded_noise: bool = False,
         second_stage: SecondStage | Mapping[str, Any] | None = None,
     ) -> None:
         check_positive(hidden=hidden, critic_hidden=critic_hidden, n_critic=n_critic)
@@ -232,7 +240,11 @@ class FVAEGAN(GenerativeZSL):
     def critic_step(self, real: Tensor, semantics: Tensor, opt_d: Any) -> Tensor:
         """One critic step on a chunk of real seen features (tf-VAEGAN: decoder step first)."""
         with torch.no_grad():
-            fake = self.generate(randn((real.shape[0], self.noise_dim()), None, real), semantics)
+            if self.hp.get("encoded_noise"):
+                noise = reparameterize(*self.encoder(real, semantics))
+            else:
+                noise = randn((real.shape[0], self.noise_dim()), None, real)
+            fake = self.generate(noise, semantics)
         loss_d, _ = critic_loss(self.critic, real, fake, semantics, float(self.hp.gp_weight))
         if self.critic_d2 is not None:
             unlabelled = self.unlabelled_unseen_features()
@@ -262,7 +274,10 @@ class FVAEGAN(GenerativeZSL):
         mean, logvar = self.encoder(real, semantics)
         recon = self.generate(reparameterize(mean, logvar), semantics)
         reconstruction, kl = vae_loss(recon, real, mean, logvar)
-        fake = self.generate(randn((real.shape[0], self.noise_dim()), None, real), semantics)
+        if hp.get("encoded_noise"):  # the adversarial term judges the reconstructions
+            fake = recon
+        else:
+            fake = self.generate(randn((real.shape[0], self.noise_dim()), None, real), semantics)
         terms = {
             "reconstruction": reconstruction,
             "kl": kl,
