@@ -320,14 +320,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     checks = []
     if args.inner_fraction is not None:
-        residual = residuals[-1]
+        fixed: dict[str, Any] = {"synth_residual": residuals[-1]}
         if args.nested == "cls_steps":
             knob, values = "cls_steps", steps
-            fixed: dict[str, Any] = {"synth_residual": residual}
-            reuse = [r for r in rows if r["synth_residual"] == residual]
+            reuse = [r for r in rows if r["synth_residual"] == residuals[-1]]
         else:
             knob, values = "synth_ratio", [float(v) for v in args.synth_ratios.split(",")]
-            fixed = {"synth_residual": residual}
             reuse = None
         for seed in (int(v) for v in args.inner_seeds.split(",")):
             check = nested(

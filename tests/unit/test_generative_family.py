@@ -203,6 +203,14 @@ def test_condition_norm_rescales_the_attributes_to_the_noise_norm(tiny) -> None:
         build("segzsl", dm, condition_norm=0.0)
     with pytest.raises(ValueError, match="gen_ema"):
         build("tfvaegan", dm, gen_ema=1.0)
+    # loss weights: negative or NaN refused by name, zero allowed (the term is switched off)
+    with pytest.raises(ValueError, match=r"kl_weight must be >= 0, got -1.0"):
+        build("fvaegan", dm, kl_weight=-1.0)
+    with pytest.raises(ValueError, match=r"semantic_weight must be >= 0, got nan"):
+        build("tfvaegan", dm, semantic_weight=float("nan"))
+    with pytest.raises(ValueError, match=r"latent_weight must be >= 0"):
+        build("segzsl", dm, latent_weight=-0.1)
+    build("tfvaegan", dm, feedback_weight=0.0)
 
 
 @pytest.mark.parametrize("name", ["fvaegan", "tfvaegan"])

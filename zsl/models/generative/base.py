@@ -378,3 +378,10 @@ def check_positive(**values: float) -> None:
     bad = [f"{k}={v}" for k, v in values.items() if not (v > 0) or math.isnan(v)]
     if bad:
         raise ValueError(f"must be positive: {', '.join(bad)}")
+
+
+def check_nonnegative(**values: float) -> None:
+    """Raise a ValueError naming the first negative (or NaN) value, e.g. a loss weight."""
+    for name, value in values.items():
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")

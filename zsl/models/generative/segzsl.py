@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zsl.data.types import ZSLBatch
-from zsl.models.generative.base import GenerativeZSL, check_positive
+from zsl.models.generative.base import GenerativeZSL, check_nonnegative, check_positive
 from zsl.models.generative.nets import class_noise, init_normal, randn, reparameterize
 from zsl.models.generative.second_stage import SecondStage
 from zsl.models.generative.vaegan import FeedbackGenerator, check_generator_options, vae_loss
@@ -98,15 +98,13 @@ class SEGZSL(GenerativeZSL):
     ) -> None:
         check_positive(hidden=hidden, latent_dim=latent_dim, regressor_hidden=regressor_hidden)
         check_generator_options(condition_norm, gen_ema)
-        for name, value in (
-            ("kl_weight", kl_weight),
-            ("recon_weight", recon_weight),
-            ("feedback_weight", feedback_weight),
-            ("latent_weight", latent_weight),
-            ("regressor_synth_weight", regressor_synth_weight),
-        ):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        check_nonnegative(
+            kl_weight=kl_weight,
+            recon_weight=recon_weight,
+            feedback_weight=feedback_weight,
+            latent_weight=latent_weight,
+            regressor_synth_weight=regressor_synth_weight,
+        )
         super().__init__(feature_dim, n_attributes, n_classes, second_stage)
         self.automatic_optimization = False
 

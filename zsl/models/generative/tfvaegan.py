@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zsl.models.generative.base import check_positive
+from zsl.models.generative.base import check_nonnegative, check_positive
 from zsl.models.generative.nets import init_normal
 from zsl.models.generative.vaegan import FVAEGAN
 
@@ -94,13 +94,11 @@ class TFVAEGAN(FVAEGAN):
         check_positive(
             decoder_hidden=decoder_hidden, decoder_lr=decoder_lr, feedback_lr=feedback_lr
         )
-        for name, value in (
-            ("semantic_weight", semantic_weight),
-            ("feedback_weight", feedback_weight),
-            ("synth_feedback_weight", synth_feedback_weight),
-        ):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        check_nonnegative(
+            semantic_weight=semantic_weight,
+            feedback_weight=feedback_weight,
+            synth_feedback_weight=synth_feedback_weight,
+        )
         super().__init__(feature_dim, n_attributes, n_classes, **vaegan)
 
     def configure_models(self) -> None:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from zsl.data.types import ZSLBatch
-from zsl.models.generative.base import GenerativeZSL, check_positive
+from zsl.models.generative.base import GenerativeZSL, check_nonnegative, check_positive
 from zsl.models.generative.clswgan import critic_loss
 from zsl.models.generative.nets import (
     FeatureCritic,
@@ -165,9 +165,7 @@ class FVAEGAN(GenerativeZSL):
     ) -> None:
         check_positive(hidden=hidden, critic_hidden=critic_hidden, n_critic=n_critic)
         check_generator_options(condition_norm, gen_ema)
-        for name, value in (("adv_weight", adv_weight), ("kl_weight", kl_weight)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        check_nonnegative(adv_weight=adv_weight, kl_weight=kl_weight)
         super().__init__(feature_dim, n_attributes, n_classes, second_stage)
         self.automatic_optimization = False
 
