@@ -1,20 +1,22 @@
 """SIGTERM in the middle of an epoch, then ``python train.py resume=<run dir>``: the resumed run
 ends with exactly the metrics of an uninterrupted one.
 
-Two cases on a small synthetic benchmark (batch size 4, so an epoch has 120-180 steps and a
+Four cases on a small synthetic benchmark (batch size 4, so an epoch has 120-180 steps and a
 SIGTERM sent 0.2 s after an epoch-end checkpoint appears lands inside the next epoch):
 
 - ``ale``, a two-point grid, stopped in the second point's validation fit: the finished point
   is read back from ``trials/0.json``, the fit resumes from ``checkpoints/val-1/last.ckpt``;
 - ``ale_stacked``, the same grid fitted as one stacked pass, stopped in its second epoch: it
   resumes from ``checkpoints/val-0-1/last.ckpt`` with both points' histories;
+- ``segzsl_shared``, SE-GZSL's two second-stage grid points sharing one generator fit, stopped
+  in its second epoch: it resumes from ``checkpoints/val-0-1/last.ckpt`` with both histories;
 - ``cadavae`` (noise in every training step), stopped in the final trainval fit: only an
   exact restore of the RNG states reproduces its numbers.
 
 Determinism: same seed, CPU, ``trainer.deterministic=true``, one thread per process
-(``OMP_NUM_THREADS=1`` for every run, so reductions split the same way). The four first runs
-(two uninterrupted references, two to be stopped) start together; each resume starts when
-its interrupted run has exited.
+(``OMP_NUM_THREADS=1`` for every run, so reductions split the same way). The first runs (per
+case an uninterrupted reference and a run to be stopped) start together; each resume starts
+when its interrupted run has exited.
 """
 
 from __future__ import annotations
@@ -59,6 +61,18 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (overrides, fit directory
         ["model=ale", "trainer.max_epochs=2", "+model.search.grid.lr=[0.003,0.01]"],
         "checkpoints/val-0-1",
     ),
+    "segzsl_shared": (  # a second-stage grid: one generator fit for both points (SharedFit)
+        [
+            "model=segzsl",
+            "trainer.max_epochs=2",
+            "model.params.hidden=32",
+            "model.params.regressor_hidden=32",
+            "model.params.latent_dim=8",
+            "model.params.second_stage.cls_pca=null",
+            "model.params.second_stage.cls_steps=50",
+        ],
+        "checkpoints/val-0-1",
+    ),
     "cadavae": (
         [
             "model=cadavae",
@@ -75,7 +89,12 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (overrides, fit directory
     ),
 }
 #: the trial records a stopped run has left (a stacked fit records its points when it ends)
-TRIALS_LEFT = {"ale": ["trials/0.json"], "ale_stacked": [], "cadavae": ["trials/0.json"]}
+TRIALS_LEFT = {
+    "ale": ["trials/0.json"],
+    "ale_stacked": [],
+    "segzsl_shared": [],
+    "cadavae": ["trials/0.json"],
+}
 #: cases that cannot run because of a bug in zsl/; none today
 PENDING: dict[str, str] = {}
 KILL_DELAY_S = 0.2  # after the epoch-end checkpoint: well inside the next epoch's steps

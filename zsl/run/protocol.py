@@ -59,7 +59,7 @@ from zsl.run.selection import (
     transfer_epochs,
     transfer_rule,
 )
-from zsl.run.stacked import GridStack, StackRecorder, can_stack
+from zsl.run.stacked import GridStack, SharedFit, StackRecorder, can_stack, shared_groups
 from zsl.run.store import (
     CHECKPOINT_DIR,
     TRIALS_DIR,
@@ -164,20 +164,49 @@ class Session:
         the same histories as separate fits; each point gets its own ``best.ckpt``. A
         ``last.ckpt`` left by an interrupted stacked fit is resumed from."""
         t0 = time.perf_counter()
-        checkpoints = self.run_dir / CHECKPOINT_DIR
-        directory = checkpoints / ("val-" + "-".join(map(str, indices)))
         dm = self.datamodule("val")
         models = []
         for index in indices:  # each point starts where its own fit would have
             pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
             models.append(make_model(self.cfg, dm, points[index]))
-        stack = GridStack(models)
-        recorder = StackRecorder(
-            search_metric(self.cfg.model),
-            [checkpoints / f"val-{i}" for i in indices],
-            indices,
-            logger,
-        )
+        recorder = StackRecorder(*self._point_records(indices, logger))
+        return self._fit_jointly(GridStack(models), recorder, indices, "stacked", t0)
+
+    def fit_shared(
+        self, indices: list[int], points: list[dict[str, Any]], logger: Logger | None
+    ) -> dict[int, ValFit]:
+        """Fit grid points ``indices``, which train identically, once on the val protocol
+        (:class:`zsl.run.stacked.SharedFit`): the first point's fit, every point evaluated its
+        own way at every epoch; each point gets its own history and ``best.ckpt``. A
+        ``last.ckpt`` left by an interrupted shared fit is resumed from."""
+        t0 = time.perf_counter()
+        dm = self.datamodule("val")
+        views = [make_model(self.cfg, dm, points[index]) for index in indices[1:]]
+        pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
+        host = make_model(self.cfg, dm, points[indices[0]])  # as its own fit would start
+        recorder = SharedFit(views, *self._point_records(indices, logger))
+        return self._fit_jointly(host, recorder, indices, "shared", t0)
+
+    def _point_records(
+        self, indices: list[int], logger: Logger | None
+    ) -> tuple[str, list[Path], list[int], Logger | None]:
+        """What a :class:`StackRecorder` of points ``indices`` records, and where."""
+        checkpoints = self.run_dir / CHECKPOINT_DIR
+        folders = [checkpoints / f"val-{i}" for i in indices]
+        return search_metric(self.cfg.model), folders, indices, logger
+
+    def _fit_jointly(
+        self,
+        module: pl.LightningModule,
+        recorder: StackRecorder,
+        indices: list[int],
+        kind: str,
+        t0: float,
+    ) -> dict[int, ValFit]:
+        """One fit of ``module`` serving grid points ``indices`` (validated every epoch, the
+        fit's ``last.ckpt`` in ``val-<i>-<j>...``); every point's history from ``recorder``."""
+        checkpoints = self.run_dir / CHECKPOINT_DIR
+        directory = checkpoints / ("val-" + "-".join(map(str, indices)))
         saver = FitCheckpoints(directory, None, True, self.checkpoint_interval, recorder.flush)
         trainer = make_trainer(
             self.cfg,
@@ -189,13 +218,8 @@ class Session:
             root_dir=self.run_dir,
         )
         points_text = ", ".join(str(i) for i in indices)
-        fit(
-            trainer,
-            stack,
-            dm,
-            directory,
-            f"the stacked validation fit of grid points {points_text}",
-        )
+        what = f"the {kind} validation fit of grid points {points_text}"
+        fit(trainer, module, self.datamodule("val"), directory, what)
         seconds = (time.perf_counter() - t0) / len(indices)
         out = {}
         for g, index in enumerate(indices):
@@ -322,6 +346,11 @@ def select_on_validation(session: Session, logger: Logger) -> Selection:
         for index in pending:
             progress.started(index, points[index])
         stacked = session.fit_stacked(pending, points, logger)
+    elif cfg.selection.get("stack_grid", True):
+        for group in shared_groups(session.model_cls, pending, points):
+            for index in group:
+                progress.started(index, points[index])
+            stacked.update(session.fit_shared(group, points, logger))
     for index, params in enumerate(points):
         trial = recorded[index]
         fitted: ValFit | None = stacked.get(index)

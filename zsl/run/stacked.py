@@ -13,10 +13,16 @@ is not arithmetic (trainer, loops, batch gathering, checkpoints).
 A model class opts in with ``stackable = True`` (the iterative compatibility models: no
 randomness in training, one optimiser, nothing but ``lr``/``weight_decay``/``margin``-like
 hyper-parameters that do not change shapes). :func:`can_stack` says when a selection stacks.
+
+Grid points that *train* identically -- they agree on what ``training_params`` of the model
+class keeps, e.g. a generative model's grid over its second stage -- need one fit, not one
+each: :class:`SharedFit` trains the first and evaluates every point its own way on the
+trained weights after each epoch (:func:`shared_groups` finds them).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -27,12 +33,12 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 from torch import Tensor, nn
 
-from zsl.data.types import ZSLBatch
+from zsl.data.types import ZSLBatch, ZSLDataSource
 from zsl.evaluation import Evaluation
 from zsl.models.base import ZSLModule
 from zsl.run.callbacks import BEST, cloned
 
-__all__ = ["GridStack", "StackRecorder", "can_stack"]
+__all__ = ["GridStack", "SharedFit", "StackRecorder", "can_stack", "shared_groups"]
 
 
 def can_stack(model_cls: type[ZSLModule], n_points: int, trainer_cfg: Any) -> bool:
@@ -142,10 +148,15 @@ class StackRecorder(Callback):
         if trainer.sanity_checking:
             return
         assert isinstance(pl_module, GridStack)
+        self.record(trainer, pl_module.evaluations, pl_module.models())
+
+    def record(
+        self, trainer: pl.Trainer, evaluations: list[Evaluation], models: list[ZSLModule]
+    ) -> None:
+        """One validation pass of every point: its history entry, its best so far (kept until
+        :meth:`flush`) and its logged curves."""
         epoch = trainer.current_epoch + 1
-        for g, (evaluation, model) in enumerate(
-            zip(pl_module.evaluations, pl_module.models(), strict=True)
-        ):
+        for g, (evaluation, model) in enumerate(zip(evaluations, models, strict=True)):
             entry = {"epoch": epoch, **evaluation.metrics}
             self.histories[g].append(entry)
             value = float(evaluation.metrics[self.metric])
@@ -172,3 +183,84 @@ class StackRecorder(Callback):
             trainer.strategy.save_checkpoint(checkpoint, self.directories[g] / BEST)
         trainer.strategy.barrier("StackRecorder")
         self._pending = {}
+
+
+def shared_groups(
+    model_cls: type[ZSLModule], indices: list[int], points: list[dict[str, Any]]
+) -> list[list[int]]:
+    """``indices`` grouped by what training reads (``model_cls.training_params``): the points
+    of a group differ only in how they are evaluated, so one fit serves them all. Groups of
+    one point are left out."""
+    groups: dict[str, list[int]] = {}
+    for index in indices:
+        key = json.dumps(model_cls.training_params(points[index]), sort_keys=True, default=str)
+        groups.setdefault(key, []).append(index)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+class SharedFit(StackRecorder):
+    """Grid points that train identically (same :meth:`ZSLModule.training_params`), fitted
+    once: the first point's model (the *host*) is the trainer's module, the others are
+    *views* that never train. Before every validation pass each view takes the host's
+    weights, then it is evaluated its own way on the same batches (a generative model's
+    second stage: the synthetic share, the classifier). A view's history is then the one its
+    own fit would have had -- its training is the host's, and evaluation draws from a private
+    RNG -- at the cost of one training instead of one per point. Histories, bests
+    (``best.ckpt`` of each point, with the point's own hyper-parameters) and logged curves
+    are kept as for a stacked grid (:class:`StackRecorder`, host first)."""
+
+    def __init__(
+        self,
+        views: list[ZSLModule],
+        metric: str,
+        directories: list[Path],
+        indices: list[int],
+        logger: Logger | None,
+    ) -> None:
+        super().__init__(metric, directories, indices, logger)
+        self.views = views
+
+    @property
+    def state_key(self) -> str:
+        return "SharedFit"
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        source = getattr(trainer, "datamodule", None)
+        if not isinstance(source, ZSLDataSource):
+            raise TypeError("a shared fit needs a ZSLDataModule (trainer.fit(model, dm))")
+        for view in self.views:
+            view.trainer = trainer  # the epoch of its evaluation RNG, the device
+            view.to(pl_module.device)
+            view.bind(source)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = pl_module.state_dict()
+        for view in self.views:
+            view.load_state_dict(state)
+            view.eval()
+            view._start_eval()
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        for view in self.views:
+            view._eval_step(batch)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        assert isinstance(pl_module, ZSLModule) and pl_module.evaluator is not None
+        host = pl_module.evaluator.result
+        if host is None:
+            raise RuntimeError(f"{type(pl_module).__name__} finished validation without a result")
+        evaluations = [host]
+        for view in self.views:
+            assert view.evaluator is not None
+            evaluations.append(view.evaluator.compute(None, choose_gamma=True))
+        self.record(trainer, evaluations, [pl_module, *self.views])

@@ -136,6 +136,17 @@ class GenerativeZSL(ZSLModule):
         # the same at every evaluation, so their PCA is computed once
         self._basis_cache: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
 
+    @classmethod
+    def training_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Everything but the second stage, which only evaluation reads (its ``eval_seed``
+        also seeds f-CLSWGAN's pre-trained classifier, so it stays): grid points over the
+        second stage share one generator's training."""
+        out = dict(params)
+        stage = out.get("second_stage")
+        if isinstance(stage, Mapping):
+            out["second_stage"] = {"eval_seed": stage.get("eval_seed")}
+        return out
+
     # -- hooks for subclasses ---------------------------------------------------------
     def classifier_dim(self) -> int:
         """Size of the classifier's inputs (:meth:`embed`): the features by default."""
@@ -263,9 +274,10 @@ class GenerativeZSL(ZSLModule):
             synth_y = unseen.repeat_interleave(n_synth)
         self.train(was_training)
         universe = torch.nonzero(self.universe_mask()).squeeze(1)
-        inputs = torch.cat([real, synth]).detach().clone()
-        targets = torch.searchsorted(universe, torch.cat([real_y, synth_y]))
         self.check_finite(synth, "synthetic examples")
+        inputs = torch.cat([real, synth])  # a new tensor: the caller's are left as they are
+        del synth
+        targets = torch.searchsorted(universe, torch.cat([real_y, synth_y]))
         rank = stage.cls_pca
         if rank is not None:
             mean, basis = self.classifier_basis(real, int(rank))
@@ -313,9 +325,15 @@ class GenerativeZSL(ZSLModule):
         pick = torch.randint(
             0, residuals.shape[0], (features.shape[0],), generator=generator, device=device
         ).to(residuals.device)
-        features = features + float(k) * residuals[pick]
+        # features + k * residuals[pick], clamped: in place (the same roundings, k * r first),
+        # as these can be a gigabyte
+        shift = residuals[pick]
+        if k != 1.0:
+            shift.mul_(float(k))
+        features.add_(shift)
+        del shift
         if nonnegative:
-            features = features.clamp_min(0.0)
+            features.clamp_min_(0.0)
         return self.embed(features)
 
     def classifier_basis(self, real: Tensor, k: int) -> tuple[Tensor, Tensor]:
