@@ -15,7 +15,7 @@ from conftest import TinyXlsa17
 
 from zsl.cli.train import main as train_main
 from zsl.models.classical.ale import ALE
-from zsl.run.stacked import GridStack, can_stack
+from zsl.run.stacked import GridStack, can_stack, shared_groups
 
 GRIDS = {
     "ale": ["model.search.grid.lr=[0.001,0.01,0.1]"],
@@ -90,6 +90,8 @@ def test_stacked_selection_equals_separate_fits(
         mine = torch.load(together / f"checkpoints/val-{index}/best.ckpt", weights_only=True)
         theirs = torch.load(apart / f"checkpoints/val-{index}/best.ckpt", weights_only=True)
         assert mine["epoch"] == theirs["epoch"]
+        # the model's own entries (a generator's class, for zsl-generate)
+        assert mine.get("zsl_model_class") == theirs.get("zsl_model_class")
         assert mine["state_dict"].keys() == theirs["state_dict"].keys()
         for key, value in theirs["state_dict"].items():  # gamma: NaN in both
             torch.testing.assert_close(
@@ -101,6 +103,21 @@ def test_stacked_best_checkpoint_loads_as_the_model(tiny: TinyXlsa17, tmp_path: 
     run(tiny, tmp_path / "run", "ale", True)
     loaded = ALE.load_from_checkpoint(tmp_path / "run/checkpoints/val-1/best.ckpt")
     assert loaded.hp.lr == 0.01 and loaded.seen_ids.numel() > 0
+
+
+def test_points_share_a_fit_only_when_training_agrees_in_float32() -> None:
+    from zsl.models.classical.ale import ALE
+    from zsl.models.generative.segzsl import SEGZSL
+
+    def point(ratio: float, lr: float = 1e-3, seed: int = 0) -> dict[str, Any]:
+        return {"lr": lr, "second_stage": {"synth_ratio": ratio, "eval_seed": seed}}
+
+    points = [point(6.4), point(12.8), point(6.4, lr=3e-3), point(12.8, seed=1), point(3.2)]
+    fp32 = {"precision": "32-true"}
+    assert shared_groups(SEGZSL, [0, 1, 2, 3, 4], points, fp32) == [[0, 1, 4]]
+    assert shared_groups(SEGZSL, [1, 2, 3, 4], points, fp32) == [[1, 4]]  # pending only
+    assert shared_groups(SEGZSL, [0, 1, 4], points, {"precision": "bf16-mixed"}) == []
+    assert shared_groups(ALE, [0, 1, 4], points, fp32) == []  # every parameter trains
 
 
 def test_only_stackable_models_without_clipping_stack() -> None:

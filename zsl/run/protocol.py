@@ -347,7 +347,7 @@ def select_on_validation(session: Session, logger: Logger) -> Selection:
             progress.started(index, points[index])
         stacked = session.fit_stacked(pending, points, logger)
     elif cfg.selection.get("stack_grid", True):
-        for group in shared_groups(session.model_cls, pending, points):
+        for group in shared_groups(session.model_cls, pending, points, cfg.trainer):
             for index in group:
                 progress.started(index, points[index])
             stacked.update(session.fit_shared(group, points, logger))

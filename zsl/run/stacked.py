@@ -170,6 +170,7 @@ class StackRecorder(Callback):
                     "state_dict": cloned(model.state_dict()),
                     "hyper_parameters": dict(model.hparams),
                 }
+                model.on_save_checkpoint(self._pending[g])  # the model's own entries
             if self.logger is not None and trainer.is_global_zero:
                 prefix = f"selection/point_{self.indices[g]}"
                 values = {f"{prefix}/{k}": v for k, v in evaluation.metrics.items()}
@@ -186,11 +187,18 @@ class StackRecorder(Callback):
 
 
 def shared_groups(
-    model_cls: type[ZSLModule], indices: list[int], points: list[dict[str, Any]]
+    model_cls: type[ZSLModule],
+    indices: list[int],
+    points: list[dict[str, Any]],
+    trainer_cfg: Any,
 ) -> list[list[int]]:
     """``indices`` grouped by what training reads (``model_cls.training_params``): the points
     of a group differ only in how they are evaluated, so one fit serves them all. Groups of
-    one point are left out."""
+    one point are left out, and so is every point unless the trainer computes in float32
+    (``precision: 32-true``): the views evaluate outside the precision plugin's casts and
+    autocast, so only then are their numbers those of separate fits."""
+    if str(trainer_cfg.get("precision", "32-true")) not in ("32-true", "32"):
+        return []
     groups: dict[str, list[int]] = {}
     for index in indices:
         key = json.dumps(model_cls.training_params(points[index]), sort_keys=True, default=str)

@@ -275,7 +275,7 @@ class GenerativeZSL(ZSLModule):
         self.train(was_training)
         universe = torch.nonzero(self.universe_mask()).squeeze(1)
         self.check_finite(synth, "synthetic examples")
-        inputs = torch.cat([real, synth])  # a new tensor: the caller's are left as they are
+        inputs = torch.cat([real, synth]).detach()  # new: the caller's are left as they are
         del synth
         targets = torch.searchsorted(universe, torch.cat([real_y, synth_y]))
         rank = stage.cls_pca
@@ -330,7 +330,10 @@ class GenerativeZSL(ZSLModule):
         shift = residuals[pick]
         if k != 1.0:
             shift.mul_(float(k))
-        features.add_(shift)
+        if shift.dtype == features.dtype:
+            features.add_(shift)
+        else:  # e.g. half-precision features: promote as the out-of-place sum does
+            features = features + shift
         del shift
         if nonnegative:
             features.clamp_min_(0.0)
