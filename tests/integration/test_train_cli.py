@@ -305,7 +305,7 @@ def test_steps_transfer_repeats_the_selected_number_of_updates(tmp_path: Path) -
     ratio of training batches per epoch (val protocol / trainval), and says so."""
     from zsl.cli.compose import compose
     from zsl.cli.train import main
-    from zsl.run.protocol import Session
+    from zsl.run.fitting import Session
     from zsl.run.selection import transfer_epochs
 
     ds = write_xlsa17(tmp_path / "data")

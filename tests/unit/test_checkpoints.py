@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import Strategy
 
-import zsl.run.protocol as protocol
+import zsl.run.fitting as fitting
 from zsl.cli.compose import compose
 from zsl.reporting.tracking import previous_wandb_id
 from zsl.run.builders import make_model, make_trainer
@@ -33,7 +33,8 @@ from zsl.run.callbacks import (
     rng_state,
     set_rng_state,
 )
-from zsl.run.protocol import Session, select_on_validation
+from zsl.run.fitting import Session
+from zsl.run.protocol import select_on_validation
 from zsl.run.selection import Trial, ValFit, grid_points
 from zsl.run.store import (
     ResumeError,
@@ -138,14 +139,14 @@ def test_checkpoints_monitor_validation_metrics_only(
     """Every checkpoint callback the engine builds (selection fits and the final fit) monitors
     a ``val/`` metric or nothing: never a test metric."""
     trainers = []
-    original = protocol.make_trainer
+    original = fitting.make_trainer
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         trainer = original(*args, **kwargs)
         trainers.append(trainer)
         return trainer
 
-    monkeypatch.setattr(protocol, "make_trainer", spy)
+    monkeypatch.setattr(fitting, "make_trainer", spy)
     session = tiny_session(tiny, tmp_path, "model.search.metric=gzsl_h")
     params = grid_points(session.cfg.model)[0]
     session.fit_validation(0, params, False)
@@ -352,13 +353,13 @@ def test_sigterm_in_the_last_test_batch_is_not_lost(
 ) -> None:
     """Lightning only raises between batches; a SIGTERM during the last evaluation batch lets
     ``trainer.test`` return normally. The engine still stops (before writing model.ckpt)."""
-    original = protocol.make_trainer
+    original = fitting.make_trainer
 
     def with_killer(*args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
         callbacks = [*(callbacks or []), SigtermAtTestEnd()]
         return original(*args, callbacks=callbacks, **kwargs)
 
-    monkeypatch.setattr(protocol, "make_trainer", with_killer)
+    monkeypatch.setattr(fitting, "make_trainer", with_killer)
     session = tiny_session(tiny, tmp_path)
     params = grid_points(session.cfg.model)[0]
     with pytest.raises(TrainingInterrupted, match="during the test evaluation"):

@@ -1,0 +1,281 @@
+"""How one fit of a run is made: the run's data, loaded once per protocol, and its fits.
+
+:class:`Session` holds a run's datamodules and fits its grid points on the ``val`` protocol
+(one by one, stacked, or sharing one generator fit, :mod:`zsl.run.stacked`) and the final
+``trainval`` fit with its single test evaluation. Every fit writes only the checkpoints the
+run can need (:class:`zsl.run.callbacks.FitCheckpoints`), resumes from the ``last.ckpt`` an
+interrupted fit left (:func:`fit`, after :func:`check_resumable`), and turns a SIGTERM into
+:class:`zsl.run.store.TrainingInterrupted` (:func:`interruptible`). The protocol's order of
+stages is :mod:`zsl.run.protocol`'s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from zsl import dist
+from zsl.data.datamodule import ZSLDataModule
+from zsl.data.types import ClassSpace, ProtocolName, ZSLData
+from zsl.evaluation import Evaluation
+from zsl.models import get_model_class
+from zsl.run.builders import load_data, make_datamodule, make_model, make_trainer
+from zsl.run.callbacks import (
+    BEST,
+    LAST,
+    EvaluationRecorder,
+    FitCheckpoints,
+    ProjectionPlot,
+    RngState,
+)
+from zsl.run.selection import ValFit, search_metric
+from zsl.run.stacked import GridStack, SharedFit, StackRecorder
+from zsl.run.store import CHECKPOINT_DIR, ResumeError, TrainingInterrupted, resume_path
+
+__all__ = ["Session", "check_resumable", "fit", "interruptible"]
+
+
+class Session:
+    """One run's data (loaded once per protocol) and the fits made on it."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        self.model_cls = get_model_class(str(cfg.model.name))
+        self._data: dict[str, ZSLData] = {}
+        self._spaces: dict[str, ClassSpace] = {}
+        self._dms: dict[str, ZSLDataModule] = {}
+
+    @property
+    def checkpoint_interval(self) -> float:
+        """Seconds between ``last.ckpt`` writes within a fit (``trainer.checkpoint_interval_s``)."""
+        return float(self.cfg.trainer.get("checkpoint_interval_s", 60.0))
+
+    def data(self, protocol: ProtocolName) -> ZSLData:
+        if protocol not in self._data:
+            self._data[protocol] = load_data(self.cfg, protocol)
+        return self._data[protocol]
+
+    def datamodule(self, protocol: ProtocolName) -> ZSLDataModule:
+        """The set-up datamodule of ``protocol``, built once per run: every grid point fits on
+        the same split and preprocessed tensors (a datamodule holds no state of a fit)."""
+        if protocol not in self._dms:
+            self._dms[protocol] = make_datamodule(self.cfg, protocol, self.data(protocol))
+            self._spaces[protocol] = self._dms[protocol].class_space
+        return self._dms[protocol]
+
+    def class_space(self, protocol: ProtocolName) -> ClassSpace:
+        """The protocol's classes (from the last datamodule built, else a new one)."""
+        if protocol not in self._spaces:
+            self.datamodule(protocol)
+        return self._spaces[protocol]
+
+    def fit_validation(
+        self,
+        index: int,
+        params: dict[str, Any],
+        logger: Logger | bool,
+        *extra: Callback,
+    ) -> ValFit:
+        """Fit grid point ``index`` on the val protocol, validating every epoch; a
+        ``last.ckpt`` left by an interrupted fit is resumed from."""
+        t0 = time.perf_counter()
+        directory = self.run_dir / CHECKPOINT_DIR / f"val-{index}"
+        pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
+        dm = self.datamodule("val")
+        model = make_model(self.cfg, dm, params)
+        recorder = EvaluationRecorder()
+        keep_last = not self.model_cls.closed_form  # one epoch: nothing to resume
+        callbacks: list[Callback] = [recorder, RngState(), *extra]
+        metric = search_metric(self.cfg.model)
+        callbacks.append(FitCheckpoints(directory, metric, keep_last, self.checkpoint_interval))
+        trainer = self._validation_trainer(logger, callbacks)
+        fit(trainer, model, dm, directory, f"the validation fit {directory.name}")
+        best, last = directory / BEST, directory / LAST
+        return ValFit(
+            recorder.history,
+            time.perf_counter() - t0,
+            str(best.relative_to(self.run_dir)) if best.is_file() else None,
+            str(last.relative_to(self.run_dir)) if last.is_file() else None,
+        )
+
+    def _validation_trainer(self, logger: Logger | bool, callbacks: list[Callback]) -> pl.Trainer:
+        """A trainer for a fit on the val protocol: the configured epochs, validated each."""
+        max_epochs = int(self.cfg.trainer.max_epochs)
+        return make_trainer(
+            self.cfg,
+            self.model_cls,
+            max_epochs,
+            logger,
+            validate=True,
+            callbacks=callbacks,
+            root_dir=self.run_dir,
+        )
+
+    def fit_stacked(
+        self, indices: list[int], points: list[dict[str, Any]], logger: Logger | None
+    ) -> dict[int, ValFit]:
+        """Fit grid points ``indices`` together on the val protocol (:mod:`zsl.run.stacked`):
+        the same histories as separate fits; each point gets its own ``best.ckpt``. A
+        ``last.ckpt`` left by an interrupted stacked fit is resumed from."""
+        t0 = time.perf_counter()
+        dm = self.datamodule("val")
+        models = []
+        for index in indices:  # each point starts where its own fit would have
+            pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
+            models.append(make_model(self.cfg, dm, points[index]))
+        recorder = StackRecorder(*self._point_records(indices, logger))
+        return self._fit_jointly(GridStack(models), recorder, indices, "stacked", t0)
+
+    def fit_shared(
+        self, indices: list[int], points: list[dict[str, Any]], logger: Logger | None
+    ) -> dict[int, ValFit]:
+        """Fit grid points ``indices``, which train identically, once on the val protocol
+        (:class:`zsl.run.stacked.SharedFit`): the first point's fit, every point evaluated its
+        own way at every epoch; each point gets its own history and ``best.ckpt``. A
+        ``last.ckpt`` left by an interrupted shared fit is resumed from."""
+        t0 = time.perf_counter()
+        dm = self.datamodule("val")
+        views = [make_model(self.cfg, dm, points[index]) for index in indices[1:]]
+        pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
+        host = make_model(self.cfg, dm, points[indices[0]])  # as its own fit would start
+        recorder = SharedFit(views, *self._point_records(indices, logger))
+        return self._fit_jointly(host, recorder, indices, "shared", t0)
+
+    def _point_records(
+        self, indices: list[int], logger: Logger | None
+    ) -> tuple[str, list[Path], list[int], Logger | None]:
+        """What a :class:`StackRecorder` of points ``indices`` records, and where."""
+        checkpoints = self.run_dir / CHECKPOINT_DIR
+        folders = [checkpoints / f"val-{i}" for i in indices]
+        return search_metric(self.cfg.model), folders, indices, logger
+
+    def _fit_jointly(
+        self,
+        module: pl.LightningModule,
+        recorder: StackRecorder,
+        indices: list[int],
+        kind: str,
+        t0: float,
+    ) -> dict[int, ValFit]:
+        """One fit of ``module`` serving grid points ``indices`` (validated every epoch, the
+        fit's ``last.ckpt`` in ``val-<i>-<j>...``); every point's history from ``recorder``."""
+        checkpoints = self.run_dir / CHECKPOINT_DIR
+        directory = checkpoints / ("val-" + "-".join(map(str, indices)))
+        saver = FitCheckpoints(directory, None, True, self.checkpoint_interval, recorder.flush)
+        trainer = self._validation_trainer(False, [recorder, RngState(), saver])
+        points_text = ", ".join(str(i) for i in indices)
+        what = f"the {kind} validation fit of grid points {points_text}"
+        fit(trainer, module, self.datamodule("val"), directory, what)
+        seconds = (time.perf_counter() - t0) / len(indices)
+        out = {}
+        for g, index in enumerate(indices):
+            best = checkpoints / f"val-{index}" / BEST
+            relative = str(best.relative_to(self.run_dir)) if best.is_file() else None
+            out[index] = ValFit(recorder.histories[g], seconds, relative, relative)
+        return out
+
+    def fit_final(
+        self, params: dict[str, Any], epochs: int, gamma: float, logger: Logger | bool
+    ) -> Evaluation:
+        """Refit on trainval for ``epochs`` and evaluate the test split once with ``gamma``
+        (chosen on validation); saves ``model.ckpt``."""
+        directory = self.run_dir / CHECKPOINT_DIR / "final"
+        pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
+        dm = self.datamodule("test")
+        model = make_model(self.cfg, dm, params)
+        model.gamma.fill_(gamma)
+        recorder = EvaluationRecorder()
+        callbacks: list[Callback] = [recorder, RngState()]
+        if not self.model_cls.closed_form:
+            callbacks.append(FitCheckpoints(directory, None, True, self.checkpoint_interval))
+        if self.model_cls.uses_unseen_semantics and hasattr(model, "synthesize"):
+            names = self.data("test").class_names
+            callbacks.append(ProjectionPlot(self.run_dir, dm.evaluation_examples(), names))
+        trainer = make_trainer(
+            self.cfg,
+            self.model_cls,
+            epochs,
+            logger,
+            validate=False,
+            callbacks=callbacks,
+            root_dir=self.run_dir,
+        )
+        fit(trainer, model, dm, directory, "the final trainval fit")
+        interruptible(
+            trainer, lambda: trainer.test(model, dm, verbose=False), "the test evaluation"
+        )
+        trainer.save_checkpoint(self.run_dir / "model.ckpt")
+        assert recorder.test is not None
+        return recorder.test
+
+
+def fit(
+    trainer: pl.Trainer,
+    model: pl.LightningModule,
+    dm: ZSLDataModule,
+    checkpoint_dir: Path | None,
+    what: str,
+) -> None:
+    """``trainer.fit``, resumed from ``checkpoint_dir/last.ckpt`` when an interrupted fit left
+    one; a SIGTERM becomes :class:`TrainingInterrupted` naming where it stopped."""
+    ckpt = resume_path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None:
+        check_resumable(ckpt, model)
+        if dist.is_global_zero():
+            print(f"resuming {what} from {ckpt}")
+    interruptible(
+        trainer,
+        lambda: trainer.fit(model, dm, ckpt_path=str(ckpt) if ckpt is not None else None),
+        f"{what} (epoch {{epoch}}, step {{step}})",
+    )
+
+
+def check_resumable(ckpt: Path, model: pl.LightningModule) -> None:
+    """Refuse, in one line, a checkpoint that cannot continue this fit: unreadable
+    (truncated, not a checkpoint), of another model, or of another class space (dataset)."""
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        weights = state["state_dict"]
+    except Exception as err:  # noqa: BLE001 - torch/pickle raise many types
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ResumeError(
+            f"{ckpt} cannot be read as a checkpoint ({type(err).__name__}: {first}); delete it "
+            "to redo that fit from its start"
+        ) from None
+    ours = model.state_dict()
+    if set(weights) != set(ours) or any(weights[k].shape != ours[k].shape for k in ours):
+        raise ResumeError(
+            f"{ckpt} holds the weights of another model ({type(model).__name__} expected); "
+            "delete it to redo that fit from its start"
+        )
+    for key in ("seen_ids", "unseen_ids"):
+        if key in ours and not torch.equal(weights[key], ours[key].cpu()):
+            raise ResumeError(
+                f"{ckpt} was written for another class space ({key} differ: another dataset "
+                "or split); delete it to redo that fit from its start"
+            )
+
+
+def interruptible(trainer: pl.Trainer, stage: Callable[[], object], what: str) -> None:
+    """Run a Lightning stage; a SIGTERM during it becomes :class:`TrainingInterrupted`.
+
+    Lightning ends a SIGTERM'd stage after the current batch with ``SIGTERMException`` (a
+    ``SystemExit`` with code 0), or lets it end normally when the signal came during its last
+    batch; ``trainer.received_sigterm`` is set either way. ``what`` may name ``{epoch}``
+    (1-based) and ``{step}``."""
+    try:
+        stage()
+    except SIGTERMException:
+        pass  # trainer.received_sigterm is set: reported below
+    if trainer.received_sigterm:
+        where = what.format(epoch=trainer.current_epoch + 1, step=trainer.global_step)
+        raise TrainingInterrupted(f"SIGTERM received during {where}")
