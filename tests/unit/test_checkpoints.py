@@ -366,3 +366,30 @@ def test_sigterm_in_the_last_test_batch_is_not_lost(
         session.fit_final(params, 1, 0.0, False)
     assert not (tmp_path / "model.ckpt").exists()
     assert (tmp_path / "checkpoints" / "final" / "last.ckpt").is_file()
+
+
+def test_joint_fits_record_their_trials_before_the_separate_fits(
+    tiny: TinyXlsa17, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Points fitted in one shared fit are recorded in ``trials/`` as soon as that fit ends, so
+    a run stopped in a later separate fit does not refit them on resume."""
+    session = tiny_session(tiny, tmp_path, "model=segzsl", "+model.search.grid.kl_weight=[0.5,1.0]")
+    points = grid_points(session.cfg.model)  # (6.4, 0.5), (6.4, 1.0), (12.8, 0.5), (12.8, 1.0)
+    history = [{"epoch": 1, "zsl_t1": 10.0, "gzsl_h": 5.0, "gamma": 0.0}]
+    trials_dir = tmp_path / "trials"
+    save_trial(trials_dir, 3, Trial(points[3], 1, history[0], history))  # (12.8, 1.0) is done
+    shared: list[list[int]] = []
+
+    def fit_shared(indices: list[int], pts: Any, logger: Any) -> dict[int, ValFit]:
+        shared.append(indices)
+        return {i: ValFit(history, 1.0) for i in indices}
+
+    def fit_validation(index: int, *args: Any) -> ValFit:
+        assert (trials_dir / "0.json").is_file() and (trials_dir / "2.json").is_file()
+        raise KeyboardInterrupt(f"stopped in the separate fit of point {index}")
+
+    monkeypatch.setattr(session, "fit_shared", fit_shared)
+    monkeypatch.setattr(session, "fit_validation", fit_validation)
+    with pytest.raises(KeyboardInterrupt, match="point 1"):
+        select_on_validation(session, False)  # type: ignore[arg-type]
+    assert shared == [[0, 2]]  # point 1's partner (3) was recorded: point 1 fits alone

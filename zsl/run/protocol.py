@@ -96,17 +96,25 @@ def select_on_validation(session: Session, logger: Logger) -> Selection:
             for index in group:
                 progress.started(index, points[index])
             stacked.update(session.fit_shared(group, points, logger))
+    joint: dict[int, Trial] = {}  # recorded as soon as their joint fit ends
+    for index, fitted_jointly in stacked.items():
+        joint[index] = make_trial(
+            points[index], fitted_jointly, metric, bool(cfg.selection.select_epochs)
+        )
+        if dist.is_global_zero():  # DDP: one writer
+            save_trial(trials_dir, index, joint[index])
     for index, params in enumerate(points):
         trial = recorded[index]
         fitted: ValFit | None = stacked.get(index)
         if trial is not None and dist.is_global_zero():
             print(f"grid point {index}: already validated ({trials_dir}/{index}.json), skipped")
+        if trial is None and fitted is not None:
+            trial = joint[index]
         if trial is None:
-            if fitted is None:
-                progress.started(index, params)
-                # with a single point the val fit is the run itself in the val protocol: log it
-                log = logger if (cfg.data.protocol == "val" and len(points) == 1) else False
-                fitted = session.fit_validation(index, params, log, SelectionLogger(logger, index))
+            progress.started(index, params)
+            # with a single point the val fit is the run itself in the val protocol: log it
+            log = logger if (cfg.data.protocol == "val" and len(points) == 1) else False
+            fitted = session.fit_validation(index, params, log, SelectionLogger(logger, index))
             trial = make_trial(params, fitted, metric, bool(cfg.selection.select_epochs))
             if dist.is_global_zero():  # DDP: one writer
                 save_trial(trials_dir, index, trial)
