@@ -29,6 +29,15 @@ LAST = "last.ckpt"
 BEST = "best.ckpt"
 
 
+def evaluation_result(pl_module: pl.LightningModule) -> Evaluation:
+    """The result of the evaluation pass ``pl_module`` just finished (its evaluator's)."""
+    evaluator = getattr(pl_module, "evaluator", None)
+    if evaluator is None or evaluator.result is None:
+        raise RuntimeError(f"{type(pl_module).__name__} finished an evaluation without a result")
+    result: Evaluation = evaluator.result
+    return result
+
+
 class EvaluationRecorder(Callback):
     """Collects every validation pass (one entry per epoch) and the test pass of a fit."""
 
@@ -40,24 +49,14 @@ class EvaluationRecorder(Callback):
     def state_key(self) -> str:
         return "EvaluationRecorder"
 
-    @staticmethod
-    def _result(pl_module: pl.LightningModule) -> Evaluation:
-        evaluator = getattr(pl_module, "evaluator", None)
-        if evaluator is None or evaluator.result is None:
-            raise RuntimeError(
-                f"{type(pl_module).__name__} finished an evaluation without a result"
-            )
-        result: Evaluation = evaluator.result
-        return result
-
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        entry = {"epoch": trainer.current_epoch + 1, **self._result(pl_module).metrics}
+        entry = {"epoch": trainer.current_epoch + 1, **evaluation_result(pl_module).metrics}
         self.history.append(entry)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.test = self._result(pl_module)
+        self.test = evaluation_result(pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [dict(entry) for entry in self.history]}
@@ -76,7 +75,7 @@ class SelectionLogger(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        metrics = EvaluationRecorder._result(pl_module).metrics
+        metrics = evaluation_result(pl_module).metrics
         prefix = f"selection/point_{self.index}"
         values = {f"{prefix}/{k}": v for k, v in metrics.items() if math.isfinite(v)}
         values[f"{prefix}/epoch"] = trainer.current_epoch + 1

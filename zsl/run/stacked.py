@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from zsl.data.types import ZSLBatch, ZSLDataSource
 from zsl.evaluation import Evaluation
 from zsl.models.base import ZSLModule
-from zsl.run.callbacks import BEST, cloned
+from zsl.run.callbacks import BEST, cloned, evaluation_result
 
 __all__ = ["GridStack", "SharedFit", "StackRecorder", "can_stack", "shared_groups"]
 
@@ -263,11 +263,8 @@ class SharedFit(StackRecorder):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        assert isinstance(pl_module, ZSLModule) and pl_module.evaluator is not None
-        host = pl_module.evaluator.result
-        if host is None:
-            raise RuntimeError(f"{type(pl_module).__name__} finished validation without a result")
-        evaluations = [host]
+        assert isinstance(pl_module, ZSLModule)
+        evaluations = [evaluation_result(pl_module)]
         for view in self.views:
             assert view.evaluator is not None
             evaluations.append(view.evaluator.compute(None, choose_gamma=True))
