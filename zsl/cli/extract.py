@@ -84,12 +84,12 @@ def extract(argv: Sequence[str] | None = None) -> Path:
         paths = [p.resolve() for p in folder.paths]
         labels0, image_files = folder.labels, [str(p) for p in paths]
     else:
-        from zsl.data.formats.xlsa17 import _read_mat, _strings
+        from zsl.data.formats.matfile import read_mat, strings
 
-        mat = _read_mat(args.from_file)
+        mat = read_mat(args.from_file)
         if "image_files" not in mat or "labels" not in mat:
             raise DataError(str(args.from_file), "needs 'image_files' and 'labels' to re-extract")
-        image_files = list(_strings(mat["image_files"]))
+        image_files = list(strings(mat["image_files"]))
         labels0 = np.asarray(mat["labels"]).ravel().astype(np.int64) - 1
         paths = resolve_image_paths(image_files, args.image_root, args.from_file.parent)
     extract_to_file(

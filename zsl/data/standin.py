@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from zsl.data.errors import DataError
+from zsl.data.formats.matfile import read_mat
 from zsl.data.formats.xlsa17 import (
-    _read_mat,
     _semantics,
     _split_vector,
     is_synthetic,
@@ -118,7 +118,7 @@ def synthesize_features(
         if json.loads(provenance_path(feature_path).read_text()) == record:
             n = int(np.load(feature_path, mmap_mode="r").shape[0])
             return StandIn(folder, n, dim, counts)
-    splits = _read_mat(split_path)
+    splits = read_mat(split_path)
     att, _ = _semantics(splits, split_path, "att")
     n_classes = att.shape[1]
     if sum(counts) != n_classes:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from zsl.data.formats.xlsa17 import matlab_cell, savemat_atomic
+from zsl.data.formats.matfile import matlab_cell, savemat_atomic
 
 __all__ = ["SyntheticSpec", "ensure_synthetic", "generate_synthetic"]
 

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from zsl.data.errors import DataError
-from zsl.data.formats.xlsa17 import matlab_cell, write_splits
+from zsl.data.formats.matfile import matlab_cell
+from zsl.data.formats.xlsa17 import write_splits
 from zsl.features.backbones import DEFAULT_BACKBONE, BackboneSpec
 from zsl.features.extract import extract_to_file
 from zsl.features.images import ImageFolder, list_image_folder

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from zsl.data.errors import DataError
-from zsl.data.formats.xlsa17 import matlab_cell, savemat_atomic
+from zsl.data.formats.matfile import matlab_cell, savemat_atomic
 from zsl.features.backbones import Backbone, BackboneSpec
 from zsl.features.images import (
     ImageFiles,
@@ -178,11 +178,11 @@ def write_feature_file(
 
 def _finished(path: Path, backbone: str, image_files: Sequence[str]) -> np.ndarray:
     """The features of an existing output made with the same settings; raises otherwise."""
-    from zsl.data.formats.xlsa17 import _strings
+    from zsl.data.formats.matfile import strings
 
     mat = scipy.io.loadmat(str(path))
     old = str(np.asarray(mat["backbone"]).ravel()[0]) if "backbone" in mat else "<unknown>"
-    same_images = "image_files" in mat and _strings(mat["image_files"]) == tuple(image_files)
+    same_images = "image_files" in mat and strings(mat["image_files"]) == tuple(image_files)
     if old != backbone or not same_images:
         what = f"backbone {old!r}" if old != backbone else "another image list"
         raise FileExistsError(
@@ -244,7 +244,7 @@ def write_text_semantics(
 ) -> np.ndarray:
     """Copy ``att_splits.mat`` with ``att`` replaced by CLIP text embeddings (E x C, unit
     columns) of the class names; the attributes are kept as ``att_attributes``."""
-    from zsl.data.formats.xlsa17 import _strings
+    from zsl.data.formats.matfile import strings
     from zsl.features.clip import DEFAULT_CLIP_MODEL, class_text_embeddings, load_clip
 
     split_file, output = Path(split_file), Path(output)
@@ -257,7 +257,7 @@ def write_text_semantics(
         raise DataError(f"{split_file}['att']", f"missing key; the file has {sorted(mat)}")
     n_classes = int(np.asarray(mat["att"]).shape[1])
     if "allclasses_names" in mat:
-        names = list(_strings(mat["allclasses_names"]))
+        names = list(strings(mat["allclasses_names"]))
     else:
         if name_map is None:
             raise DataError(

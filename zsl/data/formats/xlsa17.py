@@ -29,74 +29,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.io
 
 from zsl.data.errors import DataError
+from zsl.data.formats.matfile import (
+    check_finite,
+    get_key,
+    loc_column,
+    matlab_cell,
+    numeric,
+    read_mat,
+    savemat_atomic,
+    strings,
+)
 from zsl.data.splits import check_cross_splits, check_split_integrity, exclude_test_images
 from zsl.data.types import PROTOCOL_KEYS, ProtocolName, ZSLData
 
 Protocol = ProtocolName
-
-
-def _read_mat(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(str(path), "file not found")
-    with open(path, "rb") as fh:
-        head = fh.read(512).lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html", b"<head")):
-        raise DataError(
-            str(path),
-            "an HTML page, not a MATLAB file (a failed or redirected download); download it again",
-        )
-    try:
-        return scipy.io.loadmat(str(path))
-    except NotImplementedError as err:  # MATLAB v7.3 (HDF5)
-        raise DataError(
-            str(path), f"MATLAB v7.3 files are not supported, re-save as v7: {err}"
-        ) from None
-    except Exception as err:  # noqa: BLE001 - scipy raises many types for corrupt files
-        raise DataError(
-            str(path), f"cannot read MATLAB file ({type(err).__name__}: {err})"
-        ) from None
-
-
-def _get(mat: Mapping[str, Any], key: str, path: Path) -> Any:
-    if key not in mat:
-        present = sorted(k for k in mat if not k.startswith("__"))
-        raise DataError(f"{path}[{key!r}]", f"missing key; the file has {present}")
-    return mat[key]
-
-
-def _strings(cell: Any) -> tuple[str, ...]:
-    out = []
-    for item in np.asarray(cell, dtype=object).ravel():
-        while isinstance(item, np.ndarray):
-            item = item.ravel()[0] if item.size else ""
-        out.append(str(item))
-    return tuple(out)
-
-
-def _numeric(raw: Any, where: str) -> np.ndarray:
-    """A numeric array, or a DataError naming the key (e.g. a name list given as semantics)."""
-    arr = np.asarray(raw)
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise DataError(where, f"expected a numeric matrix, got {arr.dtype} values")
-    return arr
-
-
-def _finite(array: np.ndarray, where: str, block: int = 1 << 16) -> None:
-    """Raise a DataError naming the first non-finite value; checks ``block`` rows at a time so
-    that a memory-mapped array is never read whole."""
-    total, first = 0, None
-    for start in range(0, max(array.shape[0], 1), block):
-        bad = ~np.isfinite(array[start : start + block])
-        count = int(bad.sum())
-        if count and first is None:
-            hit = np.argwhere(bad)[0]
-            first = (int(hit[0]) + start, *(int(i) for i in hit[1:]))
-        total += count
-    if total:
-        raise DataError(where, f"{total} non-finite values (first at index {first})")
 
 
 def _index_vector(raw: Any, where: str, upper: int, what: str = "") -> np.ndarray:
@@ -140,15 +88,15 @@ def _semantics(
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """The A x C semantics matrix (float64) and the class names (FLO ships without names)."""
     att_where = f"{split_path}[{semantics_key!r}]"
-    att = _numeric(_get(splits, semantics_key, split_path), att_where).astype(np.float64)
+    att = numeric(get_key(splits, semantics_key, split_path), att_where).astype(np.float64)
     if att.ndim != 2:
         raise DataError(
             f"{split_path}[{semantics_key!r}]", f"expected a 2-D matrix, got {att.shape}"
         )
-    _finite(att, f"{split_path}[{semantics_key!r}]")
+    check_finite(att, f"{split_path}[{semantics_key!r}]")
     n_classes = att.shape[1]
     if "allclasses_names" in splits:
-        names = _strings(splits["allclasses_names"])
+        names = strings(splits["allclasses_names"])
         if len(names) != n_classes:
             transposed = att.shape[0] == len(names)
             raise DataError(
@@ -191,10 +139,10 @@ def _features_and_labels(
     feats: Mapping[str, Any], feat_path: Path, n_classes: int, classes_from: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features as N x D float32 rows and 0-based labels, checked against the class count."""
-    features = _numeric(_get(feats, "features", feat_path), f"{feat_path}['features']")
+    features = numeric(get_key(feats, "features", feat_path), f"{feat_path}['features']")
     if features.ndim != 2:
         raise DataError(f"{feat_path}['features']", f"expected D x N, got shape {features.shape}")
-    raw_labels = _get(feats, "labels", feat_path)
+    raw_labels = get_key(feats, "labels", feat_path)
     n_images = features.shape[1]
     if np.asarray(raw_labels).size != n_images:
         raise DataError(
@@ -208,7 +156,7 @@ def _features_and_labels(
         f"{n_classes} classes = columns of {classes_from}",
     )
     features = features.astype(np.float32, copy=False)
-    _finite(features, f"{feat_path}['features']")  # before transposing: index as in the file
+    check_finite(features, f"{feat_path}['features']")  # before transposing: index as in the file
     features = np.ascontiguousarray(features.T)
 
     return features, labels
@@ -228,10 +176,10 @@ def _cached_features(
     stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns) if stat else None
     full = (str(feat_path.resolve()), stamp, n_classes, classes_from)
     if stat is None or full not in _FEATURE_CACHE:
-        feats = _read_mat(feat_path)
+        feats = read_mat(feat_path)
         features, labels = _features_and_labels(feats, feat_path, n_classes, classes_from)
         features.setflags(write=False)
-        image_files = _strings(feats["image_files"]) if "image_files" in feats else None
+        image_files = strings(feats["image_files"]) if "image_files" in feats else None
         _FEATURE_CACHE.clear()
         _FEATURE_CACHE[full] = (features, labels, image_files)
     features, labels, image_files = _FEATURE_CACHE[full]
@@ -289,7 +237,7 @@ def _npy_features_and_labels(
     labels = _index_vector(
         raw_labels, str(label_path), n_classes, f"{n_classes} classes = columns of {classes_from}"
     )
-    _finite(features, str(feat_path))
+    check_finite(features, str(feat_path))
     return features, labels
 
 
@@ -313,7 +261,7 @@ def load_xlsa17(
         raise DataError(str(folder), "dataset folder not found (check data.root and data.name)")
     split_path = folder / split_file
     feat_path = Path(feature_file) if Path(feature_file).is_absolute() else folder / feature_file
-    splits = _read_mat(split_path)
+    splits = read_mat(split_path)
     att, names = _semantics(splits, split_path, semantics_key)
     n_classes = att.shape[1]
     classes_from = f"{split_path.name}[{semantics_key!r}]"
@@ -325,7 +273,7 @@ def load_xlsa17(
     n_images = features.shape[0]
     locs = {
         key: _split_vector(
-            _get(splits, key, split_path), f"{split_path}[{key!r}]", n_images, feat_path.name
+            get_key(splits, key, split_path), f"{split_path}[{key!r}]", n_images, feat_path.name
         )
         for key in PROTOCOL_KEYS[protocol]
     }
@@ -374,35 +322,6 @@ def read(
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def matlab_cell(strings: Sequence[str]) -> np.ndarray:
-    """A MATLAB cell array (N x 1) of strings, as ``scipy.io.savemat`` writes it."""
-    cell = np.empty((len(strings), 1), dtype=object)
-    for i, value in enumerate(strings):
-        cell[i, 0] = np.array([value])  # pre-wrapped as a char array: a faster savemat
-    return cell
-
-
-def loc_column(indices0: np.ndarray) -> np.ndarray:
-    """0-based image indices -> the file's 1-based column vector."""
-    return (np.asarray(indices0, dtype=np.int64) + 1).reshape(-1, 1).astype(np.float64)
-
-
-def savemat_atomic(path: Path, content: dict[str, Any]) -> None:
-    """``scipy.io.savemat`` into a temporary file renamed over ``path`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a name of its own per writer: concurrent processes (DDP ranks, multirun jobs) may
-    # generate the same file at once, and the last complete rename wins
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            scipy.io.savemat(handle, content, do_compression=False, oned_as="column")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_splits(

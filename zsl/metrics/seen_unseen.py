@@ -1,23 +1,6 @@
-"""Evaluation metrics of the standard zero-shot learning protocol.
-
-Implements the metrics of the "good, bad and ugly" protocol (Xian et al., TPAMI 2018) as
-:class:`torchmetrics.Metric` subclasses, so that they accumulate over batches and synchronise
-correctly under DDP:
-
-* :class:`PerClassAccuracy` -- per-class top-1 accuracy and its mean over a subset of classes.
-* :class:`SeenUnseenStats` -- per-sample summaries (best seen / best unseen score and class)
-  from which the ZSL accuracy, the GZSL accuracies ``u``, ``s`` and their harmonic mean ``H``
-  at any calibrated-stacking ``gamma`` (Chao et al., ECCV 2016), the exact seen--unseen curve,
-  AUSUC and the ``gamma`` that maximises ``H`` are computed exactly.
-* :func:`harmonic_mean`.
-
-All class ids are *global* ids: integers in ``[0, num_classes)``.
-
-The module is longer than the package's other modules on purpose: it is the one place where
-the protocol's numbers are defined, and its two metrics share the input validation and the
-exact curve arithmetic that every reported number goes through (each is tested against a
-NumPy reference). The evaluation pass that drives them is :mod:`zsl.evaluation`.
-"""
+"""Per-example seen/unseen summaries and the exact ZSL / GZSL numbers computed from them
+(:class:`SeenUnseenStats`): ZSL accuracy, u, s and H at any calibrated-stacking gamma (Chao
+et al., ECCV 2016), the exact seen-unseen curve, AUSUC and the gamma that maximises H."""
 
 from __future__ import annotations
 
@@ -31,137 +14,17 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-__all__ = ["PerClassAccuracy", "SeenUnseenStats", "StatsReport", "harmonic_mean"]
+from zsl.metrics.inputs import (
+    as_class_ids,
+    check_mask,
+    check_range,
+    harmonic_mean,
+)
+
+__all__ = ["SeenUnseenStats", "StatsReport"]
 
 # Relative tolerance under which two H values are considered tied in ``best_gamma``.
 _TIE_TOL = 1e-9
-
-
-def harmonic_mean(u: float, s: float) -> float:
-    """Harmonic mean ``2us / (u + s)`` of two accuracies; 0 when ``u + s == 0``.
-
-    NaN inputs propagate to a NaN result.
-    """
-    u = float(u)
-    s = float(s)
-    total = u + s
-    if total == 0.0:
-        return 0.0
-    return 2.0 * u * s / total
-
-
-def _check_num_classes(num_classes: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    return num_classes
-
-
-def _as_class_ids(ids: Tensor, name: str) -> Tensor:
-    """Check that ``ids`` is a 1-D integer tensor and return it as ``long``."""
-    if not isinstance(ids, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
-    if ids.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D tensor of class ids, got shape {tuple(ids.shape)}")
-    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
-        raise ValueError(f"{name} must have an integer dtype (class ids), got {ids.dtype}")
-    return ids.long()
-
-
-def _check_range(ids: Tensor, num_classes: int, name: str) -> None:
-    """Raise ValueError if any id in ``ids`` lies outside ``[0, num_classes)``."""
-    if ids.numel() == 0:
-        return
-    lo = int(ids.min())
-    hi = int(ids.max())
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(
-            f"{name} contains class ids out of range [0, {num_classes}): min {lo}, max {hi}"
-        )
-
-
-def _check_mask(mask: Tensor, name: str, num_classes: int | None = None) -> Tensor:
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.dtype != torch.bool or mask.ndim != 1:
-        raise ValueError(
-            f"{name} must be a 1-D bool tensor, got dtype {mask.dtype} and shape "
-            f"{tuple(mask.shape)}"
-        )
-    if num_classes is not None and mask.numel() != num_classes:
-        raise ValueError(f"{name} must have {num_classes} entries, got {mask.numel()}")
-    return mask
-
-
-class PerClassAccuracy(Metric):
-    """Per-class top-1 accuracy, accumulated over batches (states are summed under DDP).
-
-    Accuracies are fractions in ``[0, 1]``.
-
-    Args:
-        num_classes: total number of classes (ids are in ``[0, num_classes)``).
-        **kwargs: forwarded to :class:`torchmetrics.Metric`.
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    correct: Tensor
-    total: Tensor
-
-    def __init__(self, num_classes: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.num_classes = _check_num_classes(num_classes)
-        self.add_state(
-            "correct", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum"
-        )
-        self.add_state(
-            "total", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum"
-        )
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        """Accumulate a batch of predicted and true global class ids (1-D, same length)."""
-        preds = _as_class_ids(preds, "preds")
-        target = _as_class_ids(target, "target")
-        if preds.shape != target.shape:
-            raise ValueError(
-                f"preds and target must have the same length, got {preds.numel()} and "
-                f"{target.numel()}"
-            )
-        _check_range(preds, self.num_classes, "preds")
-        _check_range(target, self.num_classes, "target")
-        target = target.to(self.total.device)
-        preds = preds.to(self.total.device)
-        self.total += torch.bincount(target, minlength=self.num_classes)
-        self.correct += torch.bincount(target[preds == target], minlength=self.num_classes)
-
-    def compute(self) -> Tensor:
-        """Per-class accuracy, float ``[num_classes]``; NaN for classes without targets."""
-        return self.correct.float() / self.total.float()
-
-    def mean_over(self, class_ids: Tensor) -> Tensor:
-        """Mean accuracy over ``class_ids`` that have at least one target.
-
-        ``class_ids`` is a 1-D tensor of global ids (duplicates are ignored) or a bool mask of
-        length ``num_classes``. Classes without targets are excluded from the mean (never
-        counted as 0). Raises ValueError if none of the given classes has targets.
-        """
-        if isinstance(class_ids, Tensor) and class_ids.dtype == torch.bool:
-            mask = _check_mask(class_ids, "class_ids", self.num_classes)
-            ids = mask.nonzero().flatten()
-        else:
-            ids = _as_class_ids(class_ids, "class_ids")
-            _check_range(ids, self.num_classes, "class_ids")
-            ids = torch.unique(ids)
-        acc = self.compute()
-        selected = acc[ids.to(acc.device)]
-        selected = selected[~torch.isnan(selected)]
-        if selected.numel() == 0:
-            raise ValueError(
-                "mean_over: none of the given classes has any target sample; the mean "
-                "accuracy is undefined"
-            )
-        return selected.mean()
 
 
 class _Summary(NamedTuple):
@@ -270,13 +133,11 @@ class SeenUnseenStats(Metric):
         self, seen_mask: Tensor, universe_mask: Tensor | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        seen_mask = _check_mask(seen_mask, "seen_mask")
+        seen_mask = check_mask(seen_mask, "seen_mask")
         num_classes = seen_mask.numel()
         if universe_mask is None:
             universe_mask = torch.ones(num_classes, dtype=torch.bool, device=seen_mask.device)
-        universe_mask = _check_mask(universe_mask, "universe_mask", num_classes).to(
-            seen_mask.device
-        )
+        universe_mask = check_mask(universe_mask, "universe_mask", num_classes).to(seen_mask.device)
         seen_ids = (seen_mask & universe_mask).nonzero().flatten()
         unseen_ids = (~seen_mask & universe_mask).nonzero().flatten()
         if seen_ids.numel() == 0:
@@ -303,13 +164,13 @@ class SeenUnseenStats(Metric):
             )
         if not scores.is_floating_point():
             raise ValueError(f"scores must be a floating-point tensor, got {scores.dtype}")
-        target = _as_class_ids(target, "target")
+        target = as_class_ids(target, "target")
         if target.numel() != scores.shape[0]:
             raise ValueError(
                 f"scores and target disagree on the batch size: {scores.shape[0]} rows of "
                 f"scores but {target.numel()} targets"
             )
-        _check_range(target, self.num_classes, "target")
+        check_range(target, self.num_classes, "target")
         scores = scores.detach()
         finite = torch.isfinite(scores)
         if not bool(finite.all()):
