@@ -9,8 +9,16 @@ the final trainval fit and the single test evaluation) on the same data:
    floating-point operations of every matrix product (elementwise work is not counted).
 
 The machine's matmul rate is measured here too (a 4096 x 4096 x 312 product, as large as the
-fits' own), as GFLOP/s of wall time and per CPU second. A run's *arithmetic time* is its FLOPs at
-that rate; the table reports each run's time as a multiple of it.
+fits' own), before and after the runs (the higher of the two is reported), as GFLOP/s of wall
+time and per CPU second, in float32 and in bfloat16. A run's
+*arithmetic time* is its FLOPs at the rate of its own precision; the table reports each run's
+time as a multiple of it.
+
+Each model runs in every precision of ``--precisions`` (Lightning's ``trainer.precision``):
+``32-true`` is the default of ``train.py``; ``bf16-mixed`` runs the matrix products in bfloat16
+(weights, optimiser state and losses stay float32), which CPUs with AMX or AVX512-BF16 and
+recent GPUs execute several times faster. FLOPs are counted once per model, on the float32 run
+(the products are the same; only the selected epoch count can differ, and the table gives both).
 
     python experiments/classical_cost.py --root ../shared/data/xlsa17 --feature-file vgg_fc7.mat
 
@@ -35,11 +43,16 @@ REPO = Path(__file__).resolve().parent.parent
 NUMPY_REFERENCE_CPU_S = {"ale": 515.0, "sje": 648.0, "devise": 424.0}
 
 
-def matmul_rate(seconds: float = 2.0) -> tuple[float, float]:
-    """(GFLOP/s of wall time, GFLOP per CPU second) of float32 matmuls on this machine."""
+#: dtype of the matrix products under each ``trainer.precision`` this benchmark runs
+PRODUCT_DTYPE = {"32-true": "float32", "bf16-mixed": "bfloat16"}
+
+
+def matmul_rate(dtype: str = "float32", seconds: float = 2.0) -> tuple[float, float]:
+    """(GFLOP/s of wall time, GFLOP per CPU second) of ``dtype`` matmuls on this machine."""
     import torch
 
-    a, b = torch.randn(4096, 4096), torch.randn(4096, 312)
+    kind = getattr(torch, dtype)
+    a, b = torch.randn(4096, 4096, dtype=kind), torch.randn(4096, 312, dtype=kind)
     for _ in range(3):
         a @ b
     flops = 2 * 4096 * 4096 * 312
@@ -51,7 +64,7 @@ def matmul_rate(seconds: float = 2.0) -> tuple[float, float]:
     return flops * n / wall / 1e9, flops * n / cpu / 1e9
 
 
-def train_args(model: str, args: argparse.Namespace, out: Path) -> list[str]:
+def train_args(model: str, args: argparse.Namespace, out: Path, precision: str) -> list[str]:
     return [
         f"data={args.data}",
         f"data.root={args.root}",
@@ -60,6 +73,7 @@ def train_args(model: str, args: argparse.Namespace, out: Path) -> list[str]:
         "logger=csv",
         f"output_dir={out}",
         "trainer.enable_progress_bar=false",
+        f"trainer.precision={precision}",
         *args.extra,
     ]
 
@@ -90,27 +104,33 @@ def timed(argv: list[str], threads: int) -> dict[str, float]:
     return {"wall_s": wall, "cpu_s": cpu}
 
 
-def measure(model: str, threads: int, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
-    out = tmp / f"{model}_timed_{threads}"
-    row = timed(train_args(model, args, out), threads)
+def measure(
+    model: str, precision: str, threads: int, args: argparse.Namespace, tmp: Path
+) -> dict[str, float]:
+    out = tmp / f"{model}_{precision}_timed_{threads}"
+    row = timed(train_args(model, args, out, precision), threads)
     metrics = json.loads((out / "metrics.json").read_text())
     row.update(
         run_wall_s=float(metrics["wall_time_s"]),
         run_cpu_s=float(metrics["cpu_time_s"]),
         zsl_t1=float(metrics["zsl_t1"]),
+        epochs=float(metrics["selected_epochs"]),
     )
     return row
 
 
-def flops(model: str, args: argparse.Namespace, tmp: Path) -> float:
-    """Matrix-product FLOPs of one full run (counted in a fresh process)."""
+def flops(model: str, args: argparse.Namespace, tmp: Path) -> tuple[float, int]:
+    """Matrix-product FLOPs of one full float32 run (counted in a fresh process), and the epoch
+    count that run selected."""
+    out = tmp / f"{model}_n"
     counted = subprocess.run(
-        [sys.executable, __file__, "--count", "--", *train_args(model, args, tmp / f"{model}_n")],
+        [sys.executable, __file__, "--count", "--", *train_args(model, args, out, "32-true")],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    return float(json.loads(counted.strip().splitlines()[-1])["flops"])
+    epochs = int(json.loads((out / "metrics.json").read_text())["selected_epochs"])
+    return float(json.loads(counted.strip().splitlines()[-1])["flops"]), epochs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,63 +146,106 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", default="classical_cost")
     p.add_argument("--results-dir", default=str(REPO / "experiments" / "results"))
     p.add_argument("--threads", default="2,1", help="torch threads of the timed runs")
+    p.add_argument(
+        "--precisions",
+        default="32-true,bf16-mixed",
+        help=f"trainer.precision of the timed runs, of {sorted(PRODUCT_DTYPE)}",
+    )
     p.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = p.parse_args(argv)
     args.root = str(Path(args.root).resolve())
     threads = [int(t) for t in args.threads.split(",")]
-    wall_rate, cpu_rate = matmul_rate()
-    print(f"matmul rate: {wall_rate:.0f} GFLOP/s wall, {cpu_rate:.0f} GFLOP per CPU second")
-    rows: list[tuple[str, int, float, dict[str, float]]] = []
+    precisions = args.precisions.split(",")
+    unknown = sorted(set(precisions) - set(PRODUCT_DTYPE))
+    if unknown:
+        p.error(f"--precisions: unknown {unknown}; use {sorted(PRODUCT_DTYPE)}")
+    rates = {dtype: matmul_rate(dtype) for dtype in {PRODUCT_DTYPE[x] for x in precisions}}
+    for dtype, (wall_rate, cpu_rate) in sorted(rates.items()):
+        print(f"{dtype} matmul rate: {wall_rate:.0f} GFLOP/s wall, {cpu_rate:.0f} GFLOP/CPU s")
+    rows: list[tuple[str, str, int, float, int, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
-            total = flops(model, args, Path(tmp))
-            for n in threads:
-                r = measure(model, n, args, Path(tmp))
-                rows.append((model, n, total, r))
-                print(
-                    f"{model} ({n} thread(s)): {total / 1e12:.2f} TFLOP, {r['wall_s']:.1f} s wall "
-                    f"({r['run_wall_s']:.1f} in the run), {r['cpu_s']:.1f} CPU s "
-                    f"({r['run_cpu_s']:.1f} in the run), ZSL T1 {r['zsl_t1']:.2f}",
-                    flush=True,
-                )
+            total, counted_epochs = flops(model, args, Path(tmp))
+            for precision in precisions:
+                for n in threads:
+                    r = measure(model, precision, n, args, Path(tmp))
+                    rows.append((model, precision, n, total, counted_epochs, r))
+                    print(
+                        f"{model} {precision} ({n} thread(s)): {total / 1e12:.2f} TFLOP, "
+                        f"{r['wall_s']:.1f} s wall ({r['run_wall_s']:.1f} in the run), "
+                        f"{r['cpu_s']:.1f} CPU s ({r['run_cpu_s']:.1f} in the run), "
+                        f"ZSL T1 {r['zsl_t1']:.2f}",
+                        flush=True,
+                    )
+    # measured again after the runs: a rate is the machine's best (a transient load elsewhere
+    # would make the arithmetic time look longer and the runs look closer to it)
+    for dtype, (wall, cpu) in list(rates.items()):
+        again = matmul_rate(dtype)
+        rates[dtype] = (max(wall, again[0]), max(cpu, again[1]))
     lines = [
         f"# Classical cost: full runs on {args.data} ({args.feature_file})",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores. Matmul rate measured here with "
-        f"{_threads()} threads: **{wall_rate:.0f} GFLOP/s** of wall time, {cpu_rate:.0f} GFLOP "
-        "per CPU second (float32, 4096 x 4096 x 312).",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores"
+        f"{_cpu_features()}. Matmul rates measured here with {_threads()} threads "
+        "(4096 x 4096 x 312): "
+        + "; ".join(
+            f"{dtype} **{w:.0f} GFLOP/s** of wall time, {c:.0f} GFLOP per CPU second"
+            for dtype, (w, c) in sorted(rates.items(), reverse=True)
+        )
+        + ".",
         "",
         "A full run = selection over the model's grid on validation classes (every epoch "
         "validated; the grid points of these models are fitted together in one stacked pass) "
         "+ the final trainval fit + one test evaluation + reports, in a fresh process. FLOPs are "
         "every matrix product's, counted by `torch.utils.flop_counter.FlopCounterMode` on the "
-        "same run; *arithmetic time* is FLOPs at the wall-time matmul rate. *Run* columns are "
+        "same run; *arithmetic time* is FLOPs at the wall-time matmul rate of the run's "
+        "precision. *Run* columns are "
         "the run's own figures (`metrics.json`: after interpreter start-up and imports); "
-        "*process* columns include them.",
+        "*process* columns include them. FLOPs are counted on the float32 run; *epochs* are "
+        "the selected epoch counts of the timed run and of the counted one (they can differ "
+        "between precisions, and the FLOPs with them).",
         "",
-        "| model | threads | TFLOP | arithmetic (s) | run wall (s) | run / arithmetic | "
-        "process wall (s) | run CPU s | process CPU s | NumPy reference CPU s | run CPU s / "
-        "reference | ZSL T1 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | precision | threads | TFLOP | arithmetic (s) | run wall (s) | run / arithmetic "
+        "| process wall (s) | run CPU s | process CPU s | NumPy reference CPU s | run CPU s / "
+        "reference | ZSL T1 | epochs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for model, n, total, r in rows:
-        arithmetic = total / (wall_rate * 1e9)
+    for model, precision, n, total, counted_epochs, r in rows:
+        arithmetic = total / (rates[PRODUCT_DTYPE[precision]][0] * 1e9)
         ref = NUMPY_REFERENCE_CPU_S.get(model)
-        ratio = f"1/{ref / r['run_cpu_s']:.0f}" if ref else "–"
+        ratio = f"1/{ref / r['run_cpu_s']:.1f}" if ref else "–"
         lines.append(
-            f"| {model} | {n} | {total / 1e12:.2f} | {arithmetic:.1f} | {r['run_wall_s']:.1f} | "
-            f"{r['run_wall_s'] / arithmetic:.1f}x | {r['wall_s']:.1f} | {r['run_cpu_s']:.1f} | "
-            f"{r['cpu_s']:.1f} | {f'{ref:.0f}' if ref else '–'} | {ratio} | {r['zsl_t1']:.2f} |"
+            f"| {model} | {precision} | {n} | {total / 1e12:.2f} | {arithmetic:.1f} | "
+            f"{r['run_wall_s']:.1f} | {r['run_wall_s'] / arithmetic:.1f}x | {r['wall_s']:.1f} | "
+            f"{r['run_cpu_s']:.1f} | {r['cpu_s']:.1f} | {f'{ref:.0f}' if ref else '–'} | "
+            f"{ratio} | {r['zsl_t1']:.2f} | {int(r['epochs'])} / {counted_epochs} |"
         )
     lines += [
         "",
         "Command: `python experiments/classical_cost.py --root ../shared/data/xlsa17 "
-        f"--feature-file vgg_fc7.mat --threads {args.threads}`.",
+        f"--feature-file vgg_fc7.mat --threads {args.threads} --precisions {args.precisions}"
+        f"{''.join(' ' + x for x in args.extra)}`.",
     ]
     out = Path(args.results_dir) / f"{args.name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _cpu_features() -> str:
+    """The CPU model and its bfloat16 matrix extensions, from /proc/cpuinfo (Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = " ".join(fields.get("model name", "").split())
+    flags = set(fields.get("flags", "").split())
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f" ({name}{'; ' + ', '.join(bf16) if bf16 else ''})" if name else ""
 
 
 def _threads() -> int:

@@ -188,6 +188,8 @@ def test_trainer_max_epochs_follows_model() -> None:
         ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1"),
         ("model.search.metric=acc", "model.search.metric must be"),
         ("+model.search.transfer=batches", "model.search.transfer must be 'epochs' or 'steps'"),
+        ("++model.search.patience=0", "model.search.patience must be an integer >= 1 or null"),
+        ("++model.search.patience=2.5", "model.search.patience: expected an integer"),
     ],
 )
 def test_bad_values_fail(override: str, message: str) -> None:
@@ -236,3 +238,27 @@ def test_transfer_rule_defaults_to_epochs() -> None:
 
 def test_transfer_rule_can_be_added() -> None:
     assert transfer_rule(compose(["+model.search.transfer=steps"]).model) == "steps"
+
+
+def test_cpu_bf16_trainer_is_the_cpu_trainer_with_bfloat16_products(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from zsl.models.classical.ale import ALE
+    from zsl.run import builders
+
+    cpu, fast = compose([]).trainer, compose(["trainer=cpu_bf16"]).trainer
+    assert fast.precision == "bf16-mixed" and cpu.precision == "32-true"
+    assert {k: v for k, v in fast.items() if k != "precision"} == {
+        k: v for k, v in cpu.items() if k != "precision"
+    }
+    # a CPU without bfloat16 instructions: one warning line that the products are emulated
+    monkeypatch.setattr(builders, "_TRAINERS_BUILT", False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    builders.make_trainer(compose(["trainer=cpu_bf16"]), ALE, 1)
+    assert "bf16-mixed on a CPU without AVX512-BF16/AMX" in capsys.readouterr().err
+    monkeypatch.setattr(builders, "_TRAINERS_BUILT", False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    builders.make_trainer(compose(["trainer=cpu_bf16"]), ALE, 1)
+    assert "emulated" not in capsys.readouterr().err

@@ -44,7 +44,9 @@ GRIDS = {
 JOINT = {"segzsl": ["val-0-1"], "tfvaegan": ["val-0-2", "val-1-3"]}
 
 
-def run(tiny: TinyXlsa17, out: Path, model: str, stack: bool) -> dict[str, Any]:
+def run(
+    tiny: TinyXlsa17, out: Path, model: str, stack: bool, *extra: str, epochs: int = 4
+) -> dict[str, Any]:
     metrics = train_main(
         [
             "data=cub",
@@ -52,12 +54,13 @@ def run(tiny: TinyXlsa17, out: Path, model: str, stack: bool) -> dict[str, Any]:
             f"data.name={tiny.name}",
             f"model={model}",
             *GRIDS[model],
-            "trainer.max_epochs=4",
+            f"trainer.max_epochs={epochs}",
             "data.batch_size=16",
             "logger=csv",
             f"output_dir={out}",
             "trainer.enable_progress_bar=false",
             f"selection.stack_grid={str(stack).lower()}",
+            *extra,
         ]
     )
     assert metrics is not None
@@ -70,12 +73,17 @@ def without_times(selection: dict[str, Any]) -> dict[str, Any]:
     return selection
 
 
-@pytest.mark.parametrize("model", list(GRIDS))
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [(model, ()) for model in GRIDS]
+    # bfloat16 products (trainer.precision=bf16-mixed): each point's products as in its own fit
+    + [("ale", ("trainer.precision=bf16-mixed",))],
+)
 def test_stacked_selection_equals_separate_fits(
-    tiny: TinyXlsa17, tmp_path: Path, model: str
+    tiny: TinyXlsa17, tmp_path: Path, model: str, extra: tuple[str, ...]
 ) -> None:
     apart, together = tmp_path / "apart", tmp_path / "together"
-    a, b = run(tiny, apart, model, False), run(tiny, together, model, True)
+    a, b = run(tiny, apart, model, False, *extra), run(tiny, together, model, True, *extra)
     for metrics in (a, b):
         metrics.pop("wall_time_s"), metrics.pop("cpu_time_s")
     assert a == b  # every float of the test evaluation and the selection record
@@ -97,6 +105,44 @@ def test_stacked_selection_equals_separate_fits(
             torch.testing.assert_close(
                 mine["state_dict"][key], value, rtol=0, atol=0, equal_nan=True
             )
+
+
+def stopped_history(history: list[dict[str, Any]], metric: str, patience: int) -> list[Any]:
+    """The prefix of a full-budget ``history`` that early stopping keeps: up to the first
+    epoch that is ``patience`` epochs past the best so far (strict improvements)."""
+    best, wait = None, 0
+    for n, entry in enumerate(history, start=1):
+        value = entry[metric]
+        best, wait = (value, 0) if best is None or value > best else (best, wait + 1)
+        if wait >= patience:
+            return history[:n]
+    return history
+
+
+@pytest.mark.parametrize(("model", "patience"), [("ale", 1), ("segzsl", 2)])
+def test_patience_stops_each_point_as_its_own_fit_would(
+    tiny: TinyXlsa17, tmp_path: Path, model: str, patience: int
+) -> None:
+    epochs = 8
+    full = run(tiny, tmp_path / "full", model, True, "++model.search.patience=null", epochs=epochs)
+    stop = [f"++model.search.patience={patience}"]
+    apart = run(tiny, tmp_path / "apart", model, False, *stop, epochs=epochs)
+    together = run(tiny, tmp_path / "together", model, True, *stop, epochs=epochs)
+    for metrics in (full, apart, together):
+        metrics.pop("wall_time_s"), metrics.pop("cpu_time_s")
+    assert apart == together
+    sel = {
+        name: without_times(json.loads((tmp_path / name / "selection.json").read_text()))
+        for name in ("full", "apart", "together")
+    }
+    assert sel["apart"] == sel["together"]
+    metric = sel["full"]["metric"]
+    lengths = []
+    for whole, stopped in zip(sel["full"]["trials"], sel["together"]["trials"], strict=True):
+        assert stopped["history"] == stopped_history(whole["history"], metric, patience)
+        lengths.append(len(stopped["history"]))
+    # some point stopped early while another trained on: the stack shrank mid-fit
+    assert min(lengths) < max(lengths)
 
 
 def test_stacked_best_checkpoint_loads_as_the_model(tiny: TinyXlsa17, tmp_path: Path) -> None:

@@ -130,5 +130,24 @@ def make_trainer(
         trainer = pl.Trainer(**kwargs)
     except ValueError as err:  # Lightning's checks of its arguments (e.g. precision)
         raise ConfigError(f"trainer: {err}") from err
+    if not _TRAINERS_BUILT and str(tcfg.precision).startswith("bf16"):
+        _warn_emulated_bf16(trainer)
     _TRAINERS_BUILT = True
     return trainer
+
+
+def _warn_emulated_bf16(trainer: pl.Trainer) -> None:
+    """One line when bfloat16 products would run on a CPU without bfloat16 instructions
+    (oneDNN emulates them there, slower than float32)."""
+    if trainer.strategy.root_device.type != "cpu" or not dist.is_global_zero():
+        return
+    import torch  # noqa: PLC0415
+
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if check is not None and not check():
+        print(
+            "warning: trainer.precision=bf16-mixed on a CPU without AVX512-BF16/AMX: bfloat16 "
+            "products are emulated and slower than float32 (trainer.precision=32-true)",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -65,6 +65,39 @@ class EvaluationRecorder(Callback):
         self.history = [dict(entry) for entry in state_dict.get("history", [])]
 
 
+class EarlyStop(Callback):
+    """Stops a validation fit once ``val/<metric>`` has not strictly improved for ``patience``
+    validation epochs (``model.search.patience``); the history up to there is the fit's. A
+    stacked or shared fit applies the same rule to each of its points
+    (:class:`zsl.run.stacked.StackRecorder`)."""
+
+    def __init__(self, metric: str, patience: int) -> None:
+        self.metric, self.patience = metric, patience
+        self.best: float | None = None
+        self.wait = 0
+
+    @property
+    def state_key(self) -> str:
+        return "EarlyStop"
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = float(evaluation_result(pl_module).metrics[self.metric])
+        if self.best is None or value > self.best:
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+        if self.wait >= self.patience:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.wait = state_dict["best"], int(state_dict["wait"])
+
+
 class SelectionLogger(Callback):
     """Logs every validation epoch of a selection fit to the run's logger while it runs, as
     ``selection/point_<index>/<metric>`` with the epoch as step (W&B: one curve per point)."""

@@ -93,6 +93,13 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"model.search.transfer must be 'epochs' or 'steps', got {search.transfer!r}"
             )
+        patience = search.get("patience")
+        if patience is not None and (
+            isinstance(patience, bool) or not isinstance(patience, int) or patience < 1
+        ):
+            raise ConfigError(
+                f"model.search.patience must be an integer >= 1 or null, got {patience!r}"
+            )
         for key, values in (search.get("grid") or {}).items():
             default = OmegaConf.select(cfg.model.params, str(key), default=_MISSING)
             if default is _MISSING:

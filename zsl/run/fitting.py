@@ -32,12 +32,13 @@ from zsl.run.builders import load_data, make_datamodule, make_model, make_traine
 from zsl.run.callbacks import (
     BEST,
     LAST,
+    EarlyStop,
     EvaluationRecorder,
     FitCheckpoints,
     ProjectionPlot,
     RngState,
 )
-from zsl.run.selection import ValFit, search_metric
+from zsl.run.selection import ValFit, search_metric, search_patience
 from zsl.run.stacked import GridStack, SharedFit, StackRecorder
 from zsl.run.store import CHECKPOINT_DIR, ResumeError, TrainingInterrupted, resume_path
 
@@ -95,7 +96,9 @@ class Session:
         recorder = EvaluationRecorder()
         keep_last = not self.model_cls.closed_form  # one epoch: nothing to resume
         callbacks: list[Callback] = [recorder, RngState(), *extra]
-        metric = search_metric(self.cfg.model)
+        metric, patience = search_metric(self.cfg.model), search_patience(self.cfg.model)
+        if patience is not None:
+            callbacks.append(EarlyStop(metric, patience))
         callbacks.append(FitCheckpoints(directory, metric, keep_last, self.checkpoint_interval))
         trainer = self._validation_trainer(logger, callbacks)
         fit(trainer, model, dm, directory, f"the validation fit {directory.name}")
@@ -133,7 +136,8 @@ class Session:
             pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
             models.append(make_model(self.cfg, dm, points[index]))
         recorder = StackRecorder(*self._point_records(indices, logger))
-        return self._fit_jointly(GridStack(models), recorder, indices, "stacked", t0)
+        stack = GridStack(models, recorder.active)
+        return self._fit_jointly(stack, recorder, indices, "stacked", t0)
 
     def fit_shared(
         self, indices: list[int], points: list[dict[str, Any]], logger: Logger | None
@@ -152,11 +156,13 @@ class Session:
 
     def _point_records(
         self, indices: list[int], logger: Logger | None
-    ) -> tuple[str, list[Path], list[int], Logger | None]:
-        """What a :class:`StackRecorder` of points ``indices`` records, and where."""
+    ) -> tuple[str, list[Path], list[int], Logger | None, int | None]:
+        """What a :class:`StackRecorder` of points ``indices`` records, where, and the
+        patience that stops each point."""
         checkpoints = self.run_dir / CHECKPOINT_DIR
         folders = [checkpoints / f"val-{i}" for i in indices]
-        return search_metric(self.cfg.model), folders, indices, logger
+        model = self.cfg.model
+        return search_metric(model), folders, indices, logger, search_patience(model)
 
     def _fit_jointly(
         self,

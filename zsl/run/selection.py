@@ -100,6 +100,19 @@ def search_metric(model_cfg: DictConfig) -> str:
     return str(search.get("metric", "zsl_t1")) if search is not None else "zsl_t1"
 
 
+def search_patience(model_cfg: DictConfig) -> int | None:
+    """``model.search.patience``: validation epochs without a strict improvement of the
+    search metric after which a grid point stops training (None: the whole epoch budget)."""
+    search = model_cfg.get("search")
+    value = search.get("patience") if search is not None else None
+    return None if value is None else int(value)
+
+
+def patience_spent(wait: int, patience: int | None) -> bool:
+    """A point ``wait`` validation epochs past its best has stopped under ``patience``."""
+    return patience is not None and wait >= patience
+
+
 #: how the epoch count selected on the val protocol carries over to the trainval fit
 TRANSFER_RULES = ("epochs", "steps")
 

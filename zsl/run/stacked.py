@@ -18,12 +18,18 @@ Grid points that *train* identically -- they agree on what ``training_params`` o
 class keeps, e.g. a generative model's grid over its second stage -- need one fit, not one
 each: :class:`SharedFit` trains the first and evaluates every point its own way on the
 trained weights after each epoch (:func:`shared_groups` finds them).
+
+With ``model.search.patience``, each point stops as its own fit would
+(:class:`zsl.run.callbacks.EarlyStop`): a stacked point leaves the summed loss (its
+parameters get no gradient, so the optimiser skips them) and the validation pass, a shared
+point is no longer evaluated; the fit ends when every point has stopped.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,7 @@ from zsl.data.types import ZSLBatch, ZSLDataSource
 from zsl.evaluation import Evaluation
 from zsl.models.base import ZSLModule
 from zsl.run.callbacks import BEST, cloned, evaluation_result
+from zsl.run.selection import patience_spent
 
 __all__ = ["GridStack", "SharedFit", "StackRecorder", "can_stack", "shared_groups"]
 
@@ -51,13 +58,17 @@ def can_stack(model_cls: type[ZSLModule], n_points: int, trainer_cfg: Any) -> bo
 class GridStack(pl.LightningModule):
     """G bound models of one class trained and validated together (see the module docstring)."""
 
-    def __init__(self, models: list[ZSLModule]) -> None:
+    def __init__(
+        self, models: list[ZSLModule], active: Callable[[], list[bool]] | None = None
+    ) -> None:
         super().__init__()
         if not models or len({type(m) for m in models}) != 1:
             raise ValueError("GridStack needs one or more models of one class")
         self.points = nn.ModuleList(models)
-        #: each point's evaluation of the last validation pass
-        self.evaluations: list[Evaluation] = []
+        #: which points still train (:meth:`StackRecorder.active`); all by default
+        self.active = active or (lambda: [True] * len(models))
+        #: each point's evaluation of the last validation pass (None: a stopped point)
+        self.evaluations: list[Evaluation | None] = []
 
     def models(self) -> list[ZSLModule]:
         return [m for m in self.points if isinstance(m, ZSLModule)]
@@ -66,15 +77,18 @@ class GridStack(pl.LightningModule):
         for model in self.models():  # step/epoch in their messages, the device they run on
             model.trainer = self.trainer
 
-    def training_step(self, batch: ZSLBatch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: ZSLBatch, batch_idx: int) -> Tensor | None:
         models = self.models()
         local = models[0].to_local(batch.labels)
         total: Tensor | None = None
-        for model in models:
+        for model, active in zip(models, self.active(), strict=True):
+            if not active:
+                continue
             loss = model.training_loss(batch, local, model.seen_semantics())
             model.check_finite(loss, "loss")
             total = loss if total is None else total + loss
-        assert total is not None
+        if total is None:  # every point has stopped (the fit ends with this epoch)
+            return None
         # DDP: weight this rank's mean loss by its share of the global batch (ZSLBatch.share)
         return total * batch.share if batch.share != 1.0 else total
 
@@ -92,21 +106,28 @@ class GridStack(pl.LightningModule):
         first: torch.optim.Optimizer = optimisers[0]
         return type(first)(groups, **first.defaults)
 
+    def _active_models(self) -> list[ZSLModule]:
+        return [m for m, active in zip(self.models(), self.active(), strict=True) if active]
+
     def on_validation_epoch_start(self) -> None:
-        for model in self.models():
+        for model in self._active_models():
             model._start_eval()
 
     def validation_step(self, batch: ZSLBatch, batch_idx: int) -> None:
-        for model in self.models():
+        for model in self._active_models():
             model._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
         self.evaluations = []
-        for model in self.models():
-            assert model.evaluator is not None
-            self.evaluations.append(model.evaluator.compute(None, choose_gamma=True))
+        for model, active in zip(self.models(), self.active(), strict=True):
+            assert not active or model.evaluator is not None
+            self.evaluations.append(
+                model.evaluator.compute(None, choose_gamma=True)
+                if active and model.evaluator is not None
+                else None
+            )
 
 
 class StackRecorder(Callback):
@@ -118,7 +139,12 @@ class StackRecorder(Callback):
     per epoch, as for separate fits."""
 
     def __init__(
-        self, metric: str, directories: list[Path], indices: list[int], logger: Logger | None
+        self,
+        metric: str,
+        directories: list[Path],
+        indices: list[int],
+        logger: Logger | None,
+        patience: int | None = None,
     ) -> None:
         self.metric, self.directories, self.indices, self.logger = (
             metric,
@@ -126,9 +152,16 @@ class StackRecorder(Callback):
             indices,
             logger,
         )
+        self.patience = patience
         self.histories: list[list[dict[str, float]]] = [[] for _ in directories]
         self.best_scores: list[float | None] = [None for _ in directories]
+        #: validation epochs since each point's best (``patience`` stops it)
+        self.waits: list[int] = [0 for _ in directories]
         self._pending: dict[int, dict[str, Any]] = {}
+
+    def active(self) -> list[bool]:
+        """Which points still train: those within ``patience`` of their best."""
+        return [not patience_spent(wait, self.patience) for wait in self.waits]
 
     @property
     def state_key(self) -> str:
@@ -138,11 +171,13 @@ class StackRecorder(Callback):
         return {
             "histories": [[dict(e) for e in h] for h in self.histories],
             "best_scores": list(self.best_scores),
+            "waits": list(self.waits),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.histories = [[dict(e) for e in h] for h in state_dict["histories"]]
         self.best_scores = list(state_dict["best_scores"])
+        self.waits = [int(w) for w in state_dict.get("waits", [0] * len(self.histories))]
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -151,16 +186,23 @@ class StackRecorder(Callback):
         self.record(trainer, pl_module.evaluations, pl_module.models())
 
     def record(
-        self, trainer: pl.Trainer, evaluations: list[Evaluation], models: list[ZSLModule]
+        self,
+        trainer: pl.Trainer,
+        evaluations: list[Evaluation | None],
+        models: list[ZSLModule],
     ) -> None:
-        """One validation pass of every point: its history entry, its best so far (kept until
-        :meth:`flush`) and its logged curves."""
+        """One validation pass of every point still training (None: a stopped point): its
+        history entry, its best so far (kept until :meth:`flush`), its patience and its
+        logged curves. The fit stops when no point trains any more."""
         epoch = trainer.current_epoch + 1
         for g, (evaluation, model) in enumerate(zip(evaluations, models, strict=True)):
+            if evaluation is None:
+                continue
             entry = {"epoch": epoch, **evaluation.metrics}
             self.histories[g].append(entry)
             value = float(evaluation.metrics[self.metric])
             best = self.best_scores[g]
+            self.waits[g] = 0 if best is None or value > best else self.waits[g] + 1
             if best is None or value > best:
                 self.best_scores[g] = value
                 self._pending[g] = {
@@ -177,6 +219,8 @@ class StackRecorder(Callback):
                 values = {k: v for k, v in values.items() if math.isfinite(v)}
                 values[f"{prefix}/epoch"] = epoch
                 self.logger.log_metrics(values, step=epoch)
+        if not any(self.active()):
+            trainer.should_stop = True
 
     def flush(self, trainer: pl.Trainer) -> None:
         """Write the bests that changed since the last flush."""
@@ -224,8 +268,9 @@ class SharedFit(StackRecorder):
         directories: list[Path],
         indices: list[int],
         logger: Logger | None,
+        patience: int | None = None,
     ) -> None:
-        super().__init__(metric, directories, indices, logger)
+        super().__init__(metric, directories, indices, logger, patience)
         self.views = views
 
     @property
@@ -243,10 +288,13 @@ class SharedFit(StackRecorder):
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = pl_module.state_dict()
-        for view in self.views:
+        for view in self._active_views():
             view.load_state_dict(state)
             view.eval()
             view._start_eval()
+
+    def _active_views(self) -> list[ZSLModule]:
+        return [v for v, active in zip(self.views, self.active()[1:], strict=True) if active]
 
     def on_validation_batch_end(
         self,
@@ -257,15 +305,20 @@ class SharedFit(StackRecorder):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        for view in self.views:
+        for view in self._active_views():
             view._eval_step(batch)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         assert isinstance(pl_module, ZSLModule)
-        evaluations = [evaluation_result(pl_module)]
-        for view in self.views:
-            assert view.evaluator is not None
-            evaluations.append(view.evaluator.compute(None, choose_gamma=True))
+        active = self.active()
+        evaluations = [evaluation_result(pl_module) if active[0] else None]
+        for view, on in zip(self.views, active[1:], strict=True):
+            assert not on or view.evaluator is not None
+            evaluations.append(
+                view.evaluator.compute(None, choose_gamma=True)
+                if on and view.evaluator is not None
+                else None
+            )
         self.record(trainer, evaluations, [pl_module, *self.views])
