@@ -176,3 +176,22 @@ def test_only_stackable_models_without_clipping_stack() -> None:
     assert not can_stack(ESZSL, 3, {}) and not can_stack(CADAVAE, 3, {})
     with pytest.raises(ValueError, match="one class"):
         GridStack([])
+
+
+def test_patience_state_is_in_the_checkpointed_callback_state() -> None:
+    """A resumed fit continues each point's count of epochs since its best: a point that had
+    stopped stays stopped, one that had not keeps its count."""
+    from zsl.run.callbacks import EarlyStop
+    from zsl.run.stacked import StackRecorder
+
+    folders, indices = [Path("val-0"), Path("val-1")], [0, 1]
+    before = StackRecorder("zsl_t1", folders, indices, None, patience=2)
+    before.best_scores, before.waits = [0.5, 0.4], [2, 1]
+    after = StackRecorder("zsl_t1", folders, indices, None, patience=2)
+    after.load_state_dict(before.state_dict())
+    assert after.active() == [False, True] and after.waits == [2, 1]
+    stop = EarlyStop("zsl_t1", 3)
+    stop.best, stop.wait = 0.5, 2
+    resumed = EarlyStop("zsl_t1", 3)
+    resumed.load_state_dict(stop.state_dict())
+    assert (resumed.best, resumed.wait) == (0.5, 2)
