@@ -195,3 +195,25 @@ def test_patience_state_is_in_the_checkpointed_callback_state() -> None:
     resumed = EarlyStop("zsl_t1", 3)
     resumed.load_state_dict(stop.state_dict())
     assert (resumed.best, resumed.wait) == (0.5, 2)
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_a_fit_resumed_after_its_early_stop_trains_no_further(
+    tiny: TinyXlsa17, tmp_path: Path, stack: bool
+) -> None:
+    """A run killed after a fit's early stop but before the fit was recorded resumes from
+    that fit's last.ckpt: no epoch is added, and the run ends as the uninterrupted one."""
+    out, epochs = tmp_path / "run", 8
+    first = run(tiny, out, "ale", stack, "++model.search.patience=1", epochs=epochs)
+    before = without_times(json.loads((out / "selection.json").read_text()))
+    lengths = [len(trial["history"]) for trial in before["trials"]]
+    assert max(lengths) < epochs if stack else min(lengths) < epochs  # stopped early
+    for record in [*(out / "trials").glob("*.json"), out / "selection.json", out / "metrics.json"]:
+        record.unlink()
+    again = train_main([f"resume={out}"])
+    assert again is not None
+    after = without_times(json.loads((out / "selection.json").read_text()))
+    assert after == before
+    for metrics in (first, again):
+        metrics.pop("wall_time_s"), metrics.pop("cpu_time_s")
+    assert again == first

@@ -80,6 +80,11 @@ class EarlyStop(Callback):
     def state_key(self) -> str:
         return "EarlyStop"
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # resumed from the last.ckpt of a fit that had already stopped: nothing more to train
+        if self.wait >= self.patience:
+            trainer.should_stop = True
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return

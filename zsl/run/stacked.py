@@ -163,6 +163,11 @@ class StackRecorder(Callback):
         """Which points still train: those within ``patience`` of their best."""
         return [not patience_spent(wait, self.patience) for wait in self.waits]
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # resumed from the last.ckpt of a fit whose points had all stopped
+        if not any(self.active()):
+            trainer.should_stop = True
+
     @property
     def state_key(self) -> str:
         return "StackRecorder"
@@ -278,6 +283,7 @@ class SharedFit(StackRecorder):
         return "SharedFit"
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
         source = getattr(trainer, "datamodule", None)
         if not isinstance(source, ZSLDataSource):
             raise TypeError("a shared fit needs a ZSLDataModule (trainer.fit(model, dm))")
