@@ -235,6 +235,11 @@ class StackRecorder(Callback):
         self._pending = {}
 
 
+#: trainer precisions under which views evaluate exactly as separate fits: the module stays
+#: float32 and the plugin only enters a context (autocast) around each step
+SHARED_PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
+
+
 def shared_groups(
     model_cls: type[ZSLModule],
     indices: list[int],
@@ -243,10 +248,11 @@ def shared_groups(
 ) -> list[list[int]]:
     """``indices`` grouped by what training reads (``model_cls.training_params``): the points
     of a group differ only in how they are evaluated, so one fit serves them all. Groups of
-    one point are left out, and so is every point unless the trainer computes in float32
-    (``precision: 32-true``): the views evaluate outside the precision plugin's casts and
-    autocast, so only then are their numbers those of separate fits."""
-    if str(trainer_cfg.get("precision", "32-true")) not in ("32-true", "32"):
+    one point are left out, and so is every point unless the trainer's precision keeps the
+    weights in float32 (:data:`SHARED_PRECISIONS`: float32, or autocast): the views
+    evaluate in the precision plugin's step context but are not converted by it, so only
+    then are their numbers those of separate fits."""
+    if str(trainer_cfg.get("precision", "32-true")) not in SHARED_PRECISIONS:
         return []
     groups: dict[str, list[int]] = {}
     for index in indices:
@@ -312,7 +318,8 @@ class SharedFit(StackRecorder):
         dataloader_idx: int = 0,
     ) -> None:
         for view in self._active_views():
-            view._eval_step(batch)
+            with trainer.precision_plugin.val_step_context():  # the host's step context
+                view._eval_step(batch)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
