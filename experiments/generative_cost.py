@@ -9,14 +9,18 @@ seen / 50 unseen classes, batch 128), with the shipped configs' network sizes:
 * one evaluation: synthesising the unseen examples and fitting the GZSL softmax classifier
   (what every validation epoch and the final test pay on top of training).
 
-``python experiments/generative_cost.py [--threads N] [--repeats R]`` prints a Markdown table
-(median seconds; the machine is named in the header). Wall time of a whole run depends on the
+``python experiments/generative_cost.py [--threads N] [--repeats R] [--precision P]`` prints a
+Markdown table (median seconds; the machine is named in the header). ``--precision bf16-mixed``
+runs each training iteration under bfloat16 autocast, as ``trainer=cpu_bf16`` does; an
+evaluation stays float32 there (the second stage runs in the epoch hooks, outside the
+precision plugin's step context), and so it does here. Wall time of a whole run depends on the
 epochs selected and is reported by ``train.py`` itself (``wall_time_s`` in ``metrics.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import statistics
 import time
@@ -36,6 +40,8 @@ from zsl.models.generative.tfvaegan import TFVAEGAN
 from zsl.models.generative.vaegan import FVAEGAN
 
 D, A, SEEN, UNSEEN, BATCH, N_REAL = 4096, 312, 150, 50, 128, 7057
+#: the context of every training iteration (``--precision``)
+STEP_CONTEXT: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -79,7 +85,11 @@ def costs(model: GenerativeZSL, step: Callable[[], object], repeats: int) -> tup
                 residuals = within_class_residuals(real_x, real_y)
         model.train_classifier(real, labels, torch.Generator().manual_seed(0), residuals)
 
-    return median_time(step, repeats), median_time(evaluate, max(1, repeats // 10), 1)
+    def timed_step() -> None:
+        with STEP_CONTEXT():
+            step()
+
+    return median_time(timed_step, repeats), median_time(evaluate, max(1, repeats // 10), 1)
 
 
 def cadavae_costs(repeats: int) -> tuple[float, float]:
@@ -146,13 +156,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     args = p.parse_args()
+    if args.precision == "bf16-mixed":
+        global STEP_CONTEXT
+        STEP_CONTEXT = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     steps_per_epoch = -(-N_REAL // BATCH)
     print(
         f"machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, "
-        f"torch {torch.__version__}; CUB sizes (D={D}, A={A}, {SEEN}+{UNSEEN} classes, "
+        f"torch {torch.__version__}, {args.precision}; CUB sizes (D={D}, A={A}, "
+        f"{SEEN}+{UNSEEN} classes, "
         f"batch {BATCH}, {steps_per_epoch} iterations per trainval epoch)\n"
     )
     print("| model | s / training iteration | s / trainval epoch (training) | s / evaluation |")
