@@ -24,6 +24,7 @@ from pytorch_lightning.loggers import Logger
 
 from zsl.data.types import ExampleSet
 from zsl.evaluation import Evaluation
+from zsl.run.selection import improves, patience_spent
 
 LAST = "last.ckpt"
 BEST = "best.ckpt"
@@ -82,18 +83,18 @@ class EarlyStop(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # resumed from the last.ckpt of a fit that had already stopped: nothing more to train
-        if self.wait >= self.patience:
+        if patience_spent(self.wait, self.patience):
             trainer.should_stop = True
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         value = float(evaluation_result(pl_module).metrics[self.metric])
-        if self.best is None or value > self.best:
+        if improves(value, self.best):
             self.best, self.wait = value, 0
         else:
             self.wait += 1
-        if self.wait >= self.patience:
+        if patience_spent(self.wait, self.patience):
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
@@ -227,7 +228,7 @@ class FitCheckpoints(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.metric is not None:
             value = trainer.callback_metrics.get(f"val/{self.metric}")
-            if value is not None and (self.best_score is None or float(value) > self.best_score):
+            if value is not None and improves(float(value), self.best_score):
                 self.best_score = float(value)
                 dumped = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
                 self._best = cloned(dumped)

@@ -108,6 +108,12 @@ def search_patience(model_cfg: DictConfig) -> int | None:
     return None if value is None else int(value)
 
 
+def improves(value: float, best: float | None) -> bool:
+    """``value`` is a new best of a validation history: strictly above every earlier epoch's
+    (ties keep the first epoch, as :func:`best_epoch` does)."""
+    return best is None or value > best
+
+
 def patience_spent(wait: int, patience: int | None) -> bool:
     """A point ``wait`` validation epochs past its best has stopped under ``patience``."""
     return patience is not None and wait >= patience

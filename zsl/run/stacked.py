@@ -43,7 +43,7 @@ from zsl.data.types import ZSLBatch, ZSLDataSource
 from zsl.evaluation import Evaluation
 from zsl.models.base import ZSLModule
 from zsl.run.callbacks import BEST, cloned, evaluation_result
-from zsl.run.selection import patience_spent
+from zsl.run.selection import improves, patience_spent
 
 __all__ = ["GridStack", "SharedFit", "StackRecorder", "can_stack", "shared_groups"]
 
@@ -77,7 +77,7 @@ class GridStack(pl.LightningModule):
         for model in self.models():  # step/epoch in their messages, the device they run on
             model.trainer = self.trainer
 
-    def training_step(self, batch: ZSLBatch, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: ZSLBatch, batch_idx: int) -> Tensor:
         models = self.models()
         local = models[0].to_local(batch.labels)
         total: Tensor | None = None
@@ -87,8 +87,8 @@ class GridStack(pl.LightningModule):
             loss = model.training_loss(batch, local, model.seen_semantics())
             model.check_finite(loss, "loss")
             total = loss if total is None else total + loss
-        if total is None:  # every point has stopped (the fit ends with this epoch)
-            return None
+        # a fit whose points have all stopped ends at that epoch, or at once when resumed
+        assert total is not None, "every grid point of the stacked fit has stopped"
         # DDP: weight this rank's mean loss by its share of the global batch (ZSLBatch.share)
         return total * batch.share if batch.share != 1.0 else total
 
@@ -122,12 +122,11 @@ class GridStack(pl.LightningModule):
             return
         self.evaluations = []
         for model, active in zip(self.models(), self.active(), strict=True):
-            assert not active or model.evaluator is not None
-            self.evaluations.append(
-                model.evaluator.compute(None, choose_gamma=True)
-                if active and model.evaluator is not None
-                else None
-            )
+            if not active:
+                self.evaluations.append(None)
+                continue
+            assert model.evaluator is not None
+            self.evaluations.append(model.evaluator.compute(None, choose_gamma=True))
 
 
 class StackRecorder(Callback):
@@ -206,10 +205,10 @@ class StackRecorder(Callback):
             entry = {"epoch": epoch, **evaluation.metrics}
             self.histories[g].append(entry)
             value = float(evaluation.metrics[self.metric])
-            best = self.best_scores[g]
-            self.waits[g] = 0 if best is None or value > best else self.waits[g] + 1
-            if best is None or value > best:
-                self.best_scores[g] = value
+            if not improves(value, self.best_scores[g]):
+                self.waits[g] += 1
+            else:
+                self.best_scores[g], self.waits[g] = value, 0
                 self._pending[g] = {
                     "epoch": trainer.current_epoch,
                     "global_step": trainer.global_step,
@@ -328,10 +327,9 @@ class SharedFit(StackRecorder):
         active = self.active()
         evaluations = [evaluation_result(pl_module) if active[0] else None]
         for view, on in zip(self.views, active[1:], strict=True):
-            assert not on or view.evaluator is not None
-            evaluations.append(
-                view.evaluator.compute(None, choose_gamma=True)
-                if on and view.evaluator is not None
-                else None
-            )
+            if not on:
+                evaluations.append(None)
+                continue
+            assert view.evaluator is not None
+            evaluations.append(view.evaluator.compute(None, choose_gamma=True))
         self.record(trainer, evaluations, [pl_module, *self.views])
