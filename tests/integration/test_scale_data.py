@@ -111,7 +111,14 @@ def test_chunked_scoring_equals_one_pass(tiny: TinyXlsa17, monkeypatch: pytest.M
 
     whole = evaluate()
     monkeypatch.setattr(base, "SCORE_CHUNK", 3 * model.n_classes)  # 3 rows at a time
-    assert evaluate() == whole
+    chunked = evaluate()
+    # the same predictions, hence the same accuracies; gamma comes from score differences, whose
+    # last bits depend on the product's shape on some CPUs (BLAS blocks 3 rows and 1000 rows
+    # differently)
+    assert {k: v for k, v in chunked.items() if k != "gamma"} == {
+        k: v for k, v in whole.items() if k != "gamma"
+    }
+    assert chunked["gamma"] == pytest.approx(whole["gamma"], rel=1e-5)
 
 
 def test_bilinear_scores_agree_in_both_association_orders() -> None:
