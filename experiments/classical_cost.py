@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = p.parse_args(argv)
+    root_given = args.root  # as typed, for the results file's command line
     args.root = str(Path(args.root).resolve())
     threads = [int(t) for t in args.threads.split(",")]
     precisions = args.precisions.split(",")
@@ -222,8 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     lines += [
         "",
-        "Command: `python experiments/classical_cost.py --root ../shared/data/xlsa17 "
-        f"--feature-file vgg_fc7.mat --threads {args.threads} --precisions {args.precisions}"
+        f"Command: `python experiments/classical_cost.py --data {args.data} --root {root_given} "
+        f"--feature-file {args.feature_file} --models {args.models} --threads {args.threads} "
+        f"--precisions {args.precisions} --name {args.name}"
         f"{''.join(' ' + x for x in args.extra)}`.",
     ]
     out = Path(args.results_dir) / f"{args.name}.md"

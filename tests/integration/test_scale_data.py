@@ -121,6 +121,36 @@ def test_chunked_scoring_equals_one_pass(tiny: TinyXlsa17, monkeypatch: pytest.M
     assert chunked["gamma"] == pytest.approx(whole["gamma"], rel=1e-5)
 
 
+def test_evaluation_scores_in_float32_under_bf16_autocast(tiny: TinyXlsa17) -> None:
+    """A bf16-mixed trainer runs validation under autocast; class scores must still be float32
+    (bfloat16 keeps 8 mantissa bits and reorders close scores) and equal the float32 pass."""
+    dm = ZSLDataModule(tiny.name, str(tiny.root), protocol="test", eval_batch_size=1000)
+    dm.setup()
+    torch.manual_seed(0)
+    model = ALE.for_data(dm)
+    model.eval()
+    seen_dtypes: list[torch.dtype] = []
+
+    def evaluate() -> dict[str, float]:
+        model._start_eval()
+        assert model.evaluator is not None
+        update = model.evaluator.update
+
+        def recording(scores: torch.Tensor, labels: torch.Tensor) -> None:
+            seen_dtypes.append(scores.dtype)
+            update(scores, labels)
+
+        model.evaluator.update = recording  # type: ignore[method-assign]
+        for batch in dm.test_dataloader():
+            model._eval_step(batch)
+        return model.evaluator.compute(None, choose_gamma=True).metrics
+
+    whole = evaluate()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert evaluate() == whole
+    assert seen_dtypes and set(seen_dtypes) == {torch.float32}
+
+
 def test_bilinear_scores_agree_in_both_association_orders() -> None:
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(64, 40, generator=gen, dtype=torch.float64)

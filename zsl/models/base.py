@@ -286,8 +286,10 @@ class ZSLModule(pl.LightningModule):
         for features, labels in zip(
             batch.features.split(rows), batch.labels.split(rows), strict=True
         ):
-            with torch.no_grad():
-                scores = self.all_scores(features)
+            # scores in float32 even under a mixed-precision trainer: bfloat16 keeps 8 bits of
+            # mantissa, which ties and reorders close class scores (rankings are the metric)
+            with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
+                scores = self.all_scores(features.float())
             if torch.isnan(scores).any():  # e.g. weights that diverged without a NaN loss
                 self.check_finite(scores[torch.isnan(scores)], "scores")
             self.evaluator.update(scores, labels)
