@@ -47,18 +47,25 @@ NUMPY_REFERENCE_CPU_S = {"ale": 515.0, "sje": 648.0, "devise": 424.0}
 PRODUCT_DTYPE = {"32-true": "float32", "bf16-mixed": "bfloat16"}
 
 
-def matmul_rate(dtype: str = "float32", seconds: float = 2.0) -> tuple[float, float]:
-    """(GFLOP/s of wall time, GFLOP per CPU second) of ``dtype`` matmuls on this machine."""
+def matmul_rate(
+    dtype: str = "float32", seconds: float = 2.0, blas: bool = False
+) -> tuple[float, float]:
+    """(GFLOP/s of wall time, GFLOP per CPU second) of ``dtype`` matmuls on this machine, by
+    the route the models' products take (``zsl.models.products.mm``: float32 through oneDNN
+    where PyTorch has it; bfloat16 as autocast runs it); ``blas``: PyTorch's own ``a @ b``."""
     import torch
+
+    from zsl.models.products import mm
 
     kind = getattr(torch, dtype)
     a, b = torch.randn(4096, 4096, dtype=kind), torch.randn(4096, 312, dtype=kind)
+    product = torch.mm if blas else mm
     for _ in range(3):
-        a @ b
+        product(a, b)
     flops = 2 * 4096 * 4096 * 312
     wall, cpu, n = time.perf_counter(), time.process_time(), 0
     while time.perf_counter() - wall < seconds:
-        a @ b
+        product(a, b)
         n += 1
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return flops * n / wall / 1e9, flops * n / cpu / 1e9
@@ -161,8 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         p.error(f"--precisions: unknown {unknown}; use {sorted(PRODUCT_DTYPE)}")
     rates = {dtype: matmul_rate(dtype) for dtype in {PRODUCT_DTYPE[x] for x in precisions}}
+    blas = matmul_rate("float32", blas=True)  # for comparison: PyTorch's own float32 route
     for dtype, (wall_rate, cpu_rate) in sorted(rates.items()):
         print(f"{dtype} matmul rate: {wall_rate:.0f} GFLOP/s wall, {cpu_rate:.0f} GFLOP/CPU s")
+    print(f"float32 through PyTorch's BLAS: {blas[0]:.0f} GFLOP/s wall, {blas[1]:.0f} GFLOP/CPU s")
     rows: list[tuple[str, str, int, float, int, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
@@ -193,7 +202,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{dtype} **{w:.0f} GFLOP/s** of wall time, {c:.0f} GFLOP per CPU second"
             for dtype, (w, c) in sorted(rates.items(), reverse=True)
         )
-        + ".",
+        + f". The models' float32 products go through oneDNN (`zsl.models.products`); "
+        f"PyTorch's own float32 `a @ b` (its BLAS) ran at {blas[0]:.0f} GFLOP/s of wall time, "
+        f"{blas[1]:.0f} per CPU second.",
         "",
         "A full run = selection over the model's grid on validation classes (every epoch "
         "validated; the grid points of these models are fitted together in one stacked pass) "

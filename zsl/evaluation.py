@@ -10,39 +10,13 @@ a test evaluation without a validation-chosen gamma reports the uncalibrated num
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
-import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from zsl.metrics import PerClassAccuracy, SeenUnseenStats
-
-
-def release_free_memory() -> None:
-    """Hand freed heap memory back to the operating system (glibc's ``malloc_trim``; a no-op
-    elsewhere). Scoring many classes in chunks frees and reallocates chunk-sized temporaries
-    between the small per-example summaries an evaluation keeps; glibc then serves them from
-    its heap, which fragments and, without a trim, keeps growing (measured: 4.7 GB instead of
-    1.0 GB for 192,000 examples x 21,000 classes, depending on allocation order)."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    if sys.platform != "linux":
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
 
 #: the scalar keys of every evaluation (percent, except ``gamma``)
 METRIC_KEYS = (

@@ -270,3 +270,23 @@ def test_min_batches_repeat_a_small_training_set_in_fresh_permutations() -> None
     enough = ShardedBatchSampler(10, 4, True, seed=3, rank=0, world_size=1, min_batches=3)
     assert [b.tolist() for b, _ in plain] == [b.tolist() for b, _ in enough]
     assert torch.equal(torch.cat([b for b, _ in plain]), order[:10])  # the first round as before
+
+
+def test_read_only_features_are_normalised_once_with_the_same_numbers() -> None:
+    from zsl.data import splits
+
+    gen = np.random.default_rng(0)
+    features = gen.standard_normal((700, 33)).astype(np.float32) * 5
+    features.setflags(write=False)
+    scaler = FeatureScaler.fit("l2", features)
+    rows_a, rows_b = gen.permutation(700)[:300], np.arange(650, 700)
+    expected_a = scaler.transform(features[rows_a])
+    got_a = scaler.transform_rows(features, rows_a)
+    whole = splits._NORMALISED[0][1]
+    got_b = scaler.transform_rows(features, rows_b)
+    assert splits._NORMALISED[0][1] is whole  # the second protocol reuses the first's
+    np.testing.assert_array_equal(got_a, expected_a)  # bit for bit
+    np.testing.assert_array_equal(got_b, scaler.transform(features[rows_b]))
+    writable = features.copy()  # may change between calls: normalised per call
+    np.testing.assert_array_equal(scaler.transform_rows(writable, rows_b), got_b)
+    assert splits._NORMALISED[0][1] is whole

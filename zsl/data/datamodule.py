@@ -53,9 +53,27 @@ class _TensorBatches(Dataset):
 
     def __getitem__(self, item: tuple[torch.Tensor, float]) -> ZSLBatch:
         index, share = item
-        if isinstance(self.features, torch.Tensor):  # index_select: the fast row gather
+        if isinstance(self.features, torch.Tensor):
+            rows = _consecutive(index)
+            if rows is not None:  # evaluation's sequential batches: a view, no copy
+                return ZSLBatch(self.features[rows], self.labels[rows], share)
+            # index_select: the fast row gather
             return ZSLBatch(self.features.index_select(0, index), self.labels[index], share)
         return ZSLBatch(self.features[index], self.labels[index], share)
+
+
+def _consecutive(index: torch.Tensor) -> slice | None:
+    """The slice of ``index`` when it is a run of consecutive ascending rows, else None.
+    An evaluation batch of 4096 x 4096 float32 features is then read in place instead of
+    being copied into a fresh 64 MB buffer (which the allocator maps, faults in page by page
+    and unmaps again, every batch of every validation pass)."""
+    n = index.numel()
+    if n == 0:
+        return None
+    first = int(index[0])
+    if int(index[-1]) - first != n - 1 or (n > 1 and not bool((index.diff() == 1).all())):
+        return None
+    return slice(first, first + n)
 
 
 def _world() -> tuple[int, int]:
@@ -216,11 +234,14 @@ class ZSLDataModule(pl.LightningDataModule):
             return
         data = self._load()
         split = make_split(data, self.protocol, self.val_seen_fraction, self.split_seed)
-        scaler = FeatureScaler.fit(self.preprocess, data.features[split.train_idx])
+        # (l2 and none fit nothing: no copy of the training rows for them)
+        fitted_on = data.features[split.train_idx] if self.preprocess == "minmax" else data.features
+        scaler = FeatureScaler.fit(self.preprocess, fitted_on)
         labels = torch.from_numpy(data.labels)
 
         def take(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            feats = torch.from_numpy(np.ascontiguousarray(scaler.transform(data.features[idx])))
+            rows = scaler.transform_rows(data.features, idx)
+            feats = torch.from_numpy(np.ascontiguousarray(rows))
             return feats, labels[torch.from_numpy(idx)]
 
         self.train_x, self.train_y = take(split.train_idx)

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from zsl.data.types import ClassSpace, ExampleSet, ZSLBatch, ZSLData, ZSLDataSource
 from zsl.errors import LeakageError, ModelLoadError
-from zsl.evaluation import Evaluation, ZSLEvaluator, release_free_memory
+from zsl.evaluation import Evaluation, ZSLEvaluator
+from zsl.heap import release_free_memory
 
 __all__ = ["LeakageError", "ModelLoadError", "ZSLModule", "check_common_hparams"]
 

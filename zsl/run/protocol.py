@@ -27,6 +27,7 @@ from pytorch_lightning.loggers import Logger
 from zsl import dist
 from zsl.data.types import ClassSpace
 from zsl.evaluation import Evaluation
+from zsl.heap import retain_freed_memory
 from zsl.reporting import tracking
 from zsl.reporting.report import write_reports
 from zsl.run.callbacks import (
@@ -216,6 +217,7 @@ def run_protocol(cfg: DictConfig, run_dir: Path) -> RunResult:
     ``run_dir``: recorded grid points are skipped and interrupted fits resume from their
     ``last.ckpt``."""
     start = time.perf_counter(), time.process_time()
+    retain_freed_memory()  # steps reuse freed buffers instead of faulting in fresh pages
     if cfg.get("resume"):
         if dist.is_global_zero():
             print(f"resuming the run in {run_dir} with its config.yaml")

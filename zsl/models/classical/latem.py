@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from zsl.models.classical.components import RankingModel
 from zsl.models.classical.losses import structured_hinge_loss
+from zsl.models.products import mm
 
 
 class LatentBilinear(nn.Module):
@@ -23,10 +24,11 @@ class LatentBilinear(nn.Module):
         """x^T W_k phi(y) for every map: [B, K, C], in the cheaper association order (see
         :func:`zsl.models.classical.ale.bilinear_scores`)."""
         (b, d), (a, c) = features.shape, (self.weight.shape[2], class_semantics.shape[0])
+        maps = self.weight.unbind(0)  # one product per map (float32 CPU: oneDNN, see mm)
         if d * c * (a + b) < b * a * (d + c):
-            return torch.einsum("bd,kdc->bkc", features, self.weight @ class_semantics.T)
-        projected = torch.einsum("bd,kda->bka", features, self.weight)
-        return projected @ class_semantics.T
+            return torch.stack([mm(features, mm(w, class_semantics.T)) for w in maps], dim=1)
+        projected = torch.stack([mm(features, w) for w in maps], dim=1)  # [B, K, A]
+        return mm(projected.flatten(0, 1), class_semantics.T).view(b, len(maps), c)
 
     def forward(self, features: Tensor, class_semantics: Tensor) -> Tensor:
         return self.map_scores(features, class_semantics).amax(dim=1)
