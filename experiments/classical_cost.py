@@ -89,6 +89,7 @@ def count_flops(argv: list[str]) -> None:
     """The counted child: one run under FlopCounterMode; prints the total as JSON."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    import zsl.models.products  # noqa: F401  (registers oneDNN's kernel before the counter reads the registry)
     from zsl.cli.train import main as train_main
 
     with FlopCounterMode(display=False) as counter:

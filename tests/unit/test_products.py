@@ -190,3 +190,13 @@ def test_flop_counter_counts_onednn_products_as_mm() -> None:
             product(a, b).sum().backward()
         counts.append(counter.get_total_flops())
     assert counts[0] == counts[1] == 3 * 2 * 8 * 16 * 4  # forward and both gradients
+
+
+def test_operands_with_other_strides_are_made_dense_first() -> None:
+    """oneDNN runs operands that are neither row- nor column-major on a slow generic path:
+    one map's slice of a stacked gradient is copied to rows first, the others are not."""
+    stacked = torch.randn(16, 4, 12)[:, 1]  # row stride 48: neither layout
+    assert not stacked.is_contiguous() and not stacked.t().is_contiguous()
+    assert products._dense(stacked).is_contiguous()
+    rows, columns = torch.randn(16, 12), torch.randn(12, 16).t()
+    assert products._dense(rows) is rows and products._dense(columns) is columns
