@@ -4,8 +4,8 @@ A fit allocates and frees the same few buffers at every step and every evaluatio
 (batches, bfloat16 copies of the weights, gradients, scores). With glibc's defaults, freed
 memory at the top of the heap is handed back to the kernel as soon as it exceeds a small
 threshold, and the next allocation of the same size faults it in again page by page, zeroed.
-On a classical run on CUB (bfloat16 DeViSE, one thread) that cycle grew the heap by 2.5 GB
-in about 2,000 steps and cost 4-5 CPU seconds of page faults out of 15;
+On a classical run on CUB (bfloat16 DeViSE, one thread) the heap was grown again about 2,000
+times, 2.5 GB in all, and the page faults cost 4-5 of the run's 15 CPU seconds;
 :func:`retain_freed_memory` keeps freed memory for reuse instead.
 :func:`release_free_memory` hands it back explicitly, where an evaluation over thousands of
 classes has just freed its chunk temporaries.
