@@ -18,6 +18,7 @@ relative), not bit for bit. :func:`use_onednn` switches the route off and on.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,8 +30,10 @@ __all__ = ["mm", "onednn_available", "use_onednn"]
 _ENABLED = True
 
 
+@functools.cache
 def onednn_available() -> bool:
-    """Whether this PyTorch build has oneDNN and its dense linear kernel."""
+    """Whether this PyTorch build has oneDNN and its dense linear kernel (asked once: every
+    product checks it)."""
     return bool(torch.backends.mkldnn.is_available()) and hasattr(
         torch.ops.mkldnn, "_linear_pointwise"
     )
