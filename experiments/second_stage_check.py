@@ -219,15 +219,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"generated (same classes) {result['spread']['generated']:.3f}. "
         f"{result['machine']}; {result['seconds']:.0f} s.",
         "",
-        "| synth_residual | classifier updates | ZSL T1 | GZSL u | GZSL s | GZSL H "
-        "| H (calibrated) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| synth_residual | synth_seen | eval_seed | classifier updates | ZSL T1 | GZSL u "
+        "| GZSL s | GZSL H | H (calibrated) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['synth_residual']} | {r['cls_steps']} | "
-            + " | ".join(f"{r[m]:.1f}" for m in METRICS)
-            + " |"
+            f"| {r['synth_residual']} | {r.get('synth_seen')} | {r.get('eval_seed', 0)} "
+            f"| {r['cls_steps']} | " + " | ".join(f"{r[m]:.1f}" for m in METRICS) + " |"
         )
     checks = result.get("nested") or []
     for check in checks:
@@ -293,6 +292,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cls-steps", default="200,340,600,1200")
     parser.add_argument("--synth-residual", default="none,1")
     parser.add_argument(
+        "--synth-seen", default="none", help="synth_seen values (none = real seen examples only)"
+    )
+    parser.add_argument(
+        "--eval-seeds", default="0", help="eval_seed values: draws of the synthetic examples"
+    )
+    parser.add_argument(
         "--inner-fraction", type=float, default=None, help="also run the nested transfer check"
     )
     parser.add_argument(
@@ -315,15 +320,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record = json.loads((args.run / "trials" / f"{args.trial}.json").read_text())
     steps = [int(v) for v in args.cls_steps.split(",")]
     residuals = parse_residuals(args.synth_residual)
+    seen_ratios = parse_residuals(args.synth_seen)
+    eval_seeds = [int(v) for v in args.eval_seeds.split(",")]
     rows = sweep(
-        model, dm, cfg, [{"synth_residual": k, "cls_steps": n} for k in residuals for n in steps]
+        model,
+        dm,
+        cfg,
+        [
+            {"synth_residual": k, "synth_seen": r, "eval_seed": e, "cls_steps": n}
+            for k in residuals
+            for r in seen_ratios
+            for e in eval_seeds
+            for n in steps
+        ],
     )
     checks = []
     if args.inner_fraction is not None:
-        fixed: dict[str, Any] = {"synth_residual": residuals[-1]}
+        fixed: dict[str, Any] = {
+            "synth_residual": residuals[-1],
+            "synth_seen": seen_ratios[-1],
+            "eval_seed": eval_seeds[0],
+        }
         if args.nested == "cls_steps":
             knob, values = "cls_steps", steps
-            reuse = [r for r in rows if r["synth_residual"] == residuals[-1]]
+            reuse = [r for r in rows if all(r[k] == v for k, v in fixed.items())]
         else:
             knob, values = "synth_ratio", [float(v) for v in args.synth_ratios.split(",")]
             reuse = None

@@ -478,6 +478,48 @@ def test_synth_residual_adds_real_seen_deviations(tiny) -> None:
         build("cadavae", dm, synth_residual=1.0)
 
 
+@pytest.mark.parametrize("name", ["clswgan", "cadavae"])
+def test_synth_seen_adds_synthetic_examples_of_every_seen_class(
+    tiny, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``synth_seen = r`` the classifier's data hold, after the real seen and synthetic
+    unseen examples, ``round(r * n_real / n_seen)`` synthetic examples of each seen class: the
+    generator's examples for the seen semantics, drawn after the unseen ones."""
+    import zsl.models.generative.base as base
+
+    dm = datamodule(tiny)
+    model = build(name, dm, n_synth=5)
+    seen, unseen = model.seen_ids, model.unseen_ids
+    assert model.n_synth_seen_per_class(1000) == 0  # off: the papers' classifier
+    restage(model, synth_seen=0.5)
+    assert model.n_synth_seen_per_class(40 * seen.numel()) == 20
+    assert model.n_synth_seen_per_class(1) == 1
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(x, y, n_out, *args, **kwargs):
+        captured["x"], captured["y"] = x.clone(), y.clone()
+        return torch.zeros(x.shape[1], n_out), torch.zeros(n_out)
+
+    monkeypatch.setattr(base, "fit_softmax_classifier", capture)
+    x, y = model.seen_training_data()
+    real, real_y = model.embed_seen(x, y, torch.Generator().manual_seed(4))
+    model.train_classifier(real, real_y, torch.Generator().manual_seed(4))
+    n_real = real.shape[0]
+    per_seen = model.n_synth_seen_per_class(n_real)
+    universe = torch.nonzero(model.universe_mask()).squeeze(1)
+    labels = universe[captured["y"]]
+    expected = torch.cat([real_y, unseen.repeat_interleave(5), seen.repeat_interleave(per_seen)])
+    torch.testing.assert_close(labels, expected)
+    gen = torch.Generator().manual_seed(4)
+    model.eval()
+    with torch.no_grad():
+        synth_unseen = model.synthesize_unseen(5, gen)
+        synth_seen = model.synthesize_classes(model.seen_semantics(), per_seen, gen)
+    torch.testing.assert_close(captured["x"][n_real:], torch.cat([synth_unseen, synth_seen]))
+    with pytest.raises(ValueError, match="synth_seen must be positive"):
+        build(name, dm, synth_seen=0.0)
+
+
 def _after(plain: torch.Tensor, model: GenerativeZSL, seed: int) -> torch.Generator:
     """An RNG seeded ``seed`` that has made the draws of ``generate_features`` (as
     :meth:`GenerativeZSL.synthesize_unseen` does before drawing residual rows)."""

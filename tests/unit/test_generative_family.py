@@ -213,6 +213,39 @@ def test_condition_norm_rescales_the_attributes_to_the_noise_norm(tiny) -> None:
     build("tfvaegan", dm, feedback_weight=0.0)
 
 
+@pytest.mark.parametrize("name", NEW)
+def test_unit_norm_output_puts_generated_features_on_the_sphere(
+    tiny, tmp_path: Path, name: str
+) -> None:
+    """unit_norm_output: every generated feature (training and synthesis, tf-VAEGAN's
+    feedback pass included) has L2 norm 1, the direction of the plain ReLU output; a fit on
+    features that are not unit-norm is refused before any step, naming the option."""
+    from zsl.data.datamodule import ZSLDataModule
+
+    pl.seed_everything(0, verbose=False)
+    dm = ZSLDataModule(tiny.name, str(tiny.root), "res101.mat", "test", preprocess="l2")
+    dm.setup()
+    model = build(name, dm, unit_norm_output=True)
+    plain = build(name, dm)
+    plain.load_state_dict(model.state_dict())
+    sem = dm.class_space.semantics[:3]
+    with torch.no_grad():
+        out = model.generate_features(sem, 4, torch.Generator().manual_seed(2))
+        ref = plain.generate_features(sem, 4, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(12))
+    if name != "tfvaegan":  # (tf-VAEGAN's second pass decodes the normalised first one)
+        torch.testing.assert_close(out, torch.nn.functional.normalize(ref, dim=1))
+    assert not torch.allclose(ref.norm(dim=1), torch.ones(12))
+    trainer(tmp_path, 1, limit_train_batches=2).fit(model, dm)  # L2 features: accepted
+    raw = datamodule(tiny)  # unnormalised features
+    bad = build(name, raw, unit_norm_output=True)
+    before = {k: v.clone() for k, v in bad.state_dict().items()}
+    with pytest.raises(ValueError, match="unit_norm_output generates unit-norm features, but"):
+        trainer(tmp_path, 1, limit_train_batches=2).fit(bad, raw)
+    for key, value in bad.state_dict().items():  # refused before any step
+        torch.testing.assert_close(value, before[key], equal_nan=True)
+
+
 @pytest.mark.parametrize("name", ["fvaegan", "tfvaegan"])
 def test_encoded_noise_puts_the_reconstructions_before_the_critic(
     tiny, tmp_path: Path, name: str

@@ -33,7 +33,9 @@ class SecondStage:
     on mini-batches of ``cls_batch_size``; ``cls_pca = k`` restricts it to the top-``k``
     principal components of the real seen examples. ``synth_residual = k`` adds to every
     synthetic feature ``k`` times the deviation of a random real seen training feature from
-    its class mean (feature-space classifiers only). ``eval_seed`` seeds its private RNG.
+    its class mean (feature-space classifiers only). ``synth_seen = r`` also gives the seen
+    classes synthetic examples, ``r`` times as many in total as real seen ones, spread evenly
+    over the seen classes. ``eval_seed`` seeds its private RNG.
     """
 
     n_synth: int = 300
@@ -46,10 +48,18 @@ class SecondStage:
     cls_batch_size: int = 64
     cls_weight_decay: float = 0.0
     synth_residual: float | None = None
+    synth_seen: float | None = None
     eval_seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("synth_ratio", "cls_steps", "cls_min_steps", "cls_pca", "synth_residual"):
+        for name in (
+            "synth_ratio",
+            "cls_steps",
+            "cls_min_steps",
+            "cls_pca",
+            "synth_residual",
+            "synth_seen",
+        ):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"second_stage.{name} must be positive or null, got {value}")

@@ -73,8 +73,8 @@ class SEGZSL(GenerativeZSL):
     ``recon_weight`` scales the reconstruction against the KL term (1 collapses the posterior
     on unit-norm features; the CPU config uses 100), ``feedback_weight`` and ``latent_weight``
     the regressor's and the encoder's feedback, ``regressor_synth_weight`` the regressor's
-    loss on generated features. ``condition_norm`` and ``gen_ema``: as in
-    :class:`~zsl.models.generative.vaegan.FVAEGAN` (null = the paper)."""
+    loss on generated features. ``condition_norm``, ``gen_ema`` and ``unit_norm_output``: as
+    in :class:`~zsl.models.generative.vaegan.FVAEGAN` (null / false = the paper)."""
 
     default_second_stage = SecondStage(n_synth=300, cls_epochs=25, cls_lr=1e-3, cls_batch_size=64)
 
@@ -94,6 +94,7 @@ class SEGZSL(GenerativeZSL):
         regressor_synth_weight: float = 0.1,
         condition_norm: float | None = None,
         gen_ema: float | None = None,
+        unit_norm_output: bool = False,
         second_stage: SecondStage | Mapping[str, Any] | None = None,
     ) -> None:
         check_positive(hidden=hidden, latent_dim=latent_dim, regressor_hidden=regressor_hidden)
@@ -112,7 +113,12 @@ class SEGZSL(GenerativeZSL):
         hp = self.hp
         self.encoder = FeatureEncoder(self.feature_dim, hp.hidden, hp.latent_dim)
         self.generator = FeedbackGenerator(
-            self.n_attributes, hp.latent_dim, hp.hidden, self.feature_dim, hp.get("condition_norm")
+            self.n_attributes,
+            hp.latent_dim,
+            hp.hidden,
+            self.feature_dim,
+            hp.get("condition_norm"),
+            bool(hp.get("unit_norm_output", False)),
         )
         self.regressor = AttributeRegressor(
             self.feature_dim, hp.regressor_hidden, self.n_attributes

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zsl.data.types import ZSLBatch
@@ -63,7 +64,11 @@ class FeedbackGenerator(nn.Module):
     ``condition_norm`` (None = the papers): rescale the L2-normalised attributes to that
     multiple of the noise's expected norm sqrt(Z) before they enter the network. With Z = 312
     noise dimensions the unit-norm attributes are 1/18 of the input's norm, and a small network
-    trained briefly hardly conditions on them (see :class:`FVAEGAN`)."""
+    trained briefly hardly conditions on them (see :class:`FVAEGAN`).
+
+    ``unit_norm`` (False = the papers): L2-normalise every output, so that generated features lie
+    on the unit sphere as L2-normalised real features do (the papers' features are min-max
+    scaled into a box instead, and their generators end in a sigmoid that keeps them there)."""
 
     def __init__(
         self,
@@ -72,9 +77,11 @@ class FeedbackGenerator(nn.Module):
         hidden: int,
         feature_dim: int,
         condition_norm: float | None = None,
+        unit_norm: bool = False,
     ) -> None:
         super().__init__()
         self.noise_dim, self.hidden_dim = noise_dim, hidden
+        self.unit_norm = bool(unit_norm)
         self.attribute_gain = 1.0 if condition_norm is None else condition_norm * noise_dim**0.5
         self.hidden = nn.Sequential(nn.Linear(n_attributes + noise_dim, hidden), nn.LeakyReLU(0.2))
         self.output = nn.Linear(hidden, feature_dim)
@@ -84,7 +91,8 @@ class FeedbackGenerator(nn.Module):
         h = self.hidden(torch.cat([noise, self.attribute_gain * semantics], dim=1))
         if feedback is not None:
             h = h + feedback
-        return torch.relu(self.output(h))
+        out = torch.relu(self.output(h))
+        return F.normalize(out, dim=1) if self.unit_norm else out
 
     @torch.no_grad()
     def init_output_bias(self, feature_mean: Tensor) -> None:
@@ -135,6 +143,10 @@ class FVAEGAN(GenerativeZSL):
     the critic and the generator's adversarial term (and tf-VAEGAN's semantic term) see the
     VAE's reconstructions, and the adversarial gradient also reaches the encoder. Synthesis
     always draws prior noise.
+
+    ``unit_norm_output`` (False = the paper): the generator's outputs are L2-normalised, so
+    generated features lie on the unit sphere with the L2-normalised real ones
+    (:class:`FeedbackGenerator`; a fit on features that are not unit-norm is refused).
     """
 
     default_second_stage = SecondStage(n_synth=300, cls_epochs=25, cls_lr=1e-3, cls_batch_size=300)
@@ -161,6 +173,7 @@ class FVAEGAN(GenerativeZSL):
         condition_norm: float | None = None,
         gen_ema: float | None = None,
         encoded_noise: bool = False,
+        unit_norm_output: bool = False,
         second_stage: SecondStage | Mapping[str, Any] | None = None,
     ) -> None:
         check_positive(hidden=hidden, critic_hidden=critic_hidden, n_critic=n_critic)
@@ -178,7 +191,12 @@ class FVAEGAN(GenerativeZSL):
         z = self.noise_dim()
         self.encoder = ConditionalEncoder(self.feature_dim, self.n_attributes, hp.hidden, z)
         self.generator = FeedbackGenerator(
-            self.n_attributes, z, hp.hidden, self.feature_dim, hp.get("condition_norm")
+            self.n_attributes,
+            z,
+            hp.hidden,
+            self.feature_dim,
+            hp.get("condition_norm"),
+            bool(hp.get("unit_norm_output", False)),
         )
         self.critic = FeatureCritic(self.feature_dim, self.n_attributes, hp.critic_hidden)
         self.critic_d2: nn.Module | None = None
