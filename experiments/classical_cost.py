@@ -90,7 +90,7 @@ def count_flops(argv: list[str]) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     import zsl.models.products  # noqa: F401  (registers oneDNN's kernel before the counter reads the registry)
-    from zsl.cli.train import main as train_main
+    from zsl.cli.train import run as train_main
 
     with FlopCounterMode(display=False) as counter:
         train_main(argv)

@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 from omegaconf import OmegaConf  # noqa: E402
 
 from zsl.models import get_model_class  # noqa: E402
+from zsl.models.checkpoint import load_checkpoint  # noqa: E402
 from zsl.models.generative.base import GenerativeZSL  # noqa: E402
 from zsl.run.builders import load_data, make_datamodule, make_model, make_trainer  # noqa: E402
 
@@ -86,7 +87,7 @@ def load_validation_generator(
     model = make_model(cfg, dm, record["params"])  # type: ignore[arg-type]
     if not isinstance(model, GenerativeZSL):
         raise SystemExit(f"error: {cfg.model.name} is not a generative model")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    state = load_checkpoint(checkpoint)["state_dict"]
     if inner_fraction is None:
         model.load_state_dict(state)
     else:  # the networks; the class-space buffers are the inner protocol's (bound again)

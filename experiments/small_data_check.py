@@ -33,12 +33,12 @@ MODELS = ("ale", "clswgan", "cadavae", "segzsl", "fvaegan", "tfvaegan")
 
 
 def run(model: str, seed: int, root: Path, out: Path) -> dict[str, Any]:
-    from zsl.cli.train import main as train_main
+    from zsl.cli.train import run as train_main
 
     metrics = train_main(
         [
             "data=synthetic",
-            f"paths.data_dir={root}",
+            f"data.root={root}",
             *(f"data.synthetic.{k}={v}" for k, v in SPEC.items()),
             f"data.synthetic.seed={seed}",
             f"model={model}",

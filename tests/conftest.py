@@ -32,6 +32,31 @@ PER_CLASS = 10
 TEST_SEEN_PER_CLASS = 2
 FEATURE_DIM = 16
 N_ATTRIBUTES = 6
+#: overrides of a small built-in synthetic benchmark (12 classes, 32-d features)
+SMALL_SYNTHETIC = [
+    "data.synthetic.n_classes=12",
+    "data.synthetic.n_unseen=3",
+    "data.synthetic.n_val=3",
+    "data.synthetic.feature_dim=32",
+    "data.synthetic.n_attributes=16",
+    "data.synthetic.min_per_class=20",
+    "data.synthetic.max_per_class=30",
+]
+
+
+def tiny_cli_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """``train.py`` arguments of a two-epoch ALE run on the tiny dataset under ``root`` (CSV
+    logger, no progress bar) into ``run_dir``."""
+    return [
+        "data=cub",
+        f"data.root={root}",
+        "data.name=TINY",
+        "logger=csv",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        f"output_dir={run_dir}",
+        *extra,
+    ]
 
 
 @dataclass

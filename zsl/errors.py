@@ -17,3 +17,11 @@ class ModelLoadError(RuntimeError):
 
 class RunDirError(RuntimeError):
     """The run directory cannot be created or written (permissions, a name too long, ...)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, unsafe to unpickle or of another model."""
+
+
+class RunLockedError(RuntimeError):
+    """Another live process owns the run directory."""

@@ -27,7 +27,7 @@ from conftest import REPO_ROOT
 from PIL import Image, ImageDraw
 
 from zsl.cli import custom, extract
-from zsl.cli.train import main as train_main
+from zsl.cli.train import run as train_main
 from zsl.data.errors import DataError
 from zsl.features.extract import extract_features
 

@@ -291,7 +291,7 @@ PERCENT_KEYS = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_u_cal", "gzsl_s_ca
 
 def cli_args(name: str, data_dir: Path, run_dir: Path) -> list[str]:
     extra = CLI_RUNS[name] + (DDP_CPU if name.endswith("_ddp") else [])
-    return [*SYNTHETIC, f"paths.data_dir={data_dir}", f"output_dir={run_dir}", *extra]
+    return [*SYNTHETIC, f"data.root={data_dir}", f"output_dir={run_dir}", *extra]
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import N_CLASSES, REPO_ROOT, UNSEEN, TinyXlsa17, write_xlsa17
+from conftest import N_CLASSES, REPO_ROOT, UNSEEN, TinyXlsa17, tiny_cli_args, write_xlsa17
 
-from zsl.cli.train import main
+from zsl.cli.train import run as main
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +31,8 @@ PENDING: dict[str, str] = {}
 Build = Callable[[Path], list[str]]
 
 
-def cli_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
-    """A two-epoch ALE run on the tiny dataset under ``root`` (CSV logger, no progress bar)."""
-    return [
-        "data=cub",
-        f"data.root={root}",
-        "data.name=TINY",
-        "logger=csv",
-        "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-        f"output_dir={run_dir}",
-        *extra,
-    ]
+#: a two-epoch ALE run on the tiny dataset under ``root`` (CSV logger, no progress bar)
+cli_args = tiny_cli_args
 
 
 def col(idx0: np.ndarray, dtype: Any = np.uint16) -> np.ndarray:
@@ -434,13 +424,13 @@ CASES: dict[str, Case] = {
     ),
     "negative seed": Case(
         config_run("seed=-1"),
-        "config error: seed must be >= 0",
+        "config error: seed must be in [0, 2^32) (a random seed), got -1",
         (),
         before_data=True,
     ),
     "negative split seed": Case(
         config_run("data.split_seed=-2"),
-        "config error: data.split_seed must be >= 0",
+        "config error: data.split_seed must be in [0, 2^32) (a random seed), got -2",
         (),
         before_data=True,
     ),
@@ -518,7 +508,8 @@ def test_the_readme_table_has_a_row_per_case() -> None:
     """The troubleshooting table (docs/errors.md, linked from the README) is the user-facing
     copy of CASES: one row per bad input."""
     assert "docs/errors.md" in (REPO_ROOT / "README.md").read_text()
-    section = (REPO_ROOT / "docs" / "errors.md").read_text()
+    # the first table; "## Unsafe or silently wrong input" lists tests/adversarial/'s cases
+    section = (REPO_ROOT / "docs" / "errors.md").read_text().split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
     listed = {row.split("|")[1].strip() for row in rows[1:]}
     # rows whose case lives in another test module (it needs an interrupted run first)

@@ -48,9 +48,7 @@ EXTRA = {"clip": ["+model.params.logit_scale=100.0"]}
 
 
 def _cfg(name: str, data_dir: Path, *more: str) -> DictConfig:
-    return compose(
-        [f"model={name}", f"paths.data_dir={data_dir}", *SMALL, *EXTRA.get(name, []), *more]
-    )
+    return compose([f"model={name}", f"data.root={data_dir}", *SMALL, *EXTRA.get(name, []), *more])
 
 
 @pytest.mark.parametrize("group", ["data", "model", "trainer", "logger", "experiment"])
@@ -124,7 +122,7 @@ def test_every_classical_model_beats_chance_on_the_synthetic_default(
     """The shipped config's default parameters and epoch budget, on the shipped synthetic
     benchmark (50 classes, 10 unseen, 256-d features): ZSL T1 at least twice chance."""
     cfg = compose(
-        [f"model={name}", f"paths.data_dir={synthetic_default}", "logger=csv"]
+        [f"model={name}", f"data.root={synthetic_default}", "logger=csv"]
         + ["trainer.enable_progress_bar=false"]
     )
     dm = make_datamodule(cfg, "test")
@@ -235,7 +233,7 @@ def test_multirun_over_models_gives_two_finished_runs(tmp_path: Path) -> None:
             "-m",
             "model=ale,eszsl",
             "data=synthetic",
-            f"paths.data_dir={tmp_path / 'data'}",
+            f"data.root={tmp_path / 'data'}",
             f"paths.runs_dir={tmp_path / 'runs'}",
             *SMALL,
         ],
@@ -302,7 +300,7 @@ def test_optuna_sweeper_searches_on_validation_classes(tmp_path: Path) -> None:
             "model=ale",
             "hydra.sweeper.n_trials=2",
             "trainer.max_epochs=2",
-            f"paths.data_dir={tmp_path / 'data'}",
+            f"data.root={tmp_path / 'data'}",
             f"paths.runs_dir={tmp_path / 'runs'}",
             *SMALL,
         ],
@@ -326,7 +324,7 @@ def test_joblib_launcher_runs_jobs_in_processes(tmp_path: Path) -> None:
             "-m",
             "experiment=local_parallel",
             "model=eszsl,sae",
-            f"paths.data_dir={tmp_path / 'data'}",
+            f"data.root={tmp_path / 'data'}",
             f"paths.runs_dir={tmp_path / 'runs'}",
             *SMALL,
         ],

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import UNSEEN, VAL_CLASSES, write_xlsa17
 
-from zsl.cli.train import main
+from zsl.cli.train import run as main
 from zsl.data.errors import DataError
 from zsl.data.formats.xlsa17 import load_xlsa17
 from zsl.models.base import ZSLModule

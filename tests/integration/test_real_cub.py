@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zsl.cli.train import main
+from zsl.cli.train import run as main
 from zsl.data.formats.xlsa17 import load_xlsa17
 from zsl.data.splits import make_split
 

@@ -152,7 +152,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
     ensure_synthetic(base / "data" / "SYNTHETIC", SyntheticSpec(**SPEC))
     common = [
         "data=synthetic",
-        f"paths.data_dir={base / 'data'}",
+        f"data.root={base / 'data'}",
         *(f"data.synthetic.{k}={v}" for k, v in SPEC.items()),
         "data.batch_size=4",
         "logger=csv",
@@ -261,7 +261,7 @@ def test_resumed_run_equals_uninterrupted_run(cases: dict[str, Case], name: str)
 
 
 def test_resuming_a_finished_run_is_refused(cases: dict[str, Case]) -> None:
-    from zsl.cli.train import main
+    from zsl.cli.train import run as main
 
     run_dir = cases["cadavae"].reference.run_dir  # (ale: see PENDING)
     assert (run_dir / "metrics.json").is_file(), cases["cadavae"].reference.explain()

@@ -186,7 +186,7 @@ def test_standin_features_follow_the_split_file(tiny: TinyXlsa17, tmp_path: Path
 
 
 def test_standin_run_records_synthetic_features(tiny: TinyXlsa17, tmp_path: Path) -> None:
-    from zsl.cli.train import main as train_main
+    from zsl.cli.train import run as train_main
 
     out = tmp_path / "standin"
     synthesize_features(tiny.root, tiny.name, out, dim=24, classes=(5, 3, 4))

@@ -161,7 +161,7 @@ def test_val_protocol_never_needs_test_keys(cli_runs: dict[str, CliRun]) -> None
 
 
 def test_second_run_into_same_output_dir_fails(cli_runs: dict[str, CliRun]) -> None:
-    from zsl.cli.train import main
+    from zsl.cli.train import run as main
 
     run = cli_runs["test_csv"]
     assert run.returncode == 0, run.explain()
@@ -181,7 +181,7 @@ def test_second_run_into_same_output_dir_fails(cli_runs: dict[str, CliRun]) -> N
 def test_unknown_model_fails_before_reading_data(
     tmp_path: Path, override: str, message: str
 ) -> None:
-    from zsl.cli.train import main
+    from zsl.cli.train import run as main
 
     missing_root = tmp_path / "no_such_data_root"
     run_dir = tmp_path / "run"
@@ -304,7 +304,7 @@ def test_steps_transfer_repeats_the_selected_number_of_updates(tmp_path: Path) -
     """``model.search.transfer=steps``: the trainval fit runs the selected epochs scaled by the
     ratio of training batches per epoch (val protocol / trainval), and says so."""
     from zsl.cli.compose import compose
-    from zsl.cli.train import main
+    from zsl.cli.train import run as main
     from zsl.run.fitting import Session
     from zsl.run.selection import transfer_epochs
 

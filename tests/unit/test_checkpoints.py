@@ -317,7 +317,7 @@ def test_resume_target_resolution(tiny: TinyXlsa17, tmp_path: Path) -> None:
 
 
 def test_main_reports_resume_errors(tmp_path: Path) -> None:
-    from zsl.cli.train import main
+    from zsl.cli.train import run as main
 
     with pytest.raises(SystemExit, match="^resume error: resume=.*no such run directory"):
         main([f"resume={tmp_path / 'missing'}"])

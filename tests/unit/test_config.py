@@ -37,7 +37,7 @@ def test_compose_defaults() -> None:
         assert _selected(cfg, group, name), group
     assert cfg.data.name == "SYNTHETIC" and cfg.model.name == "ale"
     assert cfg.trainer.accelerator == "cpu" and cfg.logger.name == "wandb"
-    assert cfg.data.root == "data"  # ${paths.data_dir} resolved
+    assert cfg.data.root is None  # the built-in data: generated in a temporary folder
     assert cfg.seed == 0 and cfg.output_dir is None
     # the composed config is fully resolved: no interpolation left anywhere
     assert "${" not in OmegaConf.to_yaml(cfg)

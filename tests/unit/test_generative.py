@@ -748,7 +748,8 @@ def test_generate_round_trips_from_a_checkpoint(
         generate(str(ckpt), new_classes[:, :2], n=2)
 
     np.save(tmp_path / "att.npy", new_classes)
-    out = main(
+    out = tmp_path / "gen" / "x.npy"
+    main(
         [
             "--checkpoint",
             str(ckpt),

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TinyXlsa17
 
-from zsl.cli.train import main as train_main
+from zsl.cli.train import run as train_main
 from zsl.models.classical.ale import ALE
 from zsl.run.stacked import GridStack, can_stack, shared_groups
 

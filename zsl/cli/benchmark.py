@@ -1,6 +1,6 @@
 """Benchmark runner: methods x datasets x seeds through the normal ``train.py`` path.
 
-Each run is a full ``zsl.cli.train.main`` call (selection on validation classes, one test fit) with
+Each run is a full ``zsl.cli.train.run`` call (selection on validation classes, one test fit) with
 its own run directory; the table aggregates the runs' ``metrics.json`` as mean ± std over seeds.
 
     zsl-benchmark --name cub_vgg --datasets cub \
@@ -15,11 +15,38 @@ Writes ``<results-dir>/<name>.md``, ``.csv``, ``.tex`` and ``.png`` (GZSL H per 
 u vs s; default ``results/``); with ``--logger wandb`` the table and the figure also go to a W&B
 run (job type ``benchmark``). Rows whose runs used generated features at the dataset's real
 shapes (``"synthetic_features": true`` in ``metrics.json``) read ``<dataset> (synthetic
-features)``: timing/pipeline rows, not accuracy results. Finished
-cells (a ``metrics.json`` in the runs directory) are reused, so a rerun skips them;
-``--workers N`` runs N cells at once in separate processes.
-Extra ``key=value`` arguments after
-``--`` are passed to every run (e.g. ``-- trainer.enable_progress_bar=false``).
+features)``: timing/pipeline rows, not accuracy results. ``--workers N`` runs N cells at once in
+separate processes. Extra ``key=value`` arguments after ``--`` are passed to every run (e.g.
+``-- trainer.enable_progress_bar=false``).
+
+Cells are keyed by their settings, so a rerun reuses only what the same settings made:
+
+- A cell's settings are its run config exactly as ``train.py`` composes it
+  (:func:`zsl.cli.compose.compose` of the cell's arguments and the ``--`` overrides: groups,
+  ``experiment=``, data root and feature file, every resolved value) without
+  :data:`IGNORED_KEYS`, the keys that cannot change the numbers: ``output_dir`` (the cell's
+  directory itself), ``resume``, the whole ``logger`` group (where the metrics are also sent),
+  ``paths.runs_dir`` (unused: each cell has its ``output_dir``) and the trainer's display and
+  checkpoint cadence (``trainer.enable_progress_bar``, ``trainer.log_every_n_steps``,
+  ``trainer.checkpoint_interval_s``). A cell on generated stand-in features
+  (``--synthetic-missing``) adds ``benchmark.synthetic_features``, the stand-in's provenance
+  record (its dimension, seed and split file), since the generated file's path does not change
+  with them. Paths are compared as written (``--root data/x`` and its absolute path are
+  different settings); the contents of data files and the code are not hashed.
+- Its hash is the first 12 hex digits of the SHA-256 of these settings as sorted-key JSON
+  (:func:`settings_hash`). The cell's directory is
+  ``<runs-dir>/<name>/<dataset>_<method>_seed<seed>_<hash>/`` and, once the run has finished,
+  holds ``cell.json`` (``hash``, ``argv`` and ``settings``) beside the run's ``metrics.json``.
+- A cell is reused (``[benchmark] reusing <dir>``) only when its directory for the new hash
+  holds ``metrics.json`` and a ``cell.json`` with that hash. Otherwise it runs into that
+  directory (an unfinished attempt there is cleared first); a cell of the same dataset,
+  method and seed made with other settings, or made without a ``cell.json`` (an older
+  benchmark, directory ``<dataset>_<method>_seed<seed>``), is never reused nor overwritten:
+  it stays where it is (so going back to its settings reuses it again) and one line says why
+  the cell runs again, e.g. ``[benchmark] rerunning synthetic eszsl seed 0: settings changed
+  since runs/benchmark/b/synthetic_eszsl_seed0_1f0c2a9d8e7b (model.params.semantic_reg); new
+  cell runs/benchmark/b/synthetic_eszsl_seed0_5be1d07c93aa``.
+- ``--force`` reruns even a matching cell, replacing its directory.
 """
 
 from __future__ import annotations
@@ -28,13 +55,15 @@ import argparse
 import csv
 import json
 import platform
+import re
+import shutil
 import statistics
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from zsl.cli.train import main as train_main
+from zsl.cli.train import run as train_main
 from zsl.reporting.benchmark import dataset_label, log_to_wandb, summary_figure
 
 METRICS = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_h_cal")
@@ -68,21 +97,30 @@ def expand_methods(spec: str) -> list[str]:
     return names
 
 
-def run_one(
+#: run-config keys left out of a cell's settings: they cannot change its numbers
+IGNORED_KEYS: tuple[str, ...] = (
+    "output_dir",
+    "resume",
+    "logger",
+    "paths.runs_dir",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.checkpoint_interval_s",
+)
+#: written beside a finished cell's ``metrics.json``: its settings hash, argv and settings
+CELL_RECORD = "cell.json"
+#: how many differing keys the rerun line names
+SHOWN_KEYS = 4
+
+
+def cell_argv(
     method: str, dataset: str, seed: int, args: argparse.Namespace, extra: list[str]
-) -> dict[str, Any]:
-    out = Path(args.runs_dir) / args.name / f"{dataset}_{method}_seed{seed}"
-    if (out / "metrics.json").is_file() and not args.force:
-        print(f"[benchmark] reusing {out}")
-        return json.loads((out / "metrics.json").read_text())
-    if out.exists():
-        for f in sorted(out.rglob("*"), reverse=True):
-            f.unlink() if f.is_file() else f.rmdir()
+) -> list[str]:
+    """The ``train.py`` arguments of one cell, without its ``output_dir``."""
     argv = [
         f"data={dataset}",
         f"model={method}",
         f"seed={seed}",
-        f"output_dir={out}",
         f"logger={args.logger}",
         "trainer.enable_progress_bar=false",
     ]
@@ -90,13 +128,157 @@ def run_one(
     if standin is not None:  # generated features at the dataset's real shapes
         argv += [f"data.root={standin[0]}", f"data.feature_file={standin[1]}"]
     else:
-        if args.root:
+        if getattr(args, "root", None):
             argv.append(f"data.root={args.root}")
-        if args.feature_file:
+        if getattr(args, "feature_file", None):
             argv.append(f"data.feature_file={args.feature_file}")
-    print(f"[benchmark] {' '.join(argv + extra)}", flush=True)
-    metrics = train_main(argv + extra)
+    return argv + list(extra)
+
+
+def cell_settings(argv: list[str], standin: tuple[str, str] | None = None) -> dict[str, Any]:
+    """What identifies a cell: the run config of ``train.py <argv>`` as :func:`compose` makes
+    it (resolved), without :data:`IGNORED_KEYS`; with ``standin`` (data root, feature file of
+    generated features) also ``benchmark.synthetic_features``, the features' provenance record.
+    A bad override exits with the ``config error:`` line of ``train.py``."""
+    from omegaconf import OmegaConf
+
+    from zsl.cli.compose import compose
+    from zsl.errors import ConfigError
+
+    try:
+        cfg = compose(argv)
+    except ConfigError as err:
+        raise SystemExit(f"config error: {' '.join(str(err).split())}") from None
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(settings, dict)
+    for dotted in IGNORED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node: Any = settings
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    if standin is not None:
+        settings["benchmark"] = {"synthetic_features": _standin_record(cfg, standin)}
+    return {str(key): value for key, value in settings.items()}
+
+
+def _standin_record(cfg: Any, standin: tuple[str, str]) -> Any:
+    """The provenance record of the generated features a cell reads (None before they exist)."""
+    from zsl.data.standin import provenance_path
+
+    path = provenance_path(Path(standin[0]) / str(cfg.data.name) / standin[1])
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """A cell's identity: the first 12 hex digits of the SHA-256 of ``settings`` as JSON with
+    sorted keys (stable across runs, processes and key order)."""
+    import hashlib
+
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def read_record(cell_dir: Path) -> dict[str, Any] | None:
+    """A cell directory's ``cell.json`` (None when it is missing or unreadable)."""
+    try:
+        record = json.loads((cell_dir / CELL_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def is_finished(cell_dir: Path, digest: str) -> bool:
+    """``cell_dir`` holds a finished run made with the settings of hash ``digest``."""
+    record = read_record(cell_dir)
+    return (
+        (cell_dir / "metrics.json").is_file()
+        and record is not None
+        and record.get("hash") == digest
+    )
+
+
+def earlier_cells(base: Path, stem: str) -> list[Path]:
+    """Finished cells of one (dataset, method, seed) under ``base``, whatever their settings:
+    ``<stem>_<hash>`` and the pre-hash ``<stem>``; newest ``metrics.json`` first."""
+    pattern = re.compile(rf"{re.escape(stem)}(_[0-9a-f]{{12}})?")
+    if not base.is_dir():
+        return []
+    found = [
+        d for d in base.iterdir() if pattern.fullmatch(d.name) and (d / "metrics.json").is_file()
+    ]
+    return sorted(found, key=lambda d: (d / "metrics.json").stat().st_mtime, reverse=True)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): value}
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between two cells' settings, sorted."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, ...) != b.get(k, ...))
+
+
+def rerun_reason(earlier: Path, settings: dict[str, Any], digest: str, force: bool) -> str:
+    """Why the finished cell ``earlier`` is not reused for ``settings`` (of hash ``digest``)."""
+    record = read_record(earlier)
+    if record is None or "hash" not in record:
+        return f"{earlier} has no settings record ({CELL_RECORD}), so its settings are unknown"
+    if force and record["hash"] == digest:
+        return f"--force (same settings as {earlier})"
+    keys = changed_keys(record.get("settings") or {}, settings)
+    if not keys:  # a record edited by hand, or of another hash rule
+        return f"{earlier}/{CELL_RECORD} records hash {record['hash']}, not {digest}"
+    shown = ", ".join(keys[:SHOWN_KEYS]) + (", ..." if len(keys) > SHOWN_KEYS else "")
+    return f"settings changed since {earlier} ({shown})"
+
+
+def run_one(
+    method: str, dataset: str, seed: int, args: argparse.Namespace, extra: list[str]
+) -> dict[str, Any]:
+    """One cell's metrics: reused from ``<runs_dir>/<name>/<dataset>_<method>_seed<seed>_<hash>``
+    when that holds a finished run with these settings, else a ``train.py`` run into it (see
+    the module docstring for the rule and the line printed when an earlier cell is not reused).
+    """
+    standin = getattr(args, "standins", {}).get(dataset)
+    argv = cell_argv(method, dataset, seed, args, extra)
+    settings = cell_settings(argv, standin)
+    digest = settings_hash(settings)
+    base = Path(args.runs_dir) / args.name
+    stem = f"{dataset}_{method}_seed{seed}"
+    out = base / f"{stem}_{digest}"
+    force = bool(getattr(args, "force", False))
+    if is_finished(out, digest) and not force:
+        print(f"[benchmark] reusing {out}", flush=True)
+        return dict(json.loads((out / "metrics.json").read_text()))
+    earlier = earlier_cells(base, stem)
+    if earlier:  # the cell's own directory first: it is the one replaced
+        shown = out if out in earlier else earlier[0]
+        print(
+            f"[benchmark] rerunning {dataset} {method} seed {seed}: "
+            f"{rerun_reason(shown, settings, digest, force)}; new cell {out}",
+            flush=True,
+        )
+    if out.exists():  # an unfinished attempt at these settings, or --force
+        shutil.rmtree(out)
+    run_argv = [*argv[:3], f"output_dir={out}", *argv[3:]]
+    print(f"[benchmark] {' '.join(run_argv)}", flush=True)
+    metrics = train_main(run_argv)
     assert metrics is not None
+    record = {"hash": digest, "argv": run_argv, "settings": settings}
+    partial = out / f".{CELL_RECORD}.tmp"
+    partial.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    partial.replace(out / CELL_RECORD)
     return metrics
 
 
@@ -340,7 +522,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--logger", default="csv", choices=["csv", "wandb"])
     p.add_argument("--runs-dir", default="runs/benchmark")
     p.add_argument("--results-dir", default="results")
-    p.add_argument("--force", action="store_true", help="rerun runs that already have metrics")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun cells even when a finished cell has the same settings (replacing it)",
+    )
     p.add_argument(
         "--synthetic-missing",
         action="store_true",

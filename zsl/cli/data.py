@@ -14,6 +14,11 @@ image indices) and ``allclasses_names`` (all but FLO); ``res101.mat`` with ``fea
 in range, shapes that agree, and splits that do not leak (validation classes among trainval,
 no train/val class among the unseen ones).
 
+``download`` gives up when the server sends nothing for ``--read-timeout`` seconds (default
+60): a socket timeout on each read, so a stalled server ends with one ``error:`` line and the
+partial ``xlsa17.zip.part`` is kept (rerun to resume), while a slow but steady one is never cut
+off.
+
 ``synthesize`` is for benchmarks that have only their split file: it writes synthetic
 ``--dim``-d features at the benchmark's real shapes (image count, classes, every split index;
 see :mod:`zsl.data.standin`) under ``--out``, verifies them through the loader and prints the
@@ -28,8 +33,26 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zsl.data.download import XLSA17_DATASETS, XLSA17_URL, download, unpack_xlsa17, verify_xlsa17
+from zsl.data.download import (
+    DEFAULT_READ_TIMEOUT,
+    XLSA17_DATASETS,
+    XLSA17_URL,
+    download,
+    unpack_xlsa17,
+    verify_xlsa17,
+)
 from zsl.data.errors import DataError
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--archive", type=Path, default=None, help="a local archive (no download)"
             )
+            sub.add_argument(
+                "--read-timeout",
+                type=_seconds,
+                default=DEFAULT_READ_TIMEOUT,
+                metavar="SECONDS",
+                help="give up after this long without receiving a byte (per read, not a limit "
+                f"on the whole download; default {DEFAULT_READ_TIMEOUT:g})",
+            )
             sub.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -86,7 +117,12 @@ def run(argv: Sequence[str] | None = None) -> list[str]:
     if args.command == "download":
         archive = args.archive
         if archive is None:
-            archive = download(args.url, root / "xlsa17.zip", progress=not args.no_progress)
+            archive = download(
+                args.url,
+                root / "xlsa17.zip",
+                progress=not args.no_progress,
+                read_timeout=args.read_timeout,
+            )
         elif not archive.is_file():
             raise DataError(str(archive), "archive not found")
         found = unpack_xlsa17(archive, root, datasets)

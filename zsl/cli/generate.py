@@ -14,7 +14,9 @@ from zsl.models.generative.synthesis import generate, load_generator
 __all__ = ["generate", "load_generator", "main"]
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> None:
+    """``zsl-generate``: exit status 0 after writing the features, 1 with one line on bad
+    input."""
     parser = argparse.ArgumentParser(
         prog="zsl-generate",
         description="Synthesise features for (new) classes from a generative model checkpoint.",
@@ -38,15 +40,17 @@ def main(argv: list[str] | None = None) -> Path:
     except (OSError, ValueError, TypeError) as err:
         raise SystemExit(f"error: {' '.join(str(err).split())}") from None
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, feats.numpy())
     k = feats.shape[0] // args.n
-    if args.labels_out:
-        np.save(args.labels_out, np.repeat(np.arange(k), args.n))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, feats.numpy())
+        if args.labels_out:
+            np.save(args.labels_out, np.repeat(np.arange(k), args.n))
+    except OSError as err:
+        raise SystemExit(f"error: cannot write {err.filename or out}: {err.strerror}") from None
     print(
         f"wrote {feats.shape[0]} features of dim {feats.shape[1]} ({k} classes x {args.n}) to {out}"
     )
-    return out
 
 
 if __name__ == "__main__":

@@ -23,9 +23,17 @@ from omegaconf import DictConfig, OmegaConf
 from zsl import dist
 from zsl.cli.compose import compose
 from zsl.data.errors import DataError
-from zsl.errors import ConfigError, LeakageError, ModelLoadError, RunDirError
-from zsl.run.config import validate
-from zsl.run.store import ResumeError, TrainingInterrupted, make_run_dir, resume_config
+from zsl.errors import ConfigError, LeakageError, ModelLoadError, RunDirError, RunLockedError
+from zsl.run.config import fix_grid_axes, validate
+from zsl.run.lock import RunLock
+from zsl.run.store import (
+    ResumeError,
+    TrainingInterrupted,
+    claim_new_run_dir,
+    make_run_dir,
+    resume_config,
+    work_saved,
+)
 
 if TYPE_CHECKING:
     from zsl.run.protocol import RunResult
@@ -39,9 +47,14 @@ def _one_line(err: BaseException) -> str:
 
 
 def prepare(cfg: DictConfig, argv: list[str]) -> DictConfig:
-    """The config that runs: the interrupted run's own with ``resume=``, else ``cfg``."""
+    """The config that runs: the interrupted run's own with ``resume=``, else ``cfg`` with the
+    values typed for grid parameters fixing their axes (:func:`zsl.run.config.fix_grid_axes`)."""
+    notes = fix_grid_axes(cfg, argv)
     if cfg.get("resume"):
         cfg = resume_config(cfg, argv)
+    elif dist.is_global_zero():
+        for note in notes:
+            print(f"note: {note}", flush=True)
     validate(cfg)
     return cfg
 
@@ -64,14 +77,24 @@ def run_dir_for(cfg: DictConfig) -> Path:
 
 
 def _run(cfg: DictConfig, argv: list[str]) -> RunResult:
-    """Prepare the config, create the run directory and run the protocol. A new run that
-    fails (other than by SIGTERM) removes its directory, so rerunning the same command works;
-    an interrupted or resumed run keeps it."""
+    """Prepare the config, claim the run directory (:class:`zsl.run.lock.RunLock`: one process
+    per run directory) and run the protocol. A new run that fails before any grid point was
+    validated removes its directory, so rerunning the same command works; an interrupted run
+    (SIGTERM, SIGINT) and one that failed later are kept for ``resume=``."""
     from zsl.run.protocol import run_protocol
 
     cfg = prepare(cfg, argv)
     run_dir = run_dir_for(cfg)
+    new = not cfg.get("resume")
+    lock = RunLock(run_dir)
     if dist.is_global_zero():
+        lock.acquire()  # RunLockedError: another live run owns it (nothing here is ours)
+        try:
+            if new and cfg.get("output_dir"):
+                claim_new_run_dir(run_dir)
+        except BaseException:
+            lock.release()
+            raise
         print(f"run directory: {run_dir}")
     try:
         # the ddp strategy re-runs this command in its processes: they reuse this directory
@@ -79,10 +102,26 @@ def _run(cfg: DictConfig, argv: list[str]) -> RunResult:
             return run_protocol(cfg, run_dir)
     except TrainingInterrupted:
         raise
-    except BaseException:
-        if not cfg.get("resume") and dist.is_global_zero():
+    except KeyboardInterrupt:  # a Ctrl-C outside the protocol's guard
+        if new and not (run_dir / "config.yaml").is_file() and dist.is_global_zero():
             shutil.rmtree(run_dir, ignore_errors=True)
+            raise TrainingInterrupted("SIGINT received before the run started", 2) from None
+        raise TrainingInterrupted(
+            f"SIGINT received; continue with: python train.py resume={run_dir}", 2
+        ) from None
+    except BaseException:
+        if dist.is_global_zero():
+            if new and not work_saved(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            elif (run_dir / "config.yaml").is_file():
+                print(
+                    f"the run directory {run_dir} is kept (validated grid points are saved); "
+                    f"once the cause is fixed, continue with: python train.py resume={run_dir}",
+                    file=sys.stderr,
+                )
         raise
+    finally:
+        lock.release()
 
 
 def train(cfg: DictConfig, argv: list[str]) -> dict[str, Any]:
@@ -114,6 +153,7 @@ def train(cfg: DictConfig, argv: list[str]) -> dict[str, Any]:
         FileExistsError,
         NotADirectoryError,  # output_dir names an existing file
         RunDirError,
+        RunLockedError,
         LeakageError,
         ModelLoadError,  # pre-trained weights (CLIP) not found or not loadable offline
         FloatingPointError,
@@ -121,7 +161,7 @@ def train(cfg: DictConfig, argv: list[str]) -> dict[str, Any]:
         raise SystemExit(f"error: {_one_line(err)}") from None
     except TrainingInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
-        raise SystemExit(143) from None  # 128 + SIGTERM, what a shell reports for a kill
+        raise SystemExit(128 + err.signum) from None  # what a shell reports for the signal
     except Exception as err:
         from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -142,13 +182,31 @@ def _hydra_main(cfg: DictConfig) -> float:
     return float(metrics.get(str(metrics.get("selection_metric", "zsl_t1")), float("nan")))
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    """Entry point of ``train.py``, ``python -m zsl`` and ``zsl-train``.
+def check_launcher(argv: list[str]) -> None:
+    """A multirun on the SLURM launcher needs SLURM's commands here; refuse it in one line
+    before Hydra starts (submitit would fail with a traceback)."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    slurm = any(a == "experiment=slurm" or "submitit_slurm" in a for a in argv)
+    if multirun and slurm:
+        missing = [name for name in ("sbatch", "srun") if shutil.which(name) is None]
+        if missing:
+            raise SystemExit(
+                f"error: the SLURM launcher (experiment=slurm, hydra/launcher=submitit_slurm) "
+                f"needs {' and '.join(missing)} on PATH, not found here: run it on a SLURM "
+                "login node, or use experiment=local_parallel to run the jobs on this machine"
+            )
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Run ``python train.py <argv>`` in this process and return the run's metrics (None when
+    Hydra handled the command line itself: ``--help``, ``--cfg``, ``-m``).
 
     A plain run is composed and checked here first, so bad input gets one ``config error:``
-    line; then Hydra runs it (or, with Hydra flags, handles the whole command line)."""
+    line; then Hydra runs it (or, with Hydra flags, handles the whole command line). Failures
+    raise ``SystemExit`` with one line."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in HYDRA_FLAGS or a.startswith(("--cfg=", "--config")) for a in argv):
+        check_launcher(argv)
         sys.argv = [sys.argv[0] or "train.py", *argv]
         _hydra_main()
         return None
@@ -157,3 +215,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     except ConfigError as err:
         raise SystemExit(f"config error: {_one_line(err)}") from None
     return train(cfg, argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``train.py``, ``python -m zsl`` and ``zsl-train``: exit status 0 after
+    a successful run (the metrics are in the run directory; :func:`run` returns them)."""
+    run(argv)

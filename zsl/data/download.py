@@ -3,7 +3,9 @@ Comprehensive Evaluation of the Good, the Bad and the Ugly", TPAMI 2018).
 
 * :func:`download` fetches a URL to a file with a progress bar. An interrupted download
   leaves ``<file>.part``; the next call resumes it with an HTTP ``Range`` request (or starts
-  over when the server ignores ranges) and the file appears only once complete.
+  over when the server ignores ranges) and the file appears only once complete. A server that
+  stops sending ends the download after ``read_timeout`` seconds without a byte (see
+  :func:`download` for the rule), keeping ``<file>.part`` to resume.
 * :func:`unpack_xlsa17` checks every member of the archive (CRC) and copies the benchmark
   folders (``.../data/<DATASET>/*`` in the official zip) to ``<root>/<DATASET>/``.
 * :func:`verify_xlsa17` reads every benchmark through the loader, both protocols, and returns
@@ -37,29 +39,50 @@ XLSA17_URL = "https://datasets.d2.mpi-inf.mpg.de/xian/xlsa17.zip"
 XLSA17_DATASETS = ("APY", "AWA1", "AWA2", "CUB", "FLO", "SUN")
 
 _CHUNK = 1 << 20
+#: seconds :func:`download` waits for the next byte before it gives up (a stall)
+DEFAULT_READ_TIMEOUT = 60.0
 
 
-def download(url: str, dest: Path, *, progress: bool = True, timeout: float = 60.0) -> Path:
+def download(
+    url: str, dest: Path, *, progress: bool = True, read_timeout: float = DEFAULT_READ_TIMEOUT
+) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``); returns ``dest``.
 
-    Raises :class:`DataError` naming the URL on an HTTP or network error, and on a body shorter
-    than its ``Content-Length`` (the partial file is kept: rerun to resume)."""
+    ``read_timeout`` is a per-read rule, not a deadline for the whole transfer: the connection,
+    the response headers and every read of the body may each wait at most ``read_timeout``
+    seconds for the next byte (a socket timeout on each read). A server that stalls therefore
+    ends the download after ``read_timeout`` seconds of silence, while one that sends slowly
+    but steadily is never cut off: the bytes go to ``dest.part`` (and the progress bar) as they
+    arrive, so a slow link still finishes, and an interrupted one resumes where it stopped.
+
+    Raises :class:`DataError` naming the URL on an HTTP or network error, on a stall longer
+    than ``read_timeout`` and on a body shorter than its ``Content-Length`` (the partial file
+    is kept: rerun to resume)."""
     from tqdm.auto import tqdm
 
+    if not read_timeout > 0:
+        raise ValueError(f"read_timeout must be positive, got {read_timeout}")
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = urllib.request.urlopen(request, timeout=read_timeout)
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # the part file already holds the whole body
             part.replace(dest)
             return dest
         raise DataError(url, f"download failed: HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, OSError) as err:
-        raise DataError(url, f"download failed: {getattr(err, 'reason', err)}") from None
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, TimeoutError):
+            raise DataError(
+                url,
+                f"download failed: no response within {read_timeout:g} s (--read-timeout); "
+                "rerun to retry",
+            ) from None
+        raise DataError(url, f"download failed: {reason}") from None
     with response:
         resumed = have > 0 and response.status == 206
         length = response.headers.get("Content-Length")
@@ -73,15 +96,24 @@ def download(url: str, dest: Path, *, progress: bool = True, timeout: float = 60
             desc=dest.name,
             disable=not progress,
         )
+        of_total = f" of {total}" if total is not None else ""
         try:
             with open(part, "ab" if resumed else "wb") as out:
                 while True:
-                    chunk = response.read(_CHUNK)
+                    # read1: whatever has arrived (up to a chunk), so that bytes received before
+                    # a stall are in the part file, not lost in a half-filled read buffer
+                    chunk = response.read1(_CHUNK)
                     if not chunk:
                         break
                     out.write(chunk)
                     done += len(chunk)
                     bar.update(len(chunk))
+        except TimeoutError:
+            raise DataError(
+                url,
+                f"download stalled: no data for {read_timeout:g} s (--read-timeout) at {done}"
+                f"{of_total} bytes; rerun to resume",
+            ) from None
         except (HTTPException, OSError) as err:
             raise DataError(
                 url,

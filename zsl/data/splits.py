@@ -160,6 +160,8 @@ def _l2_rows(features: np.ndarray) -> np.ndarray:
     for start in range(0, features.shape[0], L2_BLOCK_ROWS):
         block = features[start : start + L2_BLOCK_ROWS]
         norm = np.linalg.norm(block, axis=1, keepdims=True)
+        if not np.isfinite(norm).all():  # squares past float32's range: the norm in float64
+            norm = np.linalg.norm(block.astype(np.float64), axis=1, keepdims=True)
         out[start : start + L2_BLOCK_ROWS] = block / np.maximum(norm, 1e-12)
     return out
 
@@ -204,7 +206,8 @@ def _class_leak(data: ZSLData, a: str, b: str, why: str) -> None:
 def _zero_based(data: ZSLData, a: str, b: str) -> bool:
     """Whether splits ``a`` and ``b`` stop sharing classes once read as 0-based (a file saved
     0-based that happens not to hold index 0 passes the range check)."""
-    shifted = [data.locs[key] + 1 for key in (a, b)]
+    locs = _all_locs(data)
+    shifted = [locs[key] + 1 for key in (a, b)]
     if any(int(s.max()) >= data.labels.size for s in shifted):
         return False
     classes = [np.unique(data.labels[s]) for s in shifted]
@@ -245,6 +248,7 @@ def _class_subset(data: ZSLData, a: str, b: str, why: str) -> None:
 
 def check_cross_splits(data: ZSLData) -> None:
     """The invariants between the two protocols' splits, from index arrays and labels only:
+    each protocol's own checks (:func:`check_split_integrity`, whichever protocol runs),
     train/val classes are trainval classes and never test-unseen classes; test-seen classes
     are trainval classes. Skipped, with a warning, when the file lacks some of the keys."""
     locs = _all_locs(data)
@@ -263,6 +267,10 @@ def check_cross_splits(data: ZSLData) -> None:
         data, "val_loc", "test_unseen_loc", "validation classes must not be test-unseen classes"
     )
     _class_subset(data, "test_seen_loc", "trainval_loc", "test-seen classes are trainval classes")
+    # both protocols' own checks, so a broken test split stops a run before its first fit
+    everything = dataclasses.replace(data, locs=locs)
+    check_split_integrity(everything, "val")
+    check_split_integrity(everything, "test")
 
 
 def exclude_test_images(data: ZSLData) -> ZSLData:

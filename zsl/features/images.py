@@ -13,6 +13,7 @@ suffix of the stored path that exists under it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -150,10 +151,19 @@ def resolve_image_paths(
         )
     resolved = []
     missing = []
+    inside = Path(os.path.normpath(root.absolute()))
     for i, stored in enumerate(image_files):
         found = _find_under(root, _parts(stored))
         if found is None:
             missing.append(i)
+        elif not Path(os.path.normpath(found.absolute())).is_relative_to(inside):
+            # '..' in a file's path; the user's own symlinks under the root are followed
+            raise DataError(
+                str(stored),
+                f"image entry {i + 1} of {len(image_files)} leads to "
+                f"{os.path.normpath(found.absolute())}, outside the image root {root}; a "
+                "feature file's paths must stay under the image root",
+            )
         else:
             resolved.append(found)
     if missing:

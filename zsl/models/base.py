@@ -335,6 +335,11 @@ class ZSLModule(pl.LightningModule):
         self._finish_eval("test", gamma)
 
     # -- checkpoints ------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the model class (``module:QualName``), so that
+        :func:`zsl.models.checkpoint.load_model` rebuilds a registered model from the file."""
+        checkpoint["zsl_model_class"] = f"{type(self).__module__}:{type(self).__qualname__}"
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resize the class-id buffers to the stored ones before the state dict is loaded
         (a fresh model has empty ones), so ``load_from_checkpoint`` works for every model."""

@@ -33,14 +33,20 @@ def load_data(cfg: DictConfig, protocol: ProtocolName) -> ZSLData:
     """The benchmark of ``cfg.data`` for one protocol (the synthetic one is generated on first
     use), as the model sees it (CLIP swaps in image/text embeddings)."""
     dcfg = cfg.data
+    root = dcfg.root
     if dcfg.get("synthetic") is not None:
-        from zsl.data.synthetic import SyntheticSpec, ensure_synthetic
+        from zsl.data.synthetic import SyntheticSpec, ensure_synthetic, scratch_synthetic
 
         spec = SyntheticSpec(**OmegaConf.to_container(dcfg.synthetic))  # type: ignore[arg-type]
-        ensure_synthetic(Path(dcfg.root) / dcfg.name, spec, dcfg.feature_file)
+        if root is None:  # a temporary folder of this process: nothing left in the cwd
+            root = str(scratch_synthetic(spec, str(dcfg.name), str(dcfg.feature_file)))
+        else:
+            ensure_synthetic(Path(root) / dcfg.name, spec, dcfg.feature_file)
+    elif root is None:
+        raise ConfigError(f"data.root is not set: the folder that holds {dcfg.name}/")
     data = read_dataset(
         str(dcfg.get("format", "xlsa17")),
-        dcfg.root,
+        root,
         dcfg.name,
         dcfg.feature_file,
         protocol,
@@ -124,8 +130,7 @@ def make_trainer(
     }
     kwargs.update(model_cls.trainer_arguments())
     global _TRAINERS_BUILT
-    if _TRAINERS_BUILT:  # Lightning's banners (GPU/TPU available, tips) once per process
-        quiet_lightning()
+    quiet_lightning()  # Lightning's banners (GPU/TPU available, tips): the run says what ran
     try:
         trainer = pl.Trainer(**kwargs)
     except ValueError as err:  # Lightning's checks of its arguments (e.g. precision)

@@ -6,13 +6,14 @@ engine's builders turn the model's and Lightning's own checks into :class:`Confi
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from zsl.errors import ConfigError
 
-__all__ = ["ConfigError", "to_container", "type_problem", "validate"]
+__all__ = ["ConfigError", "fix_grid_axes", "to_container", "type_problem", "validate"]
 
 #: the leading constructor arguments of every model, read from the data (never in params)
 SHAPE_ARGS = ("self", "feature_dim", "n_attributes", "n_classes")
@@ -65,13 +66,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"data.preprocess must be none, l2 or minmax, got {cfg.data.preprocess!r}"
         )
+    _check_synthetic(cfg.data)
     fraction = cfg.data.get("val_seen_fraction")
     if fraction is not None and not 0.0 < float(fraction) < 1.0:
         raise ConfigError(f"data.val_seen_fraction must be in (0, 1), got {fraction}")
     for key in ("seed", "data.split_seed"):
         value = OmegaConf.select(cfg, key)
-        if isinstance(value, int) and value < 0:
-            raise ConfigError(f"{key} must be >= 0 (a random seed), got {value}")
+        if isinstance(value, int) and not 0 <= value < 2**32:
+            raise ConfigError(f"{key} must be in [0, 2^32) (a random seed), got {value}")
     if int(cfg.trainer.max_epochs) < 1:
         raise ConfigError(f"trainer.max_epochs must be >= 1, got {cfg.trainer.max_epochs}")
     accelerator = cfg.trainer.get("accelerator")
@@ -83,6 +85,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"trainer.accelerator {accelerator!r} is unknown; available: {', '.join(names)}"
             )
+    _check_param_values(cfg.model)
     search = cfg.model.get("search")
     if search is not None:
         if search.get("metric", "zsl_t1") not in ("zsl_t1", "gzsl_h", "gzsl_h_cal"):
@@ -115,6 +118,97 @@ def validate(cfg: DictConfig) -> None:
                 problem = type_problem(default, value)
                 if problem:
                     raise ConfigError(f"model.search.grid.{key}: {problem}")
+
+
+def _check_synthetic(data: DictConfig) -> None:
+    """``data.synthetic``, the spec of the built-in benchmark, must describe a valid one."""
+    spec = data.get("synthetic")
+    if spec is None:
+        return
+    from zsl.data.synthetic import SyntheticSpec
+
+    try:
+        SyntheticSpec(**to_container(spec)).validate()
+    except TypeError as err:  # unknown key, or a value of the wrong type
+        text = str(err).replace("SyntheticSpec.__init__() ", "")
+        raise ConfigError(f"data.synthetic: {text}") from None
+    except ValueError as err:
+        raise ConfigError(f"data.synthetic: {err}") from None
+
+
+def _check_param_values(model: DictConfig) -> None:
+    """Every value a run could use, ``model.params`` and each grid value alike, must be a
+    valid one: learning rates positive, decays and margins >= 0, no NaN or infinity in any
+    number (a grid covering a key does not excuse a bad value typed for it)."""
+    from zsl.models import get_model_class
+    from zsl.models.base import check_common_hparams
+
+    params: Any = OmegaConf.to_container(model.get("params") or {}, resolve=True)
+    candidates: list[tuple[str, dict[str, Any]]] = [("model.params", dict(params))]
+    search = model.get("search")
+    grid = (search.get("grid") or {}) if search is not None else {}
+    for key, values in grid.items():
+        if isinstance(values, ListConfig):
+            for value in values:
+                candidates.append((f"model.search.grid.{key}", {str(key).split(".")[-1]: value}))
+    for where, values in candidates:
+        for name, value in _numbers(values):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where}: {name} must be a finite number, got {value}")
+        try:
+            named = {k.split(".")[-1]: v for k, v in _numbers(values)}
+            check_common_hparams(get_model_class(str(model.name)).__name__, named)
+        except ValueError as err:
+            raise ConfigError(f"{where} ({model.name}): {err}") from None
+
+
+def _numbers(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """The (dotted name, value) pairs of the numbers in a nested parameter mapping."""
+    out: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.extend(_numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def fix_grid_axes(cfg: DictConfig, argv: list[str]) -> list[str]:
+    """Apply the rule for a value typed for a parameter the search grid covers: it fixes that
+    axis. ``model.params.<key>=v`` on the command line (or a sweeper's override) removes
+    ``<key>`` from ``model.search.grid``, so the run uses ``v``; ``model.search.grid={}`` (or
+    ``null``) means no grid. Returns one note per fixed axis (the caller prints them) and
+    records the fixed keys in ``selection.fixed`` (saved with the config)."""
+    search = cfg.model.get("search")
+    notes: list[str] = []
+    fixed: list[str] = []
+    for arg in argv:
+        key, sep, text = arg.partition("=")
+        key = key.lstrip("+")
+        if not sep or key.startswith("~"):
+            continue
+        if key == "model.search.grid" and text.strip() in ("{}", "null", "None"):
+            if search is not None and search.get("grid"):
+                search.grid = None
+                notes.append("model.search.grid={} given: no grid, model.params only")
+            continue
+        if not key.startswith("model.params.") or search is None or not search.get("grid"):
+            continue
+        name = key[len("model.params.") :]
+        if name in search.grid:
+            values = list(OmegaConf.to_container(search.grid[name]) or [])  # type: ignore[arg-type]
+            value = OmegaConf.select(cfg.model.params, name)
+            with open_dict(search.grid):
+                del search.grid[name]
+            fixed.append(name)
+            notes.append(
+                f"model.params.{name}={value} given: it fixes that grid axis "
+                f"(grid values {values} not searched)"
+            )
+    if fixed:
+        with open_dict(cfg):
+            cfg.selection.fixed = sorted({*(cfg.selection.get("fixed") or []), *fixed})
+    return notes
 
 
 def constructor_parameters(cls: type) -> dict[str, inspect.Parameter] | None:

@@ -26,8 +26,10 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from zsl import dist
 from zsl.data.datamodule import ZSLDataModule
 from zsl.data.types import ClassSpace, ProtocolName, ZSLData
+from zsl.errors import CheckpointError
 from zsl.evaluation import Evaluation
 from zsl.models import get_model_class
+from zsl.models.checkpoint import load_checkpoint
 from zsl.run.builders import load_data, make_datamodule, make_model, make_trainer
 from zsl.run.callbacks import (
     BEST,
@@ -40,7 +42,14 @@ from zsl.run.callbacks import (
 )
 from zsl.run.selection import ValFit, search_metric, search_patience
 from zsl.run.stacked import GridStack, SharedFit, StackRecorder
-from zsl.run.store import CHECKPOINT_DIR, ResumeError, TrainingInterrupted, resume_path
+from zsl.run.store import (
+    CHECKPOINT_DIR,
+    ResumeError,
+    TrainingInterrupted,
+    received_signal,
+    resume_path,
+    signal_name,
+)
 
 __all__ = ["Session", "check_resumable", "fit", "interruptible"]
 
@@ -219,7 +228,7 @@ class Session:
         interruptible(
             trainer, lambda: trainer.test(model, dm, verbose=False), "the test evaluation"
         )
-        trainer.save_checkpoint(self.run_dir / "model.ckpt")
+        trainer.save_checkpoint(self.run_dir / "model.ckpt", weights_only=False)
         assert recorder.test is not None
         return recorder.test
 
@@ -240,7 +249,9 @@ def fit(
             print(f"resuming {what} from {ckpt}")
     interruptible(
         trainer,
-        lambda: trainer.fit(model, dm, ckpt_path=str(ckpt) if ckpt is not None else None),
+        lambda: trainer.fit(
+            model, dm, ckpt_path=str(ckpt) if ckpt is not None else None, weights_only=True
+        ),
         f"{what} (epoch {{epoch}}, step {{step}})",
     )
 
@@ -249,14 +260,9 @@ def check_resumable(ckpt: Path, model: pl.LightningModule) -> None:
     """Refuse, in one line, a checkpoint that cannot continue this fit: unreadable
     (truncated, not a checkpoint), of another model, or of another class space (dataset)."""
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        weights = state["state_dict"]
-    except Exception as err:  # noqa: BLE001 - torch/pickle raise many types
-        first = (str(err).splitlines() or [type(err).__name__])[0]
-        raise ResumeError(
-            f"{ckpt} cannot be read as a checkpoint ({type(err).__name__}: {first}); delete it "
-            "to redo that fit from its start"
-        ) from None
+        weights = load_checkpoint(ckpt)["state_dict"]
+    except CheckpointError as err:
+        raise ResumeError(f"{err}; delete it to redo that fit from its start") from None
     ours = model.state_dict()
     if set(weights) != set(ours) or any(weights[k].shape != ours[k].shape for k in ours):
         raise ResumeError(
@@ -284,4 +290,5 @@ def interruptible(trainer: pl.Trainer, stage: Callable[[], object], what: str) -
         pass  # trainer.received_sigterm is set: reported below
     if trainer.received_sigterm:
         where = what.format(epoch=trainer.current_epoch + 1, step=trainer.global_step)
-        raise TrainingInterrupted(f"SIGTERM received during {where}")
+        signum = received_signal()
+        raise TrainingInterrupted(f"{signal_name(signum)} received during {where}", signum)

@@ -3,7 +3,7 @@
 ``point 3/25 feature_reg=1 semantic_reg=0.1 · val zsl_t1 41.2 · best 43.0 · elapsed 1:12 ·
 ETA 4:30``: a line when a point ends (and when it starts, if points take over 10 s),
 flushed at once so a job's log (SLURM, nohup) shows them as they happen. Lightning's own
-per-fit banners are shown for the first fit of a run only (:func:`quiet_lightning`).
+per-fit banners and tips are not shown (:func:`quiet_lightning`).
 """
 
 from __future__ import annotations

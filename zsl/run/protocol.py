@@ -21,11 +21,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
 from zsl import dist
-from zsl.data.types import ClassSpace
+from zsl.data.types import ClassSpace, ProtocolName
 from zsl.evaluation import Evaluation
 from zsl.heap import retain_freed_memory
 from zsl.reporting import tracking
@@ -52,9 +53,9 @@ from zsl.run.stacked import can_stack, shared_groups
 from zsl.run.store import (
     TRIALS_DIR,
     TrainingInterrupted,
+    interrupt_guard,
     load_trial,
     save_trial,
-    sigterm_guard,
 )
 
 #: the scalar results reported for every run
@@ -227,7 +228,7 @@ def run_protocol(cfg: DictConfig, run_dir: Path) -> RunResult:
         dist.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))  # rank zero only
     logger: Logger | None = None
     try:
-        with sigterm_guard():
+        with interrupt_guard():
             logger = tracking.make_logger(cfg, run_dir, to_container(cfg))
             result = _stages(Session(cfg, run_dir), logger, start)
     except TrainingInterrupted as err:
@@ -235,14 +236,41 @@ def run_protocol(cfg: DictConfig, run_dir: Path) -> RunResult:
             tracking.finish(logger, exit_code=1)
         raise TrainingInterrupted(
             f"{err}. Finished grid points and the last epoch-end checkpoint are saved in "
-            f"{run_dir}; continue with: python train.py resume={run_dir}"
+            f"{run_dir}; continue with: python train.py resume={run_dir}",
+            err.signum,
         ) from None
     return result
+
+
+def check_data_first(session: Session) -> list[str]:
+    """Load and check every split the run will use before its first fit (a broken test split
+    stops the run at once, not after the whole selection); returns the names of the classes
+    of the semantics that have no image in the protocol that is reported (warned about: they
+    are neither trained on nor evaluated)."""
+    protocol: ProtocolName = "test" if session.cfg.data.protocol == "test" else "val"
+    session.datamodule("val")
+    dm = session.datamodule(protocol)
+    if protocol == "val":  # the other classes are the test protocol's: expected
+        return []
+    assert dm.split is not None
+    used = np.union1d(dm.split.seen_classes, dm.split.unseen_classes)
+    names = dm.class_space.class_names
+    idle = [names[c] for c in np.setdiff1d(np.arange(len(names)), used)]
+    if idle and dist.is_global_zero():
+        shown = ", ".join(idle[:10]) + (f" and {len(idle) - 10} more" if len(idle) > 10 else "")
+        print(
+            f"warning: {len(idle)} class(es) have no image in trainval_loc or test_unseen_loc "
+            f"and are left out of training and evaluation: {shown}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return idle
 
 
 def _stages(session: Session, logger: Logger, start: tuple[float, float]) -> RunResult:
     """Selection, the final fit and test, ``metrics.json`` and the W&B summary."""
     cfg, run_dir = session.cfg, session.run_dir
+    idle = check_data_first(session)
     selection = select_on_validation(session, logger)
     best = selection.best
     evaluation: Evaluation | None = None
@@ -264,6 +292,8 @@ def _stages(session: Session, logger: Logger, start: tuple[float, float]) -> Run
         selection_warnings=selection.warnings,
         val_removed_test_images=dict(session.data("val").removed_test_images),
         synthetic_features=session.data("val").synthetic_features,
+        fixed_params=list(cfg.selection.get("fixed") or []),
+        classes_without_images=idle,
         wall_time_s=time.perf_counter() - start[0],
         # CPU seconds of every thread of this process during the run (not start-up, imports)
         cpu_time_s=time.process_time() - start[1],

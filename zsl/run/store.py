@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zsl.errors import RunDirError
 from zsl.run.callbacks import LAST
+from zsl.run.lock import LOCK_NAME
 from zsl.run.selection import Trial
 
 CHECKPOINT_DIR = "checkpoints"
@@ -45,10 +46,15 @@ TRIALS_DIR = "trials"
 
 
 class TrainingInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt
-    """SIGTERM stopped the run; everything finished so far is saved in the run directory.
+    """SIGTERM or SIGINT (Ctrl-C) stopped the run; everything finished so far is saved in the
+    run directory. ``signum`` is the signal (the exit status is ``128 + signum``).
 
     A ``BaseException`` like ``KeyboardInterrupt``: it may be raised at any point (from the
     signal handler), and ``except Exception`` blocks must not swallow it."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 class ResumeError(ValueError):
@@ -83,7 +89,7 @@ def make_run_dir(
             ) from None
         if exists and not is_dir:
             raise NotADirectoryError(f"output_dir {run_dir} is a file, not a folder")
-        if exists and any(run_dir.iterdir()):
+        if exists and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
             raise FileExistsError(
                 f"run directory {run_dir} already exists and is not empty; choose another "
                 "output_dir"
@@ -100,6 +106,24 @@ def make_run_dir(
         except FileExistsError:
             continue
     raise FileExistsError(f"could not create a new run directory next to {base}")
+
+
+def claim_new_run_dir(run_dir: Path) -> None:
+    """Under the run directory's lock: refuse an ``output_dir`` that another run filled
+    between :func:`make_run_dir`'s check and the lock (two runs started together)."""
+    if any(
+        p.name != LOCK_NAME and not p.name.startswith(".zsl-write-test") for p in run_dir.iterdir()
+    ):
+        raise FileExistsError(
+            f"run directory {run_dir} already exists and is not empty; choose another output_dir"
+        )
+
+
+def work_saved(run_dir: Path) -> bool:
+    """Whether the run has finished work that ``resume=`` would reuse (a validated grid point
+    in ``trials/``): from then on a failed run is kept. Before that, a failed run holds at most
+    part of a fit that its rerun redoes anyway, and is removed."""
+    return any((run_dir / TRIALS_DIR).glob("*.json"))
 
 
 def _mkdir(path: Path, key: str, exist_ok: bool) -> None:
@@ -131,13 +155,31 @@ def load_trial(trials_dir: Path, index: int, params: dict[str, Any]) -> Trial | 
     path = trials_dir / f"{index}.json"
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise ResumeError(
+            f"{path} is unreadable or corrupt ({type(err).__name__}: {_first_line(err)}); "
+            f"delete it to redo grid point {index}"
+        ) from None
     if data.get("params") != json.loads(json.dumps(params, default=float)):
         raise ResumeError(
             f"{path} records parameters {data.get('params')} but grid point {index} is "
             f"{params}; the run's search grid changed, start a new run"
         )
-    return Trial(**data)
+    try:
+        return Trial(**data)
+    except TypeError as err:
+        raise ResumeError(
+            f"{path} is not a grid point record ({_first_line(err)}); delete it to redo grid "
+            f"point {index}"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -189,8 +231,16 @@ def resume_config(given: DictConfig, argv: list[str]) -> DictConfig:
     more arguments they must compose exactly the saved config (the original command line
     plus ``resume=``), anything else is refused naming the changed keys."""
     run_dir = run_dir_of(str(given.resume))
-    saved = OmegaConf.load(run_dir / "config.yaml")
-    assert isinstance(saved, DictConfig)
+    try:
+        saved = OmegaConf.load(run_dir / "config.yaml")
+        if not isinstance(saved, DictConfig) or "model" not in saved or "data" not in saved:
+            raise ValueError("not a run config (no model and data sections)")
+    except Exception as err:  # noqa: BLE001 - yaml and omegaconf raise many types
+        raise ResumeError(
+            f"resume={given.resume}: {run_dir / 'config.yaml'} is unreadable or corrupt "
+            f"({type(err).__name__}: {_first_line(err)}); the run cannot be resumed, start a "
+            "new one"
+        ) from None
     if (run_dir / "metrics.json").is_file():
         raise ResumeError(
             f"resume={given.resume}: {run_dir} already finished (metrics.json exists); "
@@ -215,29 +265,66 @@ def resume_config(given: DictConfig, argv: list[str]) -> DictConfig:
     return saved
 
 
-# ----------------------------------------------------------------------------- SIGTERM
+# ----------------------------------------------------------------------------- signals
+
+#: the signal that interrupted the running fit (set by :func:`interrupt_guard`'s handler)
+_received: list[int] = []
+
+
+def received_signal() -> int:
+    """The signal that interrupted the current run (SIGTERM when none was recorded)."""
+    return _received[-1] if _received else int(signal.SIGTERM)
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
 
 
 @contextmanager
-def sigterm_guard() -> Iterator[None]:
-    """Turn SIGTERM into :class:`TrainingInterrupted`.
+def interrupt_guard() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT (Ctrl-C) into :class:`TrainingInterrupted`.
 
     Outside a Lightning fit the handler raises at once. While ``trainer.fit``/``test`` runs,
-    Lightning (2.x, ``_SignalConnector``) installs its own handler, which also calls this one
-    (the previously installed handler): it only sets ``trainer.received_sigterm``, and the
-    loops raise ``SIGTERMException`` (a ``SystemExit`` with code 0) after the current batch;
-    the caller turns that into :class:`TrainingInterrupted` (see ``zsl.cli.train.Runner``).
+    Lightning (2.x, ``_SignalConnector``) owns SIGTERM: its handler sets
+    ``trainer.received_sigterm`` (and also calls this one, which then does nothing), and the
+    loops raise ``SIGTERMException`` after the current batch, which
+    :func:`zsl.run.fitting.interruptible` turns into :class:`TrainingInterrupted`. SIGINT is
+    routed to the same handler, so Ctrl-C stops a fit the same way (Lightning would otherwise
+    turn ``KeyboardInterrupt`` into ``sys.exit(1)``). A second Ctrl-C stops at once, still as
+    :class:`TrainingInterrupted`; the run directory is kept for ``resume=`` either way.
     """
 
+    forwarding: list[bool] = []
+
     def handler(signum: int, frame: Any) -> None:
+        if forwarding:  # our own SIGINT, passed through Lightning's handler back to us
+            return
+        first = not _received
+        _received.append(int(signum))
         if signal.getsignal(signal.SIGTERM) is handler:  # no Lightning loop running
-            raise TrainingInterrupted("SIGTERM received")
+            raise TrainingInterrupted(f"{signal_name(signum)} received", signum)
+        if signum == signal.SIGINT:
+            if not first:  # impatient: stop now, the last checkpoint is kept
+                raise TrainingInterrupted("SIGINT received twice: stopped at once", signum)
+            lightning = signal.getsignal(signal.SIGTERM)
+            if callable(lightning):  # stop after the current batch, as for SIGTERM
+                forwarding.append(True)
+                try:
+                    lightning(signal.SIGTERM, frame)
+                finally:
+                    forwarding.clear()
 
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be installed from the main thread
         return
-    previous = signal.signal(signal.SIGTERM, handler)
+    _received.clear()
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+#: the former name (SIGTERM only); SIGINT is handled the same way now
+sigterm_guard = interrupt_guard

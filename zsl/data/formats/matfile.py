@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from zsl.data.errors import DataError
 
 __all__ = [
     "check_finite",
+    "check_informative",
     "get_key",
     "loc_column",
     "matlab_cell",
@@ -72,6 +74,10 @@ def strings(cell: Any) -> tuple[str, ...]:
 def numeric(raw: Any, where: str) -> np.ndarray:
     """A numeric array, or a DataError naming the key (e.g. a name list given as semantics)."""
     arr = np.asarray(raw)
+    if np.iscomplexobj(arr):
+        raise DataError(
+            where, f"complex values ({arr.dtype}): ZSL features and semantics are real numbers"
+        )
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise DataError(where, f"expected a numeric matrix, got {arr.dtype} values")
     return arr
@@ -90,6 +96,27 @@ def check_finite(array: np.ndarray, where: str, block: int = 1 << 16) -> None:
         total += count
     if total:
         raise DataError(where, f"{total} non-finite values (first at index {first})")
+
+
+def check_informative(features: np.ndarray, where: str, block: int = 1 << 14) -> None:
+    """Refuse an all-zero feature matrix (every image alike: chance accuracy at best) and warn,
+    naming the first, when some images have all-zero features. Reads ``block`` rows at a
+    time (a memory-mapped array is never read whole)."""
+    zero_rows, first = 0, None
+    for start in range(0, features.shape[0], block):
+        empty = ~np.any(features[start : start + block] != 0, axis=1)
+        count = int(empty.sum())
+        if count and first is None:
+            first = start + int(np.flatnonzero(empty)[0])
+        zero_rows += count
+    if features.shape[0] and zero_rows == features.shape[0]:
+        raise DataError(where, "every feature is zero: the images cannot be told apart")
+    if zero_rows:
+        warnings.warn(
+            f"{where}: {zero_rows} of {features.shape[0]} images have all-zero features (first: "
+            f"row {first}, 0-based); they score alike for every class",
+            stacklevel=3,
+        )
 
 
 def matlab_cell(strings: Sequence[str]) -> np.ndarray:

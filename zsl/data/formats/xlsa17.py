@@ -33,6 +33,7 @@ import numpy as np
 from zsl.data.errors import DataError
 from zsl.data.formats.matfile import (
     check_finite,
+    check_informative,
     get_key,
     loc_column,
     matlab_cell,
@@ -116,6 +117,13 @@ def _semantics(
             seen_names[name] = i
     else:  # FLO ships without names
         names = tuple(f"class_{i + 1:03d}" for i in range(n_classes))
+    empty = np.flatnonzero(~np.any(att != 0, axis=0))
+    if empty.size:
+        raise DataError(
+            att_where,
+            f"{empty.size} class(es) have an all-zero semantic vector, which no model can score "
+            f"or normalise: {', '.join(f'{names[c]} (column {c + 1})' for c in empty[:5])}",
+        )
     _distinct_classes(att, names, att_where)
 
     return att, names
@@ -158,6 +166,7 @@ def _features_and_labels(
     features = features.astype(np.float32, copy=False)
     check_finite(features, f"{feat_path}['features']")  # before transposing: index as in the file
     features = np.ascontiguousarray(features.T)
+    check_informative(features, f"{feat_path}['features']")
 
     return features, labels
 
@@ -238,6 +247,7 @@ def _npy_features_and_labels(
         raw_labels, str(label_path), n_classes, f"{n_classes} classes = columns of {classes_from}"
     )
     check_finite(features, str(feat_path))
+    check_informative(features, str(feat_path))
     return features, labels
 
 

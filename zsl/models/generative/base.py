@@ -428,13 +428,6 @@ class GenerativeZSL(ZSLModule):
         out[:, universe] = logp
         return out
 
-    # -- checkpoints ------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the model class so that
-        :func:`zsl.models.generative.synthesis.load_generator` can rebuild it."""
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["zsl_model_class"] = f"{type(self).__module__}:{type(self).__qualname__}"
-
 
 def linear_warmup(epoch: float, start: float, end: float) -> float:
     """0 before ``start``, 1 from ``end`` on, linear in between (CADA-VAE's warm-up)."""

@@ -11,22 +11,15 @@ e.g. L2-normalised rows).
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from zsl.errors import CheckpointError
+from zsl.models.checkpoint import load_model
 from zsl.models.generative.base import GenerativeZSL
-
-
-def _class_from_path(path: str) -> type[GenerativeZSL]:
-    module, _, name = path.partition(":")
-    cls = getattr(importlib.import_module(module), name)
-    if not (isinstance(cls, type) and issubclass(cls, GenerativeZSL)):
-        raise TypeError(f"{path} is not a generative ZSL model (GenerativeZSL subclass)")
-    return cls
 
 
 def load_generator(
@@ -34,21 +27,15 @@ def load_generator(
     model_cls: type[GenerativeZSL] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> GenerativeZSL:
-    """Rebuild a trained generative model (eval mode) from a Lightning checkpoint."""
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if model_cls is None:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-        recorded = ckpt.get("zsl_model_class")
-        if recorded is None:
-            raise ValueError(
-                f"{path} does not record its model class (not saved from a GenerativeZSL "
-                "model?); pass model_cls=..., e.g. zsl.models.generative.clswgan.CLSWGAN"
-            )
-        model_cls = _class_from_path(str(recorded))
-    model = model_cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
-    model.eval()
+    """Rebuild a trained generative model (eval mode) from a Lightning checkpoint, read as
+    data (:func:`zsl.models.checkpoint.load_model`: ``weights_only=True``, registered model
+    classes only); :class:`~zsl.errors.CheckpointError` when it is not a generator's."""
+    model = load_model(checkpoint_path, model_cls, map_location)
+    if not isinstance(model, GenerativeZSL):
+        raise CheckpointError(
+            f"{checkpoint_path} holds a {type(model).__name__} model, not a feature generator "
+            "(f-CLSWGAN, CADA-VAE, SE-GZSL, f-VAEGAN, tf-VAEGAN)"
+        )
     return model
 
 
@@ -64,8 +51,11 @@ def generate(
     for a given ``seed``."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    raw = attributes.numpy() if isinstance(attributes, Tensor) else np.asarray(attributes)
+    if np.iscomplexobj(raw) or not np.issubdtype(raw.dtype, np.number):
+        raise ValueError(f"attributes must be real numbers, got an array of dtype {raw.dtype}")
     model = load_generator(checkpoint_path, model_cls)
-    attrs = torch.as_tensor(np.asarray(attributes), dtype=torch.float32)
+    attrs = torch.as_tensor(raw, dtype=torch.float32)
     if attrs.ndim == 1:
         attrs = attrs[None]
     if attrs.ndim != 2 or attrs.shape[1] != model.n_attributes:
