@@ -46,7 +46,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("finished")
     ds = write_xlsa17(base / "data")
     run_dir = base / "run"
-    run(tiny_args(ds.root, run_dir))
+    run(tiny_args(ds.root, run_dir, "keep_checkpoints=true"))  # the fits' last.ckpt too
     return ds.root, run_dir
 
 
@@ -247,6 +247,8 @@ def test_two_runs_started_together_into_one_output_dir(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_keeps_the_run_and_resume_finishes_it(tmp_path: Path) -> None:
+    """A live run owns its directory (a second run and a resume are refused, naming its
+    process); Ctrl-C stops it with status 130 and the resume command; resume finishes it."""
     ds = write_xlsa17(tmp_path / "data")
     run_dir = tmp_path / "run"
     args = tiny_args(ds.root, run_dir, "trainer.max_epochs=400", "model.search.patience=null")
@@ -264,6 +266,15 @@ def test_ctrl_c_keeps_the_run_and_resume_finishes_it(tmp_path: Path) -> None:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    # while it runs, the directory is its own: no second run, no resume of it
+    ds_args = tiny_args(ds.root, run_dir, "model=eszsl")
+    for argv in ([f"resume={run_dir}"], ds_args):
+        with pytest.raises(SystemExit) as refusal:
+            run(argv)
+        assert str(refusal.value.code).startswith(
+            f"error: run directory {run_dir} is in use by process {proc.pid} on "
+        )
+    assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -179,7 +179,7 @@ def test_resume_refuses_a_checkpoint_it_cannot_continue(tmp_path: Path, damage: 
 
     tiny = write_xlsa17(tmp_path / "data")
     run_dir = tmp_path / "run"
-    main(_tiny_args(tiny, run_dir))
+    main([*_tiny_args(tiny, run_dir), "keep_checkpoints=true"])
     # as if SIGTERM had stopped the validation fit: no record of point 0, no final results
     for name in ("metrics.json", "selection.json", "model.ckpt"):
         (run_dir / name).unlink()

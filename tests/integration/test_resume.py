@@ -205,7 +205,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
 
 def metrics(run_dir: Path) -> dict[str, Any]:
     out = json.loads((run_dir / "metrics.json").read_text())
-    out.pop("wall_time_s"), out.pop("cpu_time_s")
+    out.pop("wall_time_s"), out.pop("cpu_time_s"), out.pop("provenance")
     return out
 
 

@@ -60,6 +60,7 @@ def run(
             f"output_dir={out}",
             "trainer.enable_progress_bar=false",
             f"selection.stack_grid={str(stack).lower()}",
+            "keep_checkpoints=true",  # every point's checkpoints are compared below
             *extra,
         ]
     )
@@ -88,7 +89,7 @@ def test_stacked_selection_equals_separate_fits(
     apart, together = tmp_path / "apart", tmp_path / "together"
     a, b = run(tiny, apart, model, False, *extra), run(tiny, together, model, True, *extra)
     for metrics in (a, b):
-        metrics.pop("wall_time_s"), metrics.pop("cpu_time_s")
+        metrics.pop("wall_time_s"), metrics.pop("cpu_time_s"), metrics.pop("provenance")
     assert a == b  # every float of the test evaluation and the selection record
     sel_a = without_times(json.loads((apart / "selection.json").read_text()))
     sel_b = without_times(json.loads((together / "selection.json").read_text()))
@@ -132,7 +133,7 @@ def test_patience_stops_each_point_as_its_own_fit_would(
     apart = run(tiny, tmp_path / "apart", model, False, *stop, epochs=epochs)
     together = run(tiny, tmp_path / "together", model, True, *stop, epochs=epochs)
     for metrics in (full, apart, together):
-        metrics.pop("wall_time_s"), metrics.pop("cpu_time_s")
+        metrics.pop("wall_time_s"), metrics.pop("cpu_time_s"), metrics.pop("provenance")
     assert apart == together
     sel = {
         name: without_times(json.loads((tmp_path / name / "selection.json").read_text()))
@@ -220,5 +221,5 @@ def test_a_fit_resumed_after_its_early_stop_trains_no_further(
     after = without_times(json.loads((out / "selection.json").read_text()))
     assert after == before
     for metrics in (first, again):
-        metrics.pop("wall_time_s"), metrics.pop("cpu_time_s")
+        metrics.pop("wall_time_s"), metrics.pop("cpu_time_s"), metrics.pop("provenance")
     assert again == first

@@ -20,20 +20,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from zsl import dist
 from zsl.cli.compose import compose
 from zsl.data.errors import DataError
 from zsl.errors import ConfigError, LeakageError, ModelLoadError, RunDirError, RunLockedError
 from zsl.run.config import fix_grid_axes, validate
 from zsl.run.lock import RunLock
-from zsl.run.store import (
-    ResumeError,
-    TrainingInterrupted,
-    claim_new_run_dir,
-    make_run_dir,
-    resume_config,
-    work_saved,
-)
+
+# torch and Lightning are imported when a run needs them (zsl.dist, zsl.run.store and the
+# engine), so --help, --cfg job and config errors answer at once
 
 if TYPE_CHECKING:
     from zsl.run.protocol import RunResult
@@ -49,6 +43,9 @@ def _one_line(err: BaseException) -> str:
 def prepare(cfg: DictConfig, argv: list[str]) -> DictConfig:
     """The config that runs: the interrupted run's own with ``resume=``, else ``cfg`` with the
     values typed for grid parameters fixing their axes (:func:`zsl.run.config.fix_grid_axes`)."""
+    from zsl import dist
+    from zsl.run.store import resume_config
+
     notes = fix_grid_axes(cfg, argv)
     if cfg.get("resume"):
         cfg = resume_config(cfg, argv)
@@ -62,6 +59,9 @@ def prepare(cfg: DictConfig, argv: list[str]) -> DictConfig:
 def run_dir_for(cfg: DictConfig) -> Path:
     """The run directory: a DDP worker's inherited one, ``resume``'s, ``output_dir``, the
     Hydra job folder of a multirun, else ``<paths.runs_dir>/<data>_<model>_<time>``."""
+    from zsl import dist
+    from zsl.run.store import make_run_dir
+
     inherited = None if dist.is_global_zero() else dist.inherited_run_dir()
     if inherited is not None:
         return inherited
@@ -81,7 +81,9 @@ def _run(cfg: DictConfig, argv: list[str]) -> RunResult:
     per run directory) and run the protocol. A new run that fails before any grid point was
     validated removes its directory, so rerunning the same command works; an interrupted run
     (SIGTERM, SIGINT) and one that failed later are kept for ``resume=``."""
+    from zsl import dist
     from zsl.run.protocol import run_protocol
+    from zsl.run.store import TrainingInterrupted, claim_new_run_dir, work_saved
 
     cfg = prepare(cfg, argv)
     run_dir = run_dir_for(cfg)
@@ -126,7 +128,9 @@ def _run(cfg: DictConfig, argv: list[str]) -> RunResult:
 
 def train(cfg: DictConfig, argv: list[str]) -> dict[str, Any]:
     """Run one composed config; failures become ``SystemExit`` with one line."""
+    from zsl import dist
     from zsl.reporting.table import print_table
+    from zsl.run.store import ResumeError, TrainingInterrupted
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")

@@ -24,27 +24,19 @@ from zsl.data.types import ClassSpace, ExampleSet, ZSLBatch, ZSLData, ZSLDataSou
 from zsl.errors import LeakageError, ModelLoadError
 from zsl.evaluation import Evaluation, ZSLEvaluator
 from zsl.heap import release_free_memory
+from zsl.models.hparams import NON_NEGATIVE_HPARAMS, POSITIVE_HPARAMS, check_common_hparams
 
-__all__ = ["LeakageError", "ModelLoadError", "ZSLModule", "check_common_hparams"]
+__all__ = [
+    "NON_NEGATIVE_HPARAMS",
+    "POSITIVE_HPARAMS",
+    "LeakageError",
+    "ModelLoadError",
+    "ZSLModule",
+    "check_common_hparams",
+]
 
-#: hyper-parameters that must be positive / non-negative wherever a model has them
-POSITIVE_HPARAMS = ("lr", "cls_lr", "pretrain_lr")
-NON_NEGATIVE_HPARAMS = ("weight_decay", "cls_weight_decay", "margin")
 #: most scores (rows x classes) an evaluation step holds at once: 2^22 floats, 16 MiB
 SCORE_CHUNK = 1 << 22
-
-
-def check_common_hparams(model: str, hparams: dict[str, Any]) -> None:
-    """Raise a ValueError naming ``model`` and the first learning rate that is not positive or
-    weight decay / margin that is negative (NaN counts as bad)."""
-    for name in POSITIVE_HPARAMS:
-        value = hparams.get(name)
-        if isinstance(value, (int, float)) and not value > 0:
-            raise ValueError(f"{model}: {name} must be positive, got {value}")
-    for name in NON_NEGATIVE_HPARAMS:
-        value = hparams.get(name)
-        if isinstance(value, (int, float)) and not value >= 0:
-            raise ValueError(f"{model}: {name} must be >= 0, got {value}")
 
 
 class ZSLModule(pl.LightningModule):

@@ -59,7 +59,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"unknown model {cfg.model.name!r}; available: {', '.join(sorted(MODELS))}"
         )
-    _check_model_params(cfg.model)
     if cfg.data.protocol not in ("val", "test"):
         raise ConfigError(f"data.protocol must be 'val' or 'test', got {cfg.data.protocol!r}")
     if cfg.data.preprocess not in ("none", "l2", "minmax"):
@@ -76,6 +75,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be in [0, 2^32) (a random seed), got {value}")
     if int(cfg.trainer.max_epochs) < 1:
         raise ConfigError(f"trainer.max_epochs must be >= 1, got {cfg.trainer.max_epochs}")
+    _check_param_values(cfg.model)
+    _check_search(cfg)
+    # last: these import the model's class and Lightning (seconds), the checks above do not
+    _check_model_params(cfg.model)
     accelerator = cfg.trainer.get("accelerator")
     if isinstance(accelerator, str):
         from pytorch_lightning.accelerators import AcceleratorRegistry
@@ -85,7 +88,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"trainer.accelerator {accelerator!r} is unknown; available: {', '.join(names)}"
             )
-    _check_param_values(cfg.model)
+
+
+def _check_search(cfg: DictConfig) -> None:
+    """``model.search``: metric, transfer rule, patience and the grid's keys and values."""
     search = cfg.model.get("search")
     if search is not None:
         if search.get("metric", "zsl_t1") not in ("zsl_t1", "gzsl_h", "gzsl_h_cal"):
@@ -140,8 +146,8 @@ def _check_param_values(model: DictConfig) -> None:
     """Every value a run could use, ``model.params`` and each grid value alike, must be a
     valid one: learning rates positive, decays and margins >= 0, no NaN or infinity in any
     number (a grid covering a key does not excuse a bad value typed for it)."""
-    from zsl.models import get_model_class
-    from zsl.models.base import check_common_hparams
+    from zsl.models import MODELS
+    from zsl.models.hparams import check_common_hparams
 
     params: Any = OmegaConf.to_container(model.get("params") or {}, resolve=True)
     candidates: list[tuple[str, dict[str, Any]]] = [("model.params", dict(params))]
@@ -157,7 +163,7 @@ def _check_param_values(model: DictConfig) -> None:
                 raise ConfigError(f"{where}: {name} must be a finite number, got {value}")
         try:
             named = {k.split(".")[-1]: v for k, v in _numbers(values)}
-            check_common_hparams(get_model_class(str(model.name)).__name__, named)
+            check_common_hparams(MODELS[str(model.name)].rpartition(".")[2], named)
         except ValueError as err:
             raise ConfigError(f"{where} ({model.name}): {err}") from None
 

@@ -30,6 +30,7 @@ from zsl.data.types import ClassSpace, ProtocolName
 from zsl.evaluation import Evaluation
 from zsl.heap import retain_freed_memory
 from zsl.reporting import tracking
+from zsl.reporting.provenance import provenance
 from zsl.reporting.report import write_reports
 from zsl.run.callbacks import (
     SelectionLogger,
@@ -51,6 +52,7 @@ from zsl.run.selection import (
 )
 from zsl.run.stacked import can_stack, shared_groups
 from zsl.run.store import (
+    CHECKPOINT_DIR,
     TRIALS_DIR,
     TrainingInterrupted,
     interrupt_guard,
@@ -58,6 +60,8 @@ from zsl.run.store import (
     save_trial,
 )
 
+#: the run's config with the selected values filled in (see :func:`selected_config`)
+SELECTED_CONFIG = "config_selected.yaml"
 #: the scalar results reported for every run
 REPORT_KEYS = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "gzsl_u_cal", "gzsl_s_cal", "gzsl_h_cal")
 
@@ -282,6 +286,7 @@ def _stages(session: Session, logger: Logger, start: tuple[float, float]) -> Run
         evaluation, final_epochs, reports = refit_and_test(session, selection, logger)
         metrics = dict(evaluation.metrics)
     metrics.update(
+        seed=int(cfg.seed),
         protocol=str(cfg.data.protocol),
         dataset=str(cfg.data.name),
         model=str(cfg.model.name),
@@ -300,11 +305,46 @@ def _stages(session: Session, logger: Logger, start: tuple[float, float]) -> Run
     )
     if evaluation is not None:
         metrics["per_class_accuracy"] = per_class_record(evaluation, session.class_space("test"))
+    metrics["provenance"] = provenance(int(cfg.seed))
+    dist.write_text(run_dir / SELECTED_CONFIG, selected_config(cfg, best.params, final_epochs))
     dist.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
     summary_keys = (*REPORT_KEYS, "ausuc", "gamma", "wall_time_s", "cpu_time_s")
     tracking.log_summary(logger, {f"final/{k}": v for k, v in metrics.items() if k in summary_keys})
-    files = [run_dir / "config.yaml", run_dir / "metrics.json", run_dir / "selection.json"]
+    files = [run_dir / "config.yaml", run_dir / SELECTED_CONFIG, run_dir / "metrics.json"]
+    files.append(run_dir / "selection.json")
     plots = sorted(run_dir.glob("*_projection.png"))
     tracking.attach_files(logger, [*files, *reports, *plots])
     tracking.finish(logger)
+    if not cfg.get("keep_checkpoints") and dist.is_global_zero():
+        tidy_checkpoints(run_dir, best.checkpoint)
     return RunResult(metrics, selection, evaluation, [*files, *reports, *plots])
+
+
+def selected_config(cfg: DictConfig, params: dict[str, Any], epochs: int) -> str:
+    """``config_selected.yaml``: the run's config with what selection chose filled in, the
+    model's parameters and the epochs of the final fit (``config.yaml`` keeps the composed
+    one, with the search grid)."""
+    chosen = OmegaConf.create(to_container(cfg))
+    chosen.model.params = params
+    chosen.trainer.max_epochs = int(epochs)
+    chosen.selection.grid = False
+    chosen.selection.select_epochs = False
+    head = (
+        "# The settings that ran in the final fit: model.params as selected on validation\n"
+        "# classes, trainer.max_epochs as trained (config.yaml holds the composed config).\n"
+    )
+    return head + OmegaConf.to_yaml(chosen)
+
+
+def tidy_checkpoints(run_dir: Path, keep: str | None) -> None:
+    """After a finished run, remove the checkpoints only resume needed: every grid point's and
+    the final fit's, keeping ``model.ckpt`` and the selected point's ``keep`` (the validation
+    best that ``selection.json`` and the logger name). ``keep_checkpoints=true`` skips this."""
+    folder = run_dir / CHECKPOINT_DIR
+    kept = (run_dir / keep).resolve() if keep else None
+    for path in sorted(folder.rglob("*.ckpt")) if folder.is_dir() else []:
+        if path.resolve() != kept:
+            path.unlink(missing_ok=True)
+    for path in sorted(folder.rglob("*"), reverse=True) if folder.is_dir() else []:
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()

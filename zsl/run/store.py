@@ -73,7 +73,8 @@ def resume_path(directory: Path) -> Path | None:
 def make_run_dir(
     output_dir: str | None, runs_dir: str, stem: str, resume: str | None = None
 ) -> Path:
-    """The run directory: ``resume``'s, ``output_dir`` (which must be empty or absent), else
+    """The run directory: ``resume``'s, ``output_dir`` (created if absent; a new run must then
+    find it empty, :func:`claim_new_run_dir`), else
     ``<runs_dir>/<stem>_<time>`` (a suffix ``-1``, ``-2``, ... when runs start in the same
     second, e.g. the jobs of a multirun). Never overwrites a run."""
     if resume:
@@ -89,11 +90,8 @@ def make_run_dir(
             ) from None
         if exists and not is_dir:
             raise NotADirectoryError(f"output_dir {run_dir} is a file, not a folder")
-        if exists and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
-            raise FileExistsError(
-                f"run directory {run_dir} already exists and is not empty; choose another "
-                "output_dir"
-            )
+        # empty or not: checked under the directory's lock (claim_new_run_dir), so a live run
+        # there is named as such
         _mkdir(run_dir, "output_dir", exist_ok=True)
         return run_dir
     base = Path(runs_dir) / f"{stem}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -109,11 +107,10 @@ def make_run_dir(
 
 
 def claim_new_run_dir(run_dir: Path) -> None:
-    """Under the run directory's lock: refuse an ``output_dir`` that another run filled
-    between :func:`make_run_dir`'s check and the lock (two runs started together)."""
-    if any(
-        p.name != LOCK_NAME and not p.name.startswith(".zsl-write-test") for p in run_dir.iterdir()
-    ):
+    """Under the run directory's lock (:class:`zsl.run.lock.RunLock`): a new run's
+    ``output_dir`` must be empty; runs are never overwritten or mixed."""
+    ours = (LOCK_NAME, ".zsl-write-test")
+    if any(not p.name.startswith(ours) for p in run_dir.iterdir()):
         raise FileExistsError(
             f"run directory {run_dir} already exists and is not empty; choose another output_dir"
         )

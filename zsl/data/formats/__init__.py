@@ -8,8 +8,10 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from zsl.data.types import ProtocolName, ZSLData
+if TYPE_CHECKING:  # torch: imported with the readers, not with this registry
+    from zsl.data.types import ProtocolName, ZSLData
 
 FORMATS: dict[str, str] = {"xlsa17": "zsl.data.formats.xlsa17"}
 
