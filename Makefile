@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e ".[dev,clip,sweep,cluster]"
+	$(PY) -m pip install -q -e ".[dev,clip,sweep,cluster,loggers]"
 	touch $@
 
 venv: $(VENV)/.installed

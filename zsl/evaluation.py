@@ -41,17 +41,32 @@ class Evaluation:
     curve: tuple[Tensor, Tensor, Tensor] = field(repr=False)  # (gammas, u, s)
     #: how gamma was obtained: "chosen" (on this evaluation), "given" or "none"
     gamma_source: str = "given"
+    #: [C] per-class accuracy with the given gamma (calibrated stacking); None without one
+    per_class_cal: Tensor | None = None
 
 
 class ZSLEvaluator:
     """The metric states of one evaluation pass over the classes of a protocol."""
 
-    def __init__(self, seen_ids: Tensor, universe: Tensor, device: torch.device) -> None:
+    def __init__(
+        self,
+        seen_ids: Tensor,
+        universe: Tensor,
+        device: torch.device,
+        gamma: float | None = None,
+    ) -> None:
         n_classes = int(universe.numel())
         seen = torch.zeros(n_classes, dtype=torch.bool)
         seen[seen_ids.cpu()] = True
         self.stats = SeenUnseenStats(seen, universe_mask=universe.cpu()).to(device)
         self.per_class = PerClassAccuracy(n_classes).to(device)
+        #: a gamma known before the pass (the test pass's, chosen on validation): per-class
+        #: accuracy after calibrated stacking is counted too
+        self.gamma = gamma if gamma is not None and math.isfinite(gamma) else None
+        self.seen_ids = seen_ids.to(device)
+        self.per_class_cal = (
+            PerClassAccuracy(n_classes).to(device) if self.gamma is not None else None
+        )
         #: the last :meth:`compute` result of this pass
         self.result: Evaluation | None = None
 
@@ -60,6 +75,10 @@ class ZSLEvaluator:
         finite = scores.masked_fill(torch.isinf(scores), -1e30)
         self.stats.update(finite, labels)
         self.per_class.update(scores.argmax(dim=1), labels)
+        if self.per_class_cal is not None and self.gamma is not None:
+            calibrated = scores.clone()
+            calibrated[:, self.seen_ids] -= self.gamma
+            self.per_class_cal.update(calibrated.argmax(dim=1), labels)
 
     def compute(self, gamma: float | None, choose_gamma: bool) -> Evaluation:
         """Metrics with the given ``gamma``; ``choose_gamma``: pick the H-maximising gamma on
@@ -80,5 +99,6 @@ class ZSLEvaluator:
         else:
             cu, cs, ch = report.calibrated
             out.update(gzsl_u_cal=cu, gzsl_s_cal=cs, gzsl_h_cal=ch, gamma=float(report.gamma))
-        self.result = Evaluation(out, self.per_class.compute().cpu(), report.curve, source)
+        cal = self.per_class_cal.compute().cpu() if self.per_class_cal is not None else None
+        self.result = Evaluation(out, self.per_class.compute().cpu(), report.curve, source, cal)
         return self.result

@@ -309,7 +309,8 @@ def test_console_scripts_exit_zero_with_nothing_on_stderr(
         tmp_path,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    for name in ("zsl-train", "zsl-extract", "zsl-custom", "zsl-generate", "zsl-benchmark"):
+    scripts = ("zsl-train", "zsl-extract", "zsl-custom", "zsl-generate", "zsl-benchmark")
+    for name in (*scripts, "zsl-predict", "zsl-eval"):
         helped = run_script([script(name), "--help"], tmp_path)
         assert (helped.returncode, helped.stderr) == (0, ""), (name, helped.stderr)
     bad = run_script([script("zsl-generate"), "--checkpoint", "missing.ckpt"], tmp_path)

@@ -270,7 +270,8 @@ CASES: dict[str, Case] = {
     ),
     "missing feature file": Case(
         tiny_run("data.feature_file=vgg_fc7.mat"),
-        "error: {tmp}/data/TINY/vgg_fc7.mat: file not found",
+        "error: {tmp}/data/TINY/vgg_fc7.mat: file not found; the dataset folder has "
+        "res101.mat: use data.feature_file=res101.mat",
         (),
     ),
     "corrupt .mat": Case(

@@ -52,3 +52,16 @@ def test_latex_table_escapes_and_formats() -> None:
     assert "CUB & cmt\\_novelty & 52.0 $\\pm$ 2.0 &" in tex
     assert tex.rstrip().endswith("\\bottomrule\n\\end{tabular}")
     assert tex.count("\\\\\n") == 2  # header and one row end with a LaTeX line break
+
+
+def test_cores_are_those_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``taskset -c 0,2 zsl-benchmark`` (or a container's CPU set) on a 16-core machine: 2."""
+    import os
+
+    from zsl.cli import benchmark
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2}, raising=False)
+    assert benchmark._cpus() == 2
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS, Windows: no affinity to ask
+    assert benchmark._cpus() == 16

@@ -461,3 +461,7 @@ def test_templates() -> None:
         resolve_templates("birds")
     with pytest.raises(ValueError, match="exactly one"):
         resolve_templates(["no placeholder"])
+
+
+def test_custom_cli_names_itself_zsl_custom() -> None:
+    assert custom_cli.build_parser().format_usage().startswith("usage: zsl-custom ")

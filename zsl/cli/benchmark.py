@@ -436,8 +436,15 @@ def latex_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _cpus() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or ``taskset``'s
+    share), not every core of the machine; ``os.cpu_count()`` where affinity is unknown."""
     import os
 
+    if hasattr(os, "sched_getaffinity"):
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except OSError:
+            pass
     return os.cpu_count() or 1
 
 

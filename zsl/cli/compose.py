@@ -10,6 +10,7 @@ checks of :func:`zsl.run.config.validate`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hydra import compose as hydra_compose
@@ -110,8 +111,24 @@ def compose(argv: list[str] | None = None) -> DictConfig:
         )
     for _, key in values:
         _check_type(cfg, key.lstrip("+"), OmegaConf.select(defaults, key.lstrip("+"), default=None))
+    check_data_files(cfg)
     validate(cfg)
     return cfg
+
+
+def check_data_files(cfg: DictConfig) -> None:
+    """A feature file missing from an existing xlsa17 dataset folder is named, with the
+    feature files that are there (:class:`zsl.data.errors.DataError`), before the model's
+    checks import torch and Lightning: the answer comes at once."""
+    dcfg = cfg.data
+    if dcfg.get("synthetic") is not None or dcfg.get("root") is None:
+        return
+    if str(dcfg.get("format", "xlsa17")) != "xlsa17":
+        return
+    if (Path(str(dcfg.root)) / str(dcfg.name)).is_dir():
+        from zsl.data.formats.xlsa17 import check_feature_file
+
+        check_feature_file(str(dcfg.root), str(dcfg.name), str(dcfg.feature_file))
 
 
 def _check_type(cfg: DictConfig, dotted: str, default: Any) -> None:

@@ -17,7 +17,7 @@ from zsl.features.custom import build_custom_dataset, parse_class_list
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m zsl.features.custom",
+        prog="zsl-custom",
         description="Build an xlsa17-format ZSL dataset from an image folder and a class x "
         "attribute CSV.",
     )

@@ -55,6 +55,24 @@ def _seconds(text: str) -> float:
     return value
 
 
+def verify(root: Path, datasets: Sequence[str], feature_file: str) -> list[str]:
+    """:func:`zsl.data.download.verify_xlsa17` per dataset, except that a missing feature file
+    is reported at once (nothing is read) with the feature files its folder has, to pass as
+    ``--feature-file``."""
+    from zsl.data.formats.xlsa17 import check_feature_file
+
+    problems: list[str] = []
+    for name in datasets:
+        if (Path(root) / name).is_dir():
+            try:
+                check_feature_file(root, name, feature_file, option="--feature-file ")
+            except DataError as err:
+                problems.append(" ".join(str(err).split()))
+                continue
+        problems += verify_xlsa17(root, [name], feature_file)
+    return problems
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zsl-data", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -110,7 +128,7 @@ def run(argv: Sequence[str] | None = None) -> list[str]:
                 f"{name}: {made.n_images} images x {made.feature_dim}-d synthetic features, "
                 f"(train, val, unseen) classes {made.classes}, in {made.folder}"
             )
-        problems = verify_xlsa17(args.out, datasets, FEATURE_FILE)
+        problems = verify(args.out, datasets, FEATURE_FILE)
         if not problems:
             print(f"train on them with data.root={args.out} data.feature_file={FEATURE_FILE}")
         return problems
@@ -127,7 +145,7 @@ def run(argv: Sequence[str] | None = None) -> list[str]:
             raise DataError(str(archive), "archive not found")
         found = unpack_xlsa17(archive, root, datasets)
         print(f"unpacked {', '.join(found) or 'nothing'} into {root}")
-    problems = verify_xlsa17(root, datasets, args.feature_file)
+    problems = verify(root, datasets, args.feature_file)
     if not problems:
         print(
             f"verified {', '.join(datasets)} under {root}: every benchmark reads in both protocols"

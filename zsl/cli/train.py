@@ -215,9 +215,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any] | None:
         _hydra_main()
         return None
     try:
-        cfg = compose(argv)
+        cfg = compose(argv)  # with check_data_files: before torch and Lightning are imported
     except ConfigError as err:
         raise SystemExit(f"config error: {_one_line(err)}") from None
+    except DataError as err:
+        raise SystemExit(f"error: {_one_line(err)}") from None
     return train(cfg, argv)
 
 

@@ -184,7 +184,7 @@ class ZSLDataModule(pl.LightningDataModule):
         feature_file: str = "res101.mat",
         protocol: Protocol = "test",
         preprocess: Preprocess = "l2",
-        batch_size: int = 256,
+        batch_size: int = 128,
         eval_batch_size: int = 4096,
         val_seen_fraction: float = 0.2,
         split_seed: int = 0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self, cast
 
 import pytorch_lightning as pl
@@ -69,6 +69,10 @@ class ZSLModule(pl.LightningModule):
         self.register_buffer("gamma", torch.tensor(float("nan")))
         # the seen-class training examples this model was bound to (see bind)
         self._training_examples: ExampleSet | None = None
+        #: class names (from the data; generic ones until a class space is set)
+        self.class_names: tuple[str, ...] = tuple(f"class_{i}" for i in range(n_classes))
+        #: the feature preprocessing of the data it was bound to (``data.preprocess``)
+        self.preprocess: str | None = None
         # metric states of the running validation/test pass (outside the module tree)
         self.evaluator: ZSLEvaluator | None = None
         if self.closed_form:
@@ -137,6 +141,7 @@ class ZSLModule(pl.LightningModule):
         explicitly to use a model outside a trainer."""
         self.set_class_space(source.class_space)
         self._training_examples = source.training_examples()
+        self.preprocess = getattr(source, "preprocess", None)
 
     def setup(self, stage: str) -> None:
         """Bind to the trainer's datamodule when it is a :class:`ZSLDataSource` and this model
@@ -177,6 +182,27 @@ class ZSLModule(pl.LightningModule):
         self.semantics = space.semantics.to(self.semantics)
         self.seen_ids = space.seen_ids.to(self.seen_ids.device)
         self.unseen_ids = space.unseen_ids.to(self.unseen_ids.device)
+        self.class_names = tuple(space.class_names)
+
+    def use_classes(
+        self, semantics: Tensor, names: Sequence[str], seen_ids: Tensor, unseen_ids: Tensor
+    ) -> None:
+        """Score against another class set (e.g. the checkpoint's classes plus new ones given
+        by their semantic vectors): ``semantics`` [C, A], one name per row; ``seen_ids`` must be
+        classes the model was trained on, at the same rows. A generative model trains its
+        final classifier for the new set at the next :meth:`prepare_inference`."""
+        if semantics.ndim != 2 or semantics.shape[1] != self.n_attributes:
+            raise ValueError(
+                f"{type(self).__name__}: class semantics must be [C, {self.n_attributes}], got "
+                f"{tuple(semantics.shape)}"
+            )
+        if len(names) != semantics.shape[0]:
+            raise ValueError(f"{len(names)} class names for {semantics.shape[0]} classes")
+        self.n_classes = int(semantics.shape[0])
+        self.semantics = semantics.to(self.semantics)
+        self.seen_ids = seen_ids.to(self.seen_ids)
+        self.unseen_ids = unseen_ids.to(self.unseen_ids)
+        self.class_names = tuple(names)
 
     def seen_semantics(self) -> Tensor:
         return self.semantics[self.seen_ids]
@@ -266,9 +292,11 @@ class ZSLModule(pl.LightningModule):
             )
         return out.masked_fill(~self.universe_mask(), float("-inf"))
 
-    def _start_eval(self) -> None:
+    def _start_eval(self, gamma: float | None = None) -> None:
+        """Start a pass; ``gamma``: the test pass's validation-chosen one (calibrated
+        per-class accuracy is counted too)."""
         self.on_eval_start()
-        self.evaluator = ZSLEvaluator(self.seen_ids, self.universe_mask(), self.device)
+        self.evaluator = ZSLEvaluator(self.seen_ids, self.universe_mask(), self.device, gamma)
 
     def _eval_step(self, batch: ZSLBatch) -> None:
         """Score a batch in row chunks of at most ``SCORE_CHUNK`` scores each, so that memory
@@ -311,7 +339,7 @@ class ZSLModule(pl.LightningModule):
         self._finish_eval("val", None)
 
     def on_test_epoch_start(self) -> None:
-        self._start_eval()
+        self._start_eval(float(self.gamma))
 
     def test_step(self, batch: ZSLBatch, batch_idx: int) -> None:
         self._eval_step(batch)
@@ -326,11 +354,38 @@ class ZSLModule(pl.LightningModule):
             )
         self._finish_eval("test", gamma)
 
+    # -- prediction -------------------------------------------------------------------
+    def prepare_inference(self) -> None:
+        """Make :meth:`predict_scores` ready for the current class set (a generative model
+        trains its final classifier here, on its training examples: bind it first)."""
+        self.eval()
+        self.on_eval_start()
+
+    def predict_scores(self, features: Tensor, calibrate: bool = True) -> Tensor:
+        """Scores [B, C] of ``features`` against the model's class set (-inf outside it), in
+        float32; with ``calibrate`` and a validation-chosen ``gamma``, seen-class scores are
+        lowered by gamma (calibrated stacking, as the GZSL numbers of a run)."""
+        with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
+            scores = self.all_scores(features.float())
+        gamma = float(self.gamma)
+        if calibrate and not math.isnan(gamma) and self.seen_ids.numel():
+            scores[:, self.seen_ids] -= gamma
+        return scores
+
+    def predict_step(self, batch: ZSLBatch | Tensor, batch_idx: int) -> Tensor:
+        """``trainer.predict``: calibrated scores [B, C] of a batch (a :class:`ZSLBatch` or a
+        features tensor); call :meth:`prepare_inference` first."""
+        features = batch.features if isinstance(batch, ZSLBatch) else batch
+        return self.predict_scores(features)
+
     # -- checkpoints ------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the model class (``module:QualName``), so that
-        :func:`zsl.models.checkpoint.load_model` rebuilds a registered model from the file."""
+        :func:`zsl.models.checkpoint.load_model` rebuilds a registered model from the file,
+        the class names and the feature preprocessing of the data it was fitted on."""
         checkpoint["zsl_model_class"] = f"{type(self).__module__}:{type(self).__qualname__}"
+        checkpoint["zsl_class_names"] = list(getattr(self, "class_names", ()))
+        checkpoint["zsl_preprocess"] = getattr(self, "preprocess", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resize the class-id buffers to the stored ones before the state dict is loaded
@@ -339,3 +394,7 @@ class ZSLModule(pl.LightningModule):
         for name in ("seen_ids", "unseen_ids"):
             if name in state:
                 setattr(self, name, torch.empty_like(state[name]))
+        names = checkpoint.get("zsl_class_names")
+        if names:
+            self.class_names = tuple(str(n) for n in names)
+        self.preprocess = checkpoint.get("zsl_preprocess")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -156,10 +157,90 @@ def plot_feature_projection(
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    """Lay out ``fig``, write it to ``path`` (folders created) and close it."""
+    """Lay out ``fig``, write it to ``path`` (folders created) and, beside a PNG, the same
+    figure as a PDF (vector, for a paper); close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path)
+    if path.suffix.lower() == ".png":
+        fig.savefig(path.with_suffix(".pdf"))
     plt.close(fig)
     return path
+
+
+#: classes per panel up to which every class is named; above, the best and worst LABELLED
+NAMED_CLASSES = 60
+LABELLED = 5
+
+
+def plot_per_class_accuracy(
+    names: list[str],
+    accuracy: list[float],
+    seen: list[bool],
+    path: str | Path,
+    title: str = "",
+    calibrated: list[float] | None = None,
+) -> Path:
+    """Per-class GZSL accuracy (percent) as sorted dot plots, one panel per split (unseen,
+    seen): hollow dots uncalibrated, filled dots calibrated (with the validation-chosen
+    gamma), joined per class; the dashed / solid lines are the split's mean (u or s). Up to
+    :data:`NAMED_CLASSES` classes a panel names every class; above, only the
+    :data:`LABELLED` best and worst (readable at 717 classes)."""
+    panels = [("unseen", [i for i, f in enumerate(seen) if not f], "tab:orange")]
+    panels.append(("seen", [i for i, f in enumerate(seen) if f], "tab:blue"))
+    panels = [p for p in panels if p[1]]
+    named_sizes = [len(ids) for _, ids, _ in panels if len(ids) <= NAMED_CLASSES]
+    height = max(4.0, 0.17 * max(named_sizes) + 1.6) if named_sizes else 6.0
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(6.5 * len(panels), height), dpi=120, squeeze=False
+    )
+    key = calibrated if calibrated is not None else accuracy
+    for ax, (split, ids, colour) in zip(axes[0], panels):
+        order = sorted(ids, key=lambda i: (key[i], accuracy[i]))
+        pos = np.arange(len(order))
+        raw = np.array([accuracy[i] for i in order])
+        shown = raw
+        if calibrated is not None:
+            shown = np.array([calibrated[i] for i in order])
+            ax.hlines(pos, np.minimum(raw, shown), np.maximum(raw, shown), color=colour, lw=0.6)
+            ax.plot(shown, pos, "o", color=colour, ms=3.5, label="calibrated")
+            ax.axvline(shown.mean(), color=colour, lw=1, label=f"mean {shown.mean():.1f}")
+        ax.plot(raw, pos, "o", mfc="none", color=colour, ms=3.5, label="uncalibrated")
+        ax.axvline(raw.mean(), color=colour, lw=1, ls="--", label=f"mean {raw.mean():.1f}")
+        if len(order) <= NAMED_CLASSES:
+            ax.set_yticks(pos, [names[i] for i in order], fontsize=7)
+        else:
+            ax.set_yticks([])
+            ax.set_ylabel(f"{len(order)} classes, sorted by accuracy")
+            _label_extremes(ax, [names[i] for i in order], shown)
+        ax.set_ylim(-1, len(order))
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("per-class top-1 accuracy, GZSL (%)")
+        letter = "u" if split == "unseen" else "s"
+        ax.set_title(f"{split} classes ({letter}, {len(order)})", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")  # sorted ascending: that corner is empty
+    heading = f"{title}: per-class accuracy" if title else "per-class accuracy"
+    fig.suptitle(heading, fontsize=10)
+    return save_figure(fig, path)
+
+
+def _label_extremes(ax: Any, names: list[str], values: np.ndarray) -> None:
+    """Name the :data:`LABELLED` worst and best classes of a sorted panel in two columns to
+    the right of it, each joined to its dot (labels never overlap, whatever the count)."""
+    n = len(names)
+    worst = list(range(min(LABELLED, n)))
+    best = list(range(max(n - LABELLED, len(worst)), n))
+    for ranks, low in ((worst, 0.03), (best, 0.97 - 0.06 * (len(best) - 1))):
+        for k, rank in enumerate(ranks):
+            ax.annotate(
+                f"{names[rank]} ({values[rank]:.0f})",
+                xy=(values[rank], rank),
+                xytext=(1.03, low + 0.06 * k),
+                textcoords="axes fraction",
+                fontsize=7,
+                va="center",
+                annotation_clip=False,
+                arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"},
+            )

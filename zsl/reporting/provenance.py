@@ -92,11 +92,15 @@ def machine() -> dict[str, Any]:
 
 def provenance(seed: int) -> dict[str, Any]:
     """Everything above, with the seed, the command line and the time (UTC)."""
+    import torch
+
+    versions = package_versions()
+    versions["torch"] = torch.__version__  # with its build (e.g. +cu130, +cpu)
     return {
         "seed": int(seed),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
         "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": package_versions(),
+        "versions": versions,
         "git": git_state(),
         "machine": machine(),
     }

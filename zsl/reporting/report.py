@@ -26,7 +26,7 @@ def write_reports(
     run). ``title`` names the model, dataset and split in the figures."""
     if not dist.is_global_zero():
         return []
-    from zsl.reporting.plots import plot_seen_unseen_curve
+    from zsl.reporting.plots import plot_per_class_accuracy, plot_seen_unseen_curve
 
     written: list[Path] = []
     gammas, u, s = evaluation.curve
@@ -41,16 +41,18 @@ def write_reports(
         gammas, u, s, path, title=f"{title or stage}: seen-unseen curve", chosen=chosen
     )
     written.append(path)
-    acc = evaluation.per_class
+    acc, cal = evaluation.per_class, evaluation.per_class_cal
     seen = set(space.seen_ids.tolist())
     ids = torch.cat([space.seen_ids, space.unseen_ids]).cpu().tolist()
     names = space.class_names
+    kept = [i for i in ids if not torch.isnan(acc[i])]
     rows = [
         [names[i], "seen" if i in seen else "unseen", round(100 * float(acc[i]), 3)]
-        for i in ids
-        if not torch.isnan(acc[i])
+        + ([round(100 * float(cal[i]), 3)] if cal is not None else [])
+        for i in kept
     ]
-    tracking.log_table(logger, f"{stage}/per_class_accuracy", ["class", "split", "accuracy"], rows)
+    columns = ["class", "split", "accuracy"] + (["accuracy_calibrated"] if cal is not None else [])
+    tracking.log_table(logger, f"{stage}/per_class_accuracy", columns, rows)
     path = run_dir / f"{stage}_per_class_accuracy.png"
     plot_per_class_accuracy(
         [r[0] for r in rows],
@@ -58,45 +60,10 @@ def write_reports(
         [r[1] == "seen" for r in rows],
         path,
         title=title or stage,
+        calibrated=[r[3] for r in rows] if cal is not None else None,
     )
     written.append(path)
     if isinstance(logger, WandbLogger):
         for path in written:
             logger.log_image(key=f"{stage}/{path.stem}", images=[str(path)])
     return written
-
-
-def plot_per_class_accuracy(
-    names: list[str], accuracies: list[float], seen: list[bool], path: Path, title: str = ""
-) -> Path:
-    """Horizontal bar chart of per-class accuracy (percent): unseen classes (orange) above seen
-    ones (blue), each group sorted by accuracy, with each group's mean (= u and s) marked;
-    ``title`` names the model, dataset and split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = sorted(range(len(names)), key=lambda i: (seen[i], accuracies[i]))
-    height = max(3.0, 0.12 * len(names) + 1.0)
-    fig, ax = plt.subplots(figsize=(6, min(height, 40)), dpi=100)
-    colors = ["tab:blue" if seen[i] else "tab:orange" for i in order]
-    ax.barh(range(len(order)), [accuracies[i] for i in order], color=colors)
-    ax.set_yticks(range(len(order)))
-    ax.set_yticklabels(
-        [names[i] for i in order], fontsize=max(3, min(8, 400 // max(1, len(names))))
-    )
-    for flag, color, label in ((False, "tab:orange", "u"), (True, "tab:blue", "s")):
-        values = [a for a, s in zip(accuracies, seen) if s == flag]
-        if values:
-            mean = sum(values) / len(values)
-            ax.axvline(mean, color=color, ls="--", lw=1, label=f"{label} = {mean:.1f}")
-    ax.set_xlabel("per-class top-1 accuracy, GZSL (%)")
-    ax.set_xlim(0, 100)
-    ax.legend(loc="lower right", fontsize=7)
-    heading = f"{title}: " if title else ""
-    ax.set_title(f"{heading}per-class accuracy (blue: seen, orange: unseen)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -1,9 +1,9 @@
 """Run-level progress: one line per grid point, readable in a terminal and in a log file.
 
 ``point 3/25 feature_reg=1 semantic_reg=0.1 · val zsl_t1 41.2 · best 43.0 · elapsed 1:12 ·
-ETA 4:30``: a line when a point ends (and when it starts, if points take over 10 s),
-flushed at once so a job's log (SLURM, nohup) shows them as they happen. Lightning's own
-per-fit banners and tips are not shown (:func:`quiet_lightning`).
+ETA 4:30``: a line when a point ends (and when it starts, if points take over 10 s), with no
+ETA once no fit is left, flushed at once so a job's log (SLURM, nohup) shows them as they
+happen. Lightning's own per-fit banners and tips are not shown (:func:`quiet_lightning`).
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ class GridProgress:
         self.start = time.perf_counter()
         self.fitted: list[float] = []  # seconds of the points fitted in this process
         self.best: float | None = None
+        self.begun: set[int] = set()  # points whose fit started (a stacked grid: all at once)
+        self.done: set[int] = set()  # points reported by finished()
 
     def _print(self, text: str) -> None:
         if dist.is_global_zero():
@@ -63,6 +65,7 @@ class GridProgress:
 
     def started(self, index: int, params: dict[str, Any]) -> None:
         """A start line for the first point and for points that take a while (> 10 s)."""
+        self.begun.add(index)
         if self.fitted and sum(self.fitted) / len(self.fitted) < 10.0:
             return
         what = describe(params, self.keys) if self.keys else "the configured parameters"
@@ -71,15 +74,20 @@ class GridProgress:
     def finished(
         self, index: int, params: dict[str, Any], value: float, seconds: float, reused: bool
     ) -> None:
+        """The point's line; its ETA covers the points whose fit has not started yet, and is
+        left out once none is left (the last point, every point of a stacked grid: they were
+        fitted together before the first line) or while no fit has been timed."""
         self.best = value if self.best is None else max(self.best, value)
         if not reused:
             self.fitted.append(seconds)
+        self.done.add(index)
         elapsed = time.perf_counter() - self.start
-        left = self.n - index - 1
-        mean = sum(self.fitted) / len(self.fitted) if self.fitted else 0.0
+        left = self.n - len(self.begun | self.done)
+        eta = ""
+        if left > 0 and self.fitted:
+            eta = f" · ETA {clock(left * sum(self.fitted) / len(self.fitted))}"
         what = describe(params, self.keys) if self.keys else "the configured parameters"
         self._print(
             f"point {index + 1}/{self.n} {what} · val {self.metric} {value:.1f} · best "
-            f"{self.best:.1f} · elapsed {clock(elapsed)} · ETA {clock(left * mean)}"
-            + (" (recorded)" if reused else "")
+            f"{self.best:.1f} · elapsed {clock(elapsed)}{eta}" + (" (recorded)" if reused else "")
         )

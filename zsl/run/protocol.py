@@ -206,12 +206,18 @@ def per_class_record(evaluation: Evaluation, space: ClassSpace) -> dict[str, dic
     protocol only; ``null`` for a class without test images)."""
     seen = set(space.seen_ids.tolist())
     out: dict[str, dict[str, Any]] = {}
+    cal = evaluation.per_class_cal
     for c in sorted([*space.seen_ids.tolist(), *space.unseen_ids.tolist()]):
         acc = float(evaluation.per_class[c])
         out[space.class_names[c]] = {
             "split": "seen" if c in seen else "unseen",
             "accuracy": None if math.isnan(acc) else 100.0 * acc,
         }
+        if cal is not None:
+            value = float(cal[c])
+            out[space.class_names[c]]["accuracy_calibrated"] = (
+                None if math.isnan(value) else 100.0 * value
+            )
     return out
 
 
