@@ -215,12 +215,16 @@ def test_resume_of_a_live_run_is_refused(finished_run: tuple[Path, Path], tmp_pa
 
 
 def test_a_stale_lock_of_a_killed_process_is_taken_over(
-    finished_run: tuple[Path, Path], tmp_path: Path
+    finished_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_dir = interrupted_copy(finished_run[1], tmp_path)
     stale = {"pid": 999999, "host": "gone", "started": 0.0}
     (run_dir / LOCK_NAME).write_text(json.dumps(stale))  # its process died: no flock held
     metrics = run([f"resume={run_dir}"])
+    assert (
+        f"note: {run_dir} was locked by process 999999, which no longer runs; its lock is "
+        "taken over" in capsys.readouterr().out
+    )
     assert metrics is not None and (run_dir / "metrics.json").is_file()
     assert not (run_dir / LOCK_NAME).exists()
 

@@ -259,7 +259,7 @@ def run_workers(out_dir: Path, data_root: Path, models: list[str]) -> list[dict[
                 if proc.is_alive():
                     proc.kill()
             pytest.fail(f"DDP workers did not finish within {TIMEOUT_S} s")
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 # ----------------------------------------------------------------------------- train.py runs

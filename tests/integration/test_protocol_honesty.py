@@ -188,7 +188,7 @@ def test_resume_refuses_a_checkpoint_it_cannot_continue(tmp_path: Path, damage: 
     if damage == "truncated":
         last.write_bytes(last.read_bytes()[:500])
     else:
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = torch.load(last, map_location="cpu", weights_only=True)
         if damage == "foreign":
             state["state_dict"] = {"net.other": torch.zeros(3)}
         else:

@@ -321,7 +321,7 @@ def test_steps_transfer_repeats_the_selected_number_of_updates(tmp_path: Path) -
     assert metrics["final_epochs"] == expected
     last = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert last["final_epochs"] == expected
-    final = torch.load(tmp_path / "run" / "model.ckpt", map_location="cpu", weights_only=False)
+    final = torch.load(tmp_path / "run" / "model.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == expected * test_batches, (expected, final["global_step"])
     assert metrics["selected_epochs"] == 6 and expected < 6
 

@@ -10,6 +10,7 @@ one line and an exit status. Hydra's own flags work: ``--help``, ``--cfg job``, 
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -91,6 +92,12 @@ def _run(cfg: DictConfig, argv: list[str]) -> RunResult:
     lock = RunLock(run_dir)
     if dist.is_global_zero():
         lock.acquire()  # RunLockedError: another live run owns it (nothing here is ours)
+        if lock.stale_holder:
+            print(
+                f"note: {run_dir} was locked by process {lock.stale_holder.get('pid', '?')}, "
+                "which no longer runs; its lock is taken over",
+                flush=True,
+            )
         try:
             if new and cfg.get("output_dir"):
                 claim_new_run_dir(run_dir)
@@ -107,9 +114,11 @@ def _run(cfg: DictConfig, argv: list[str]) -> RunResult:
     except KeyboardInterrupt:  # a Ctrl-C outside the protocol's guard
         if new and not (run_dir / "config.yaml").is_file() and dist.is_global_zero():
             shutil.rmtree(run_dir, ignore_errors=True)
-            raise TrainingInterrupted("SIGINT received before the run started", 2) from None
+            raise TrainingInterrupted(
+                "SIGINT received before the run started", signal.SIGINT
+            ) from None
         raise TrainingInterrupted(
-            f"SIGINT received; continue with: python train.py resume={run_dir}", 2
+            f"SIGINT received; continue with: python train.py resume={run_dir}", signal.SIGINT
         ) from None
     except BaseException:
         if dist.is_global_zero():

@@ -222,7 +222,7 @@ class FitCheckpoints(Callback):
 
     def _save_last(self, trainer: pl.Trainer) -> None:
         self._flush_best(trainer)
-        trainer.save_checkpoint(self.directory / LAST, weights_only=False)
+        trainer.save_checkpoint(self.directory / LAST)
         self._last_write = time.monotonic()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -228,7 +228,7 @@ class Session:
         interruptible(
             trainer, lambda: trainer.test(model, dm, verbose=False), "the test evaluation"
         )
-        trainer.save_checkpoint(self.run_dir / "model.ckpt", weights_only=False)
+        trainer.save_checkpoint(self.run_dir / "model.ckpt")
         assert recorder.test is not None
         return recorder.test
 
