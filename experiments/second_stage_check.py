@@ -54,10 +54,10 @@ sys.path.insert(0, str(ROOT))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from zsl.models import get_model_class  # noqa: E402
 from zsl.models.checkpoint import load_checkpoint  # noqa: E402
 from zsl.models.generative.base import GenerativeZSL  # noqa: E402
 from zsl.run.builders import load_data, make_datamodule, make_model, make_trainer  # noqa: E402
+from zsl.run.config import run_spec  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "experiments"))
 from transfer_check import inner_split  # noqa: E402
@@ -72,7 +72,7 @@ def load_validation_generator(
     """(model, val-protocol datamodule, config) of grid point ``trial`` of the run in ``run``,
     with the generator of its validation fit loaded (with ``inner_fraction``: bound to the val
     protocol with only that fraction of the train classes, drawn with ``seed``, as seen)."""
-    cfg = OmegaConf.load(run / "config.yaml")
+    cfg = run_spec(OmegaConf.load(run / "config.yaml"))  # type: ignore[arg-type]
     record_path = run / "trials" / f"{trial}.json"
     if not record_path.is_file():
         raise SystemExit(f"error: {record_path} not found (a finished run's grid point)")
@@ -80,11 +80,11 @@ def load_validation_generator(
     checkpoint = run / str(record.get("checkpoint") or "")
     if not checkpoint.is_file():
         raise SystemExit(f"error: {checkpoint} not found (the trial keeps no checkpoint)")
-    data = load_data(cfg, "val")  # type: ignore[arg-type]
+    data = load_data(cfg, "val")
     if inner_fraction is not None:
         data = inner_split(data, inner_fraction, seed)
-    dm = make_datamodule(cfg, "val", data)  # type: ignore[arg-type]
-    model = make_model(cfg, dm, record["params"])  # type: ignore[arg-type]
+    dm = make_datamodule(cfg, "val", data)
+    model = make_model(cfg, dm, record["params"])
     if not isinstance(model, GenerativeZSL):
         raise SystemExit(f"error: {cfg.model.name} is not a generative model")
     state = load_checkpoint(checkpoint)["state_dict"]
@@ -124,7 +124,7 @@ def sweep(
 ) -> list[dict[str, Any]]:
     """Validation metrics of the classifier retrained with every setting (``SecondStage``
     fields, e.g. ``{"cls_steps": 600, "synth_residual": 1.0}``) on ``model``'s generator."""
-    trainer = make_trainer(cfg, get_model_class(str(cfg.model.name)), 1, False)
+    trainer = make_trainer(cfg.trainer, cfg.model.cls, 1, False)
     base = model.second_stage
     rows = []
     for setting in settings:

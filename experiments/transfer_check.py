@@ -38,20 +38,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from omegaconf import DictConfig  # noqa: E402
 
-from zsl.cli.compose import compose  # noqa: E402
+from zsl.cli.compose import compose_spec  # noqa: E402
 from zsl.data.types import ZSLData  # noqa: E402
-from zsl.models import get_model_class  # noqa: E402
 from zsl.run.builders import load_data, make_datamodule, make_model, make_trainer  # noqa: E402
 from zsl.run.callbacks import EvaluationRecorder  # noqa: E402
-from zsl.run.config import to_container  # noqa: E402
 from zsl.run.selection import (  # noqa: E402
-    TRANSFER_RULES,
     best_epoch,
-    search_metric,
     transfer_epochs,
 )
+from zsl.run.spec import TRANSFER_RULES, RunSpec  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
 
@@ -71,16 +67,18 @@ def inner_split(data: ZSLData, fraction: float, seed: int) -> ZSLData:
 
 
 def validation_curve(
-    cfg: DictConfig, data: ZSLData, params: dict[str, Any], epochs: int
+    cfg: RunSpec, data: ZSLData, params: dict[str, Any], epochs: int
 ) -> tuple[list[dict[str, float]], int, int, float]:
     """Fit the val protocol on ``data`` for ``epochs`` epochs, validating each one.
     Returns (per-epoch metrics, seen classes, training batches per epoch, seconds)."""
     dm = make_datamodule(cfg, "val", data)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = make_model(cfg, dm, params)
     recorder = EvaluationRecorder()
-    model_cls = get_model_class(str(cfg.model.name))
-    trainer = make_trainer(cfg, model_cls, epochs, False, validate=True, callbacks=[recorder])
+    model_cls = cfg.model.cls
+    trainer = make_trainer(
+        cfg.trainer, model_cls, epochs, False, validate=True, callbacks=[recorder]
+    )
     start = time.perf_counter()
     trainer.fit(model, dm)
     seconds = time.perf_counter() - start
@@ -108,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = compose(
+    cfg = compose_spec(
         [
             f"data={args.dataset}",
             f"data.root={args.root}",
@@ -119,8 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             *args.overrides,
         ]
     )
-    params = to_container(cfg.model.params)
-    metric = search_metric(cfg.model)
+    params = dict(cfg.model.params)
+    metric = cfg.model.search.metric
     outer_data = load_data(cfg, "val")
     inner_data = inner_split(outer_data, args.inner_fraction, args.seed)
     inner, inner_seen, inner_batches, inner_s = validation_curve(

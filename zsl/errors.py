@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class ConfigError(ValueError):
     """A bad config name, key, value or override."""
@@ -25,3 +27,19 @@ class CheckpointError(ValueError):
 
 class RunLockedError(RuntimeError):
     """Another live process owns the run directory."""
+
+
+class TrainingInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt
+    """SIGTERM or SIGINT (Ctrl-C) stopped the run; everything finished so far is saved in the
+    run directory. ``signum`` is the signal (the exit status is ``128 + signum``).
+
+    A ``BaseException`` like ``KeyboardInterrupt``: it may be raised at any point (from the
+    signal handler), and ``except Exception`` blocks must not swallow it."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+
+class ResumeError(ValueError):
+    """``resume=...`` cannot continue the given run (bad path, changed config, finished run)."""

@@ -106,10 +106,11 @@ def test_a_typed_nested_value_fixes_a_generator_axis(root: Path, tmp_path: Path)
     from zsl.cli.train import prepare
 
     argv = ["model=clswgan", "model.params.second_stage.cls_pca=8"]
-    cfg = prepare(compose(argv), argv)
-    assert list(cfg.model.search.grid) == ["gen_ema"]
-    assert cfg.model.params.second_stage.cls_pca == 8
-    assert list(cfg.selection.fixed) == ["second_stage.cls_pca"]
+    spec = prepare(compose(argv), argv)
+    assert list(spec.model.search.grid) == ["gen_ema"]
+    assert spec.model.params["second_stage"]["cls_pca"] == 8
+    assert list(spec.selection.fixed) == ["second_stage.cls_pca"]
+    assert list(spec.config.selection.fixed) == ["second_stage.cls_pca"]  # saved with the run
 
 
 # ----------------------------------------------------------------------------- splits first

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 
 from zsl.cli import data as data_cli
 from zsl.data.download import download
 from zsl.data.errors import DataError
-from zsl.reporting import tracking
+from zsl.reporting import loggers, tracking
+from zsl.reporting.settings import LoggerSpec
 
 # ----------------------------------------------------------------------------- download
 
@@ -171,12 +171,12 @@ def fake_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.setenv(var, str(home / sub))
     for var in {*(v for v in os.environ if v.startswith("WANDB_")), "WANDB_DATA_DIR"}:
         monkeypatch.delenv(var, raising=False)  # and put back as it was after the test
-    monkeypatch.setattr(tracking, "_own_data_dir", None, raising=False)
+    monkeypatch.setattr(loggers, "_own_data_dir", None, raising=False)
     return home
 
 
-def wandb_cfg(mode: str, **extra: Any) -> Any:
-    return OmegaConf.create({"logger": {"name": "wandb", "mode": mode, "project": "p", **extra}})
+def wandb_cfg(mode: str, **extra: Any) -> LoggerSpec:
+    return LoggerSpec(name="wandb", mode=mode, project="p", **extra)
 
 
 def test_wandb_online_times_out_within_30_s_and_falls_back_offline(
@@ -199,7 +199,7 @@ def test_wandb_online_times_out_within_30_s_and_falls_back_offline(
                 )
             return object()
 
-    monkeypatch.setattr(tracking, "WandbLogger", FakeWandbLogger)
+    monkeypatch.setattr(loggers, "WandbLogger", FakeWandbLogger)
     run_dir = tmp_path / "run"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

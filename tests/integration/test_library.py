@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from zsl.cli.compose import compose
+from zsl.cli.compose import compose, compose_spec
 from zsl.conf import CONFIG_DIR, available
 from zsl.data.datamodule import ZSLDataModule
 from zsl.data.formats import read_dataset
@@ -26,7 +25,7 @@ from zsl.models import MODELS, get_model_class
 from zsl.models.generative.base import GenerativeZSL
 from zsl.run.builders import make_datamodule, make_model, make_trainer
 from zsl.run.callbacks import EvaluationRecorder
-from zsl.run.selection import grid_points
+from zsl.run.spec import RunSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,8 +46,10 @@ SMALL = [
 EXTRA = {"clip": ["+model.params.logit_scale=100.0"]}
 
 
-def _cfg(name: str, data_dir: Path, *more: str) -> DictConfig:
-    return compose([f"model={name}", f"data.root={data_dir}", *SMALL, *EXTRA.get(name, []), *more])
+def _cfg(name: str, data_dir: Path, *more: str) -> RunSpec:
+    return compose_spec(
+        [f"model={name}", f"data.root={data_dir}", *SMALL, *EXTRA.get(name, []), *more]
+    )
 
 
 @pytest.mark.parametrize("group", ["data", "model", "trainer", "logger", "experiment"])
@@ -70,15 +71,16 @@ def test_every_model_fits_tests_and_loads_from_checkpoint(name: str, tmp_path: P
     cfg = _cfg(name, tmp_path / "data", "trainer.max_epochs=1")
     # the benchmark as stored (CLIP's image/text embedding of it is tested with a tiny CLIP in
     # test_clip_extract.py; here it scores the 300-d features against 300-d semantics)
-    spec = SyntheticSpec(**OmegaConf.to_container(cfg.data.synthetic))  # type: ignore[arg-type]
+    assert cfg.data.synthetic is not None and cfg.data.root is not None
+    spec = SyntheticSpec(**cfg.data.synthetic)
     ensure_synthetic(Path(cfg.data.root) / cfg.data.name, spec, cfg.data.feature_file)
     raw = read_dataset("xlsa17", cfg.data.root, cfg.data.name, cfg.data.feature_file, "test")
     dm = make_datamodule(cfg, "test", data=raw)
-    model = make_model(cfg, dm, grid_points(cfg.model)[0])
+    model = make_model(cfg, dm, cfg.model.grid_points()[0])
     model.gamma.fill_(0.0)
     recorder = EvaluationRecorder()
     trainer = make_trainer(
-        cfg, type(model), 1, validate=False, callbacks=[recorder], root_dir=tmp_path
+        cfg.trainer, type(model), 1, validate=False, callbacks=[recorder], root_dir=tmp_path
     )
     trainer.fit(model, dm)
     trainer.test(model, dm, verbose=False)
@@ -121,15 +123,15 @@ def test_every_classical_model_beats_chance_on_the_synthetic_default(
 ) -> None:
     """The shipped config's default parameters and epoch budget, on the shipped synthetic
     benchmark (50 classes, 10 unseen, 256-d features): ZSL T1 at least twice chance."""
-    cfg = compose(
+    cfg = compose_spec(
         [f"model={name}", f"data.root={synthetic_default}", "logger=csv"]
         + ["trainer.enable_progress_bar=false"]
     )
     dm = make_datamodule(cfg, "test")
-    model = make_model(cfg, dm, grid_points(cfg.model, use_grid=False)[0])
+    model = make_model(cfg, dm, cfg.model.grid_points(use_grid=False)[0])
     recorder = EvaluationRecorder()
     trainer = make_trainer(
-        cfg,
+        cfg.trainer,
         type(model),
         int(cfg.model.max_epochs),
         validate=False,
@@ -149,9 +151,9 @@ def test_test_pass_without_validated_gamma_reports_uncalibrated_only(tmp_path: P
     split: calibrated numbers are NaN and a warning says why."""
     cfg = _cfg("eszsl", tmp_path / "data")
     dm = make_datamodule(cfg, "test")
-    model = make_model(cfg, dm, grid_points(cfg.model, use_grid=False)[0])
+    model = make_model(cfg, dm, cfg.model.grid_points(use_grid=False)[0])
     recorder = EvaluationRecorder()
-    trainer = make_trainer(cfg, type(model), 1, validate=False, callbacks=[recorder])
+    trainer = make_trainer(cfg.trainer, type(model), 1, validate=False, callbacks=[recorder])
     trainer.fit(model, dm)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -172,7 +174,7 @@ def test_plain_trainer_binds_the_datamodule_and_closed_form_uses_all_examples(
     full = make_datamodule(cfg, "val")
     cls = get_model_class("eszsl")
     space = full.class_space
-    params = grid_points(cfg.model, use_grid=False)[0]
+    params = cfg.model.grid_points(use_grid=False)[0]
     a = cls(space.feature_dim, space.n_attributes, space.n_classes, **params)
     pl.Trainer(
         max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False

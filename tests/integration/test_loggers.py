@@ -18,6 +18,7 @@ from conftest import REPO_ROOT, tiny_cli_args, write_xlsa17
 from zsl.cli.train import run
 from zsl.errors import ConfigError
 from zsl.reporting import tracking
+from zsl.reporting.settings import LoggerSpec
 
 pytestmark = pytest.mark.slow
 
@@ -175,9 +176,7 @@ def test_missing_logger_package_is_one_config_error_line(
 
 def test_unknown_logger_name_is_a_config_error() -> None:
     """``logger.name`` outside the four known names: ConfigError listing them."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create({"logger": {"name": "neptune"}})
+    cfg = LoggerSpec(name="neptune")
     with pytest.raises(ConfigError, match="use wandb, csv, tensorboard, mlflow"):
         tracking.make_logger(cfg, Path("unused"), {})
 
@@ -186,9 +185,9 @@ def test_unknown_logger_name_is_a_config_error() -> None:
 TELEMETRY_PROBE = """
 import json, sys
 from pathlib import Path
-from omegaconf import OmegaConf
 from zsl.reporting import tracking
-cfg = OmegaConf.create({"logger": {"name": "mlflow", "tracking_uri": None}})
+from zsl.reporting.settings import LoggerSpec
+cfg = LoggerSpec(name="mlflow", tracking_uri=None)
 logger = tracking.make_logger(cfg, Path(sys.argv[1]), {})
 from mlflow.telemetry import get_telemetry_client
 print(json.dumps({"client": repr(get_telemetry_client()), "type": type(logger).__name__}))
@@ -234,12 +233,11 @@ def test_mlflow_that_cannot_start_falls_back_to_csv(
     environment put back when the run finishes."""
     import warnings
 
-    from omegaconf import OmegaConf
     from pytorch_lightning.loggers import CSVLogger
 
     for var in MLFLOW_ENV:
         monkeypatch.delenv(var, raising=False)
-    cfg = OmegaConf.create({"logger": {"name": "mlflow", "tracking_uri": "nosuch://host/x"}})
+    cfg = LoggerSpec(name="mlflow", tracking_uri="nosuch://host/x")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         logger = tracking.make_logger(cfg, tmp_path / "run", {})

@@ -303,7 +303,7 @@ def test_wandb_offline_run_holds_model_artifacts(cli_runs: dict[str, CliRun]) ->
 def test_steps_transfer_repeats_the_selected_number_of_updates(tmp_path: Path) -> None:
     """``model.search.transfer=steps``: the trainval fit runs the selected epochs scaled by the
     ratio of training batches per epoch (val protocol / trainval), and says so."""
-    from zsl.cli.compose import compose
+    from zsl.cli.compose import compose_spec
     from zsl.cli.train import run as main
     from zsl.run.fitting import Session
     from zsl.run.selection import transfer_epochs
@@ -313,7 +313,7 @@ def test_steps_transfer_repeats_the_selected_number_of_updates(tmp_path: Path) -
     args += ["logger=csv", "trainer.enable_progress_bar=false", "+model.search.transfer=steps"]
     args += ["selection.select_epochs=false"]  # all 6 epochs are "selected"
     metrics = main(args)
-    session = Session(compose(args), tmp_path / "unused")
+    session = Session(compose_spec(args), tmp_path / "unused")
     val_batches = len(session.datamodule("val").train_dataloader())
     test_batches = len(session.datamodule("test").train_dataloader())
     assert test_batches > val_batches  # trainval holds more images than the val training set

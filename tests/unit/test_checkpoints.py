@@ -24,7 +24,7 @@ from pytorch_lightning.strategies import Strategy
 
 import zsl.run.fitting as fitting
 from zsl.cli.compose import compose
-from zsl.reporting.tracking import previous_wandb_id
+from zsl.reporting.loggers import previous_wandb_id
 from zsl.run.builders import make_model, make_trainer
 from zsl.run.callbacks import (
     EvaluationRecorder,
@@ -33,6 +33,7 @@ from zsl.run.callbacks import (
     rng_state,
     set_rng_state,
 )
+from zsl.run.config import run_spec
 from zsl.run.fitting import Session
 from zsl.run.protocol import select_on_validation
 from zsl.run.selection import Trial, ValFit, grid_points
@@ -83,7 +84,7 @@ def tiny_args(tiny: TinyXlsa17, *extra: str) -> list[str]:
 
 
 def tiny_session(tiny: TinyXlsa17, run_dir: Path, *extra: str) -> Session:
-    return Session(compose(tiny_args(tiny, *extra)), run_dir)
+    return Session(run_spec(compose(tiny_args(tiny, *extra))), run_dir)
 
 
 def test_checkpoint_round_trip_restores_history_and_rng(tiny: TinyXlsa17, tmp_path: Path) -> None:
@@ -92,7 +93,7 @@ def test_checkpoint_round_trip_restores_history_and_rng(tiny: TinyXlsa17, tmp_pa
     those callbacks gets both back; loading the checkpoint without a trainer
     (``load_from_checkpoint``, the module's own hook) leaves the global RNG alone."""
     session = tiny_session(tiny, tmp_path)
-    params = grid_points(session.cfg.model)[0]
+    params = grid_points(session.spec.model)[0]
     fitted = session.fit_validation(0, params, False)
     path = tmp_path / "checkpoints" / "val-0" / "last.ckpt"
     assert fitted.last_checkpoint == str(path.relative_to(tmp_path))
@@ -105,20 +106,25 @@ def test_checkpoint_round_trip_restores_history_and_rng(tiny: TinyXlsa17, tmp_pa
     expected = draws()
 
     dm = session.datamodule("val")
-    fresh = make_model(session.cfg, dm, params)
+    fresh = make_model(session.spec, dm, params)
     recorder = EvaluationRecorder()
     trainer = make_trainer(
-        session.cfg, session.model_cls, 2, False, validate=True, callbacks=[recorder, RngState()]
+        session.spec.trainer,
+        session.model_cls,
+        2,
+        False,
+        validate=True,
+        callbacks=[recorder, RngState()],
     )
     trainer.fit(fresh, dm, ckpt_path=str(path))  # nothing left
     assert recorder.history == fitted.history
     # the hook as a resuming trainer calls it (the fit above draws again once restored)
     torch.manual_seed(123), np.random.seed(123), random.seed(123)
-    resumed = make_model(session.cfg, dm, params)
+    resumed = make_model(session.spec, dm, params)
     RngState().on_load_checkpoint(trainer, resumed, ckpt)
     assert same_draws(draws(), expected)
 
-    detached = make_model(session.cfg, dm, params)
+    detached = make_model(session.spec, dm, params)
     torch.manual_seed(7), np.random.seed(7), random.seed(7)
     unchanged = draws()
     torch.manual_seed(7), np.random.seed(7), random.seed(7)
@@ -148,7 +154,7 @@ def test_checkpoints_monitor_validation_metrics_only(
 
     monkeypatch.setattr(fitting, "make_trainer", spy)
     session = tiny_session(tiny, tmp_path, "model.search.metric=gzsl_h")
-    params = grid_points(session.cfg.model)[0]
+    params = grid_points(session.spec.model)[0]
     session.fit_validation(0, params, False)
     session.fit_final(params, 2, 0.0, False)
     found = [c for t in trainers for c in t.callbacks if isinstance(c, FitCheckpoints)]
@@ -186,7 +192,7 @@ def test_fit_checkpoints_write_best_once_and_last_by_time(
     session = tiny_session(
         tiny, tmp_path, "trainer.max_epochs=6", "trainer.checkpoint_interval_s=3600"
     )
-    params = grid_points(session.cfg.model)[0]
+    params = grid_points(session.spec.model)[0]
     fitted = session.fit_validation(0, params, False, Weights())
     lasts = [epoch for name, epoch in writes if name == "last.ckpt"]
     assert lasts == [0, 5]
@@ -201,9 +207,7 @@ def test_fit_checkpoints_write_best_once_and_last_by_time(
 
 
 def search_metric_of(session: Session) -> str:
-    from zsl.run.selection import search_metric
-
-    return search_metric(session.cfg.model)
+    return session.spec.model.search.metric
 
 
 @pytest.mark.parametrize("metric", ["test/zsl_t1", "val/zsl_t1"])
@@ -239,7 +243,7 @@ class FakeSession:
     """What :func:`select_on_validation` uses of a :class:`Session`, with canned fits."""
 
     def __init__(self, cfg: Any, run_dir: Path) -> None:
-        self.cfg, self.run_dir = cfg, run_dir
+        self.spec, self.run_dir = run_spec(cfg, check=False), run_dir
         self.calls: list[int] = []
 
     def data(self, protocol: str) -> Any:
@@ -361,7 +365,7 @@ def test_sigterm_in_the_last_test_batch_is_not_lost(
 
     monkeypatch.setattr(fitting, "make_trainer", with_killer)
     session = tiny_session(tiny, tmp_path)
-    params = grid_points(session.cfg.model)[0]
+    params = grid_points(session.spec.model)[0]
     with pytest.raises(TrainingInterrupted, match="during the test evaluation"):
         session.fit_final(params, 1, 0.0, False)
     assert not (tmp_path / "model.ckpt").exists()
@@ -374,7 +378,7 @@ def test_joint_fits_record_their_trials_before_the_separate_fits(
     """Points fitted in one shared fit are recorded in ``trials/`` as soon as that fit ends, so
     a run stopped in a later separate fit does not refit them on resume."""
     session = tiny_session(tiny, tmp_path, "model=segzsl", "+model.search.grid.kl_weight=[0.5,1.0]")
-    points = grid_points(session.cfg.model)  # (6.4, 0.5), (6.4, 1.0), (12.8, 0.5), (12.8, 1.0)
+    points = grid_points(session.spec.model)  # (6.4, 0.5), (6.4, 1.0), (12.8, 0.5), (12.8, 1.0)
     history = [{"epoch": 1, "zsl_t1": 10.0, "gzsl_h": 5.0, "gamma": 0.0}]
     trials_dir = tmp_path / "trials"
     save_trial(trials_dir, 3, Trial(points[3], 1, history[0], history))  # (12.8, 1.0) is done

@@ -5,7 +5,6 @@ model."""
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import scipy.linalg
 import torch
+from families import classical_models, constructor_params, family
 from omegaconf import DictConfig
 
 from zsl.cli.compose import compose
@@ -27,17 +27,9 @@ from zsl.models.classical.losses import hinge_rank_loss, structured_hinge_loss, 
 from zsl.models.classical.sae import SAE, sae_weights, solve_sylvester_psd
 from zsl.run.builders import make_model, make_trainer
 from zsl.run.callbacks import EvaluationRecorder
-from zsl.run.config import to_container
+from zsl.run.config import run_spec, to_container
 
-
-def classical_family() -> tuple[str, ...]:
-    """Every registered config whose model lives in ``zsl.models.classical``."""
-    from zsl.models import MODELS
-
-    return tuple(n for n in sorted(MODELS) if MODELS[n].startswith("zsl.models.classical."))
-
-
-FAMILY = classical_family()
+FAMILY = tuple(classical_models())
 
 
 def test_the_family_holds_the_gbu_methods() -> None:
@@ -357,9 +349,12 @@ def test_short_fit_beats_chance(name: str, tiny: ZSLData) -> None:
     )
     dm.setup()
     pl.seed_everything(0, verbose=False)
-    model = make_model(cfg, dm, to_container(cfg.model.params))
+    spec = run_spec(cfg)
+    model = make_model(spec, dm, to_container(cfg.model.params))
     recorder = EvaluationRecorder()
-    trainer = make_trainer(cfg, model_cls, 8, logger=False, validate=False, callbacks=[recorder])
+    trainer = make_trainer(
+        spec.trainer, model_cls, 8, logger=False, validate=False, callbacks=[recorder]
+    )
     trainer.fit(model, dm)
     with pytest.warns(UserWarning, match="no calibration gamma"):
         trainer.test(model, dm, verbose=False)
@@ -375,20 +370,14 @@ def test_short_fit_beats_chance(name: str, tiny: ZSLData) -> None:
 
 def bad_hparams() -> list[tuple[str, str, float]]:
     """(model, hyper-parameter, bad value) for every learning rate, weight decay and margin a
-    registered model takes."""
-    from zsl.models import MODELS, get_model_class
+    classical model takes (the generators' are checked in ``test_family_generative.py``)."""
     from zsl.models.base import NON_NEGATIVE_HPARAMS, POSITIVE_HPARAMS
-    from zsl.models.generative.second_stage import SecondStage
 
-    stage = SecondStage.field_names()
     cases = []
-    for name in sorted(MODELS):
-        params = inspect.signature(get_model_class(name).__init__).parameters
+    for name in FAMILY:
+        params = constructor_params(name)
         cases += [(name, p, 0.0) for p in POSITIVE_HPARAMS if p in params]
         cases += [(name, p, -0.5) for p in NON_NEGATIVE_HPARAMS if p in params]
-        if "second_stage" in params:  # the generative models' classifier settings
-            cases += [(name, f"second_stage.{p}", 0.0) for p in POSITIVE_HPARAMS if p in stage]
-            cases += [(name, f"second_stage.{p}", -0.5) for p in NON_NEGATIVE_HPARAMS if p in stage]
     return cases
 
 
@@ -397,17 +386,21 @@ def test_models_reject_bad_rates_decays_and_margins(name: str, param: str, value
     from zsl.models import get_model_class
 
     cls = get_model_class(name)
-    if param.startswith("second_stage."):  # checked by SecondStage, named by its option
-        option = param.split(".", 1)[1]
-        message = rf"second_stage\.{option} must be"
-        with pytest.raises(ValueError, match=message):
-            cls(8, 4, 6, second_stage={option: value})
-        with pytest.raises(ValueError, match=message):
-            cls(8, 4, 6, second_stage={option: float("nan")})
-        return
-    # the base's check names the model; the generative models' own checks list every bad value
+    # the base's check names the model
     message = rf"({cls.__name__}: {param} must be|must be positive: (.*, )?{param}=)"
     with pytest.raises(ValueError, match=message):
         cls(8, 4, 6, **{param: value})
     with pytest.raises(ValueError, match=message):
         cls(8, 4, 6, **{param: float("nan")})
+
+
+def test_the_families_partition_the_registry() -> None:
+    """Every registered model is in exactly one family; the classical family is every model
+    outside the generative and scorer families, and holds the GBU methods only."""
+    from zsl.models import MODELS
+
+    kinds = {name: family(name) for name in MODELS}
+    assert set(kinds.values()) <= {"classical", "generative", "scorer"}
+    assert set(FAMILY) == {n for n, k in kinds.items() if k == "classical"}
+    assert kinds["clip"] == "scorer" and kinds["clswgan"] == "generative"
+    assert all(MODELS[n].startswith("zsl.models.classical.") for n in FAMILY)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from zsl.cli.compose import compose
+from zsl.cli.compose import compose, compose_spec
 from zsl.conf import CONFIG_DIR, available
 from zsl.errors import ConfigError
-from zsl.run.selection import transfer_epochs, transfer_rule
+from zsl.run.selection import transfer_epochs
 
 
 def _selected(cfg: DictConfig, group: str, name: str) -> bool:
@@ -67,7 +67,7 @@ def test_every_config_in_every_group_composes() -> None:
 def test_xlsa17_base_composes_with_a_dataset_name() -> None:
     # what zsl/conf/data/xlsa17.yaml documents for a dataset of one's own in that layout
     with pytest.raises(ConfigError, match="data.name"):
-        compose(["data=xlsa17"])  # the base alone has no dataset name (???)
+        compose_spec(["data=xlsa17"])  # the base alone has no dataset name (???)
     cfg = compose(["data=xlsa17", "data.name=MINE", "data.root=/datasets"])
     assert _selected(cfg, "data", "xlsa17")
     assert cfg.data.name == "MINE" and cfg.data.root == "/datasets"
@@ -89,7 +89,7 @@ def test_override_of_interpolation_source_propagates() -> None:
 
 def test_unknown_key_lists_valid_keys() -> None:
     with pytest.raises(ConfigError) as info:
-        compose(["model.params.lrr=0.1"])
+        compose_spec(["model.params.lrr=0.1"])
     message = str(info.value)
     assert "'model.params.lrr'" in message
     for valid in ("lr", "margin", "weight_decay"):
@@ -99,7 +99,7 @@ def test_unknown_key_lists_valid_keys() -> None:
 
 def test_unknown_top_level_key() -> None:
     with pytest.raises(ConfigError, match="<top level> has no 'sed'.*seed"):
-        compose(["sed=1"])
+        compose_spec(["sed=1"])
 
 
 @pytest.mark.parametrize(
@@ -114,7 +114,7 @@ def test_unknown_top_level_key() -> None:
 )
 def test_unknown_group_name_lists_available(group: str) -> None:
     with pytest.raises(ConfigError) as info:
-        compose([f"{group}=nope"])
+        compose_spec([f"{group}=nope"])
     message = str(info.value)
     assert f"unknown {group} config 'nope'" in message
     assert f"available: {', '.join(available(group))}" in message
@@ -126,24 +126,29 @@ def test_plus_adds_new_key() -> None:
     cfg = compose(["+new.key=1", "+data.extra=abc"])
     assert cfg.new.key == 1
     assert cfg.data.extra == "abc"
+    # a run refuses a key no part of it reads (a typed setting is never silently dropped)
+    with pytest.raises(ConfigError, match="data.extra is not a data setting; settings: name"):
+        compose_spec(["+data.extra=abc"])
+    with pytest.raises(ConfigError, match="new is not a run setting"):
+        compose_spec(["+new.key=1"])
 
 
 def test_added_model_param_must_be_a_constructor_argument() -> None:
     with pytest.raises(ConfigError, match=r"model.params.extra is not a parameter of ale .*margin"):
-        compose(["+model.params.extra=abc"])
+        compose_spec(["+model.params.extra=abc"])
 
 
 def test_model_params_reach_the_parent_through_forwarded_kwargs() -> None:
     # tf-VAEGAN names its own arguments and forwards the rest (**kwargs) to f-VAEGAN: both
     # classes' arguments are accepted, anything else is refused with the whole list
-    cfg = compose(["model=tfvaegan", "model.params.adv_weight=3.0", "model.params.lr=0.01"])
-    assert cfg.model.params.adv_weight == 3.0
+    spec = compose_spec(["model=tfvaegan", "model.params.adv_weight=3.0", "model.params.lr=0.01"])
+    assert spec.model.params["adv_weight"] == 3.0
     with pytest.raises(
         ConfigError,
         match=r"model.params.extra is not a parameter of tfvaegan .*decoder_hidden.*"
         r"adv_weight",
     ):
-        compose(["model=tfvaegan", "+model.params.extra=abc"])
+        compose_spec(["model=tfvaegan", "+model.params.extra=abc"])
 
 
 @pytest.mark.parametrize(
@@ -158,7 +163,7 @@ def test_model_params_reach_the_parent_through_forwarded_kwargs() -> None:
 )
 def test_override_must_keep_the_type(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
-        compose([override])
+        compose_spec([override])
     assert message in str(info.value)
 
 
@@ -169,7 +174,7 @@ def test_override_types_that_pass() -> None:
 
 def test_override_without_equals_fails() -> None:
     with pytest.raises(ConfigError, match="bad override 'model.params.lr'.*key=value"):
-        compose(["model.params.lr"])
+        compose_spec(["model.params.lr"])
 
 
 def test_trainer_max_epochs_follows_model() -> None:
@@ -194,17 +199,17 @@ def test_trainer_max_epochs_follows_model() -> None:
 )
 def test_bad_values_fail(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        compose([override])
+        compose_spec([override])
 
 
 def test_unknown_model_name_lists_registry() -> None:
     with pytest.raises(ConfigError, match="unknown model 'nope'; available: .*ale"):
-        compose(["model.name=nope"])
+        compose_spec(["model.name=nope"])
 
 
 def test_search_grid_key_must_be_a_model_param() -> None:
     with pytest.raises(ConfigError) as info:
-        compose(["+model.search.grid.momentum=[0.9,0.99]"])
+        compose_spec(["+model.search.grid.momentum=[0.9,0.99]"])
     message = str(info.value)
     assert "model.search.grid.momentum is not a parameter of ale" in message
     assert "lr" in message and "margin" in message
@@ -215,9 +220,9 @@ def test_search_grid_over_model_params() -> None:
     assert list(cfg.model.search.grid.lr) == [0.1, 0.01]
     assert list(cfg.model.search.grid.margin) == [0.5]
     with pytest.raises(ConfigError, match="model.search.grid.margin must be a non-empty list"):
-        compose(["+model.search.grid.margin=0.1"])
+        compose_spec(["+model.search.grid.margin=0.1"])
     with pytest.raises(ConfigError, match="model.search.grid.lr: expected a list"):
-        compose(["model.search.grid.lr=0.1"])
+        compose_spec(["model.search.grid.lr=0.1"])
 
 
 def test_transfer_epochs_keeps_the_number_of_updates() -> None:
@@ -232,12 +237,12 @@ def test_transfer_epochs_keeps_the_number_of_updates() -> None:
 
 
 def test_transfer_rule_defaults_to_epochs() -> None:
-    assert transfer_rule(compose([]).model) == "epochs"
-    assert transfer_rule(compose(["model=clswgan"]).model) == "steps"
+    assert compose_spec([]).model.search.transfer == "epochs"
+    assert compose_spec(["model=clswgan"]).model.search.transfer == "steps"
 
 
 def test_transfer_rule_can_be_added() -> None:
-    assert transfer_rule(compose(["+model.search.transfer=steps"]).model) == "steps"
+    assert compose_spec(["+model.search.transfer=steps"]).model.search.transfer == "steps"
 
 
 def test_cpu_bf16_trainer_is_the_cpu_trainer_with_bfloat16_products(
@@ -256,9 +261,9 @@ def test_cpu_bf16_trainer_is_the_cpu_trainer_with_bfloat16_products(
     # a CPU without bfloat16 instructions: one warning line that the products are emulated
     monkeypatch.setattr(builders, "_TRAINERS_BUILT", False)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    builders.make_trainer(compose(["trainer=cpu_bf16"]), ALE, 1)
+    builders.make_trainer(compose_spec(["trainer=cpu_bf16"]).trainer, ALE, 1)
     assert "bf16-mixed on a CPU without AVX512-BF16/AMX" in capsys.readouterr().err
     monkeypatch.setattr(builders, "_TRAINERS_BUILT", False)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    builders.make_trainer(compose(["trainer=cpu_bf16"]), ALE, 1)
+    builders.make_trainer(compose_spec(["trainer=cpu_bf16"]).trainer, ALE, 1)
     assert "emulated" not in capsys.readouterr().err

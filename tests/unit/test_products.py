@@ -163,7 +163,7 @@ def test_retained_memory_is_reused_without_page_faults() -> None:
 def test_deterministic_trainer_skips_the_nan_fill_of_new_tensors() -> None:
     """trainer.deterministic keeps deterministic algorithms but not PyTorch's debugging
     fill of every new tensor with NaN (a write pass over each buffer a step allocates)."""
-    from zsl.cli.compose import compose
+    from zsl.cli.compose import compose_spec
     from zsl.models.classical.ale import ALE
     from zsl.run.builders import make_trainer
 
@@ -171,7 +171,7 @@ def test_deterministic_trainer_skips_the_nan_fill_of_new_tensors() -> None:
     fill = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
     try:
         torch.utils.deterministic.fill_uninitialized_memory = True  # type: ignore[attr-defined]
-        make_trainer(compose(["trainer=cpu", "logger=csv"]), ALE, 1)
+        make_trainer(compose_spec(["trainer=cpu", "logger=csv"]).trainer, ALE, 1)
         assert torch.are_deterministic_algorithms_enabled()
         assert not torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
     finally:

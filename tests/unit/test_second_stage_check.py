@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from zsl.cli.compose import compose
 from zsl.run.builders import load_data, make_datamodule, make_model
-from zsl.run.config import to_container
+from zsl.run.config import run_spec, to_container
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,9 +34,10 @@ def test_second_stage_check_scores_a_validation_generator(tiny, tmp_path: Path) 
             "trainer.enable_progress_bar=false",
         ]
     )
-    dm = make_datamodule(cfg, "val", load_data(cfg, "val"))
+    spec = run_spec(cfg)
+    dm = make_datamodule(spec, "val", load_data(spec, "val"))
     params = to_container(cfg.model.params)
-    model = make_model(cfg, dm, params)
+    model = make_model(spec, dm, params)
     run = tmp_path / "run"
     (run / "trials").mkdir(parents=True)
     (run / "checkpoints" / "val-0").mkdir(parents=True)

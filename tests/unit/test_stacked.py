@@ -15,6 +15,7 @@ from conftest import TinyXlsa17
 
 from zsl.cli.train import run as train_main
 from zsl.models.classical.ale import ALE
+from zsl.run.spec import TrainerSpec
 from zsl.run.stacked import GridStack, can_stack, shared_groups
 
 GRIDS = {
@@ -163,12 +164,14 @@ def test_points_share_a_fit_only_when_training_agrees_and_weights_stay_float32()
         return {"lr": lr, "second_stage": {"synth_ratio": ratio, "eval_seed": seed}}
 
     points = [point(6.4), point(12.8), point(6.4, lr=3e-3), point(12.8, seed=1), point(3.2)]
-    fp32 = {"precision": "32-true"}
+    fp32 = TrainerSpec(precision="32-true")
     assert shared_groups(SEGZSL, [0, 1, 2, 3, 4], points, fp32) == [[0, 1, 4]]
     assert shared_groups(SEGZSL, [1, 2, 3, 4], points, fp32) == [[1, 4]]  # pending only
     # autocast (the weights stay float32): the views evaluate in the host's step context
-    assert shared_groups(SEGZSL, [0, 1, 4], points, {"precision": "bf16-mixed"}) == [[0, 1, 4]]
-    assert shared_groups(SEGZSL, [0, 1, 4], points, {"precision": "bf16-true"}) == []
+    assert shared_groups(SEGZSL, [0, 1, 4], points, TrainerSpec(precision="bf16-mixed")) == [
+        [0, 1, 4]
+    ]
+    assert shared_groups(SEGZSL, [0, 1, 4], points, TrainerSpec(precision="bf16-true")) == []
     assert shared_groups(ALE, [0, 1, 4], points, fp32) == []  # every parameter trains
 
 
@@ -176,10 +179,10 @@ def test_only_stackable_models_without_clipping_stack() -> None:
     from zsl.models.classical.eszsl import ESZSL
     from zsl.models.generative.cadavae import CADAVAE
 
-    assert can_stack(ALE, 3, {"gradient_clip_val": None})
-    assert not can_stack(ALE, 1, {})
-    assert not can_stack(ALE, 3, {"gradient_clip_val": 1.0})
-    assert not can_stack(ESZSL, 3, {}) and not can_stack(CADAVAE, 3, {})
+    assert can_stack(ALE, 3, TrainerSpec(gradient_clip_val=None))
+    assert not can_stack(ALE, 1, TrainerSpec())
+    assert not can_stack(ALE, 3, TrainerSpec(gradient_clip_val=1.0))
+    assert not can_stack(ESZSL, 3, TrainerSpec()) and not can_stack(CADAVAE, 3, TrainerSpec())
     with pytest.raises(ValueError, match="one class"):
         GridStack([])
 

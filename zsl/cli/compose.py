@@ -5,11 +5,12 @@ command-line overrides. Before a single run starts, :func:`compose` composes the
 through Hydra's compose API and turns every problem into a :class:`ConfigError` that says
 what and where: an override without ``=``, an unknown group option, an unknown key (listing
 the valid keys there), a value of the wrong type, a broken interpolation, and the semantic
-checks of :func:`zsl.run.config.validate`.
+checks of :func:`zsl.run.config.validate` (:func:`compose_spec`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from zsl.conf import GROUPS, available
 from zsl.errors import ConfigError
-from zsl.run.config import type_problem, validate
+from zsl.run.config import run_spec, to_container, type_problem
+from zsl.run.spec import DataSpec, RunSpec
 
 CONFIG_MODULE = "zsl.conf"
 #: handed to Lightning as they are; it accepts several types for them (devices=2/auto/[0, 1])
@@ -81,7 +83,9 @@ def _parse(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def compose(argv: list[str] | None = None) -> DictConfig:
-    """The resolved, validated run config of ``python train.py <argv>`` (a single run)."""
+    """The resolved run config of ``python train.py <argv>`` (a single run): every key,
+    type, group option, interpolation and data file checked; the semantic checks are the run
+    spec's (:func:`compose_spec`)."""
     groups, values = _parse(list(argv or []))
     try:
         defaults = _compose(groups)
@@ -112,23 +116,27 @@ def compose(argv: list[str] | None = None) -> DictConfig:
     for _, key in values:
         _check_type(cfg, key.lstrip("+"), OmegaConf.select(defaults, key.lstrip("+"), default=None))
     check_data_files(cfg)
-    validate(cfg)
     return cfg
+
+
+def compose_spec(argv: list[str] | None = None) -> RunSpec:
+    """The typed, validated run spec of ``python train.py <argv>`` (:func:`compose`, then
+    :func:`zsl.run.config.run_spec`)."""
+    return run_spec(compose(argv))
 
 
 def check_data_files(cfg: DictConfig) -> None:
     """A feature file missing from an existing xlsa17 dataset folder is named, with the
     feature files that are there (:class:`zsl.data.errors.DataError`), before the model's
     checks import torch and Lightning: the answer comes at once."""
-    dcfg = cfg.data
-    if dcfg.get("synthetic") is not None or dcfg.get("root") is None:
+    known = {f.name for f in dataclasses.fields(DataSpec)}  # added keys are the spec's to refuse
+    data = DataSpec(**{k: v for k, v in to_container(cfg.data).items() if k in known})
+    if data.synthetic is not None or data.root is None or data.format != "xlsa17":
         return
-    if str(dcfg.get("format", "xlsa17")) != "xlsa17":
-        return
-    if (Path(str(dcfg.root)) / str(dcfg.name)).is_dir():
+    if (Path(data.root) / data.name).is_dir():
         from zsl.data.formats.xlsa17 import check_feature_file
 
-        check_feature_file(str(dcfg.root), str(dcfg.name), str(dcfg.feature_file))
+        check_feature_file(data.root, data.name, data.feature_file)
 
 
 def _check_type(cfg: DictConfig, dotted: str, default: Any) -> None:

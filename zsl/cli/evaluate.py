@@ -1,5 +1,5 @@
 """``zsl-eval --checkpoint runs/x/model.ckpt [key=value ...]``: a run's test evaluation
-repeated from its checkpoint, nothing trained (:func:`zsl.run.inference.evaluate_checkpoint`).
+repeated from its checkpoint, nothing trained (:func:`zsl.run.replay.evaluate_checkpoint`).
 
 The data is the run's (its ``config.yaml``, found beside the checkpoint or given with
 ``--config``), changed by ``key=value`` overrides (e.g. ``data.root=/elsewhere``); the
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
     from zsl.data.errors import DataError
     from zsl.errors import CheckpointError, ConfigError
-    from zsl.run.inference import evaluate_checkpoint
+    from zsl.run.replay import evaluate_checkpoint
 
     out = args.out or args.checkpoint.resolve().parent / "eval"
     try:

@@ -17,10 +17,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from zsl.run.inference import Prediction
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``zsl-predict``; exit status 0 after writing the predictions."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zsl-predict",
         description="Classify image features with a trained zsl model checkpoint.",
@@ -55,6 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="output CSV")
     parser.add_argument("--config", type=Path, help="the run's config.yaml (default: found)")
     parser.add_argument("--show", type=int, default=5, help="rows printed (default 5)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``zsl-predict``; exit status 0 after writing the predictions."""
+    parser = _parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.top_k < 1:
         parser.error("--top-k must be >= 1")
@@ -66,28 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
     from zsl.data.errors import DataError
     from zsl.errors import CheckpointError, ConfigError
-    from zsl.run import inference
 
     try:
-        model, cfg = inference.load_for_inference(args.checkpoint, args.config)
-        inputs: list[str] | None = None
-        if args.images is not None:
-            paths = inference.image_paths(args.images)
-            raw, described = inference.image_features(paths, cfg, args.backbone, args.weights)
-            print(f"extracted {raw.shape[1]}-d features of {len(paths)} images ({described})")
-            inputs = [str(p) for p in paths]
-        else:
-            raw = inference.read_features(args.features)
-        features = inference.preprocess(raw, model, cfg)
-        if args.classes is not None:
-            names, vectors = inference.read_class_file(args.classes)
-            inference.extend_classes(model, names, vectors, args.only_new)
-        inference.bind_training_data(model, cfg)
-        model.prepare_inference()
-        predictions = inference.predict_top_k(
-            model, features, args.top_k, calibrate=not args.no_calibration
-        )
-        inference.write_predictions(predictions, args.out, inputs)
+        features, predictions, inputs = _predict(args)
     except (CheckpointError, ConfigError, DataError, ValueError) as err:
         raise SystemExit(f"error: {' '.join(str(err).split())}") from None
     except OSError as err:
@@ -101,6 +93,33 @@ def main(argv: list[str] | None = None) -> None:
     n_rows = features.shape[0]
     k = len(predictions) // max(n_rows, 1)
     print(f"wrote the top-{k} classes of {n_rows} rows to {args.out}")
+
+
+def _predict(args: argparse.Namespace) -> tuple[np.ndarray, list[Prediction], list[str] | None]:
+    """Features, predictions and input names (images) of the parsed command line; writes
+    the CSV."""
+    from zsl.run import inference
+
+    model, spec = inference.load_for_inference(args.checkpoint, args.config)
+    inputs: list[str] | None = None
+    if args.images is not None:
+        paths = inference.image_paths(args.images)
+        raw, described = inference.image_features(paths, spec, args.backbone, args.weights)
+        print(f"extracted {raw.shape[1]}-d features of {len(paths)} images ({described})")
+        inputs = [str(p) for p in paths]
+    else:
+        raw = inference.read_features(args.features)
+    features = inference.preprocess(raw, model, spec)
+    if args.classes is not None:
+        names, vectors = inference.read_class_file(args.classes)
+        inference.extend_classes(model, names, vectors, args.only_new)
+    inference.bind_training_data(model, spec)
+    model.prepare_inference()
+    predictions = inference.predict_top_k(
+        model, features, args.top_k, calibrate=not args.no_calibration
+    )
+    inference.write_predictions(predictions, args.out, inputs)
+    return features, predictions, inputs
 
 
 if __name__ == "__main__":

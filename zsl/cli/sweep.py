@@ -13,25 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
 
-from zsl.cli.compose import compose
+from zsl.cli.compose import compose_spec
 from zsl.errors import ConfigError
-from zsl.run.selection import grid_points
 
 
 def sweep_config(argv: list[str]) -> dict[str, Any]:
     """The sweep definition (a dict ready for ``yaml.safe_dump``) for the composed config."""
-    cfg = compose([a for a in argv if not a.startswith("out=")])
-    search = cfg.model.get("search")
-    grid = dict(search.get("grid") or {}) if search is not None else {}
-    metric = str(search.get("metric", "zsl_t1")) if search is not None else "zsl_t1"
+    model = compose_spec([a for a in argv if not a.startswith("out=")]).model
+    metric = model.search.metric
     parameters: dict[str, Any] = {
-        f"model.params.{key}": {"values": OmegaConf.to_container(values)}
-        for key, values in grid.items()
+        f"model.params.{key}": {"values": list(values)} for key, values in model.search.grid.items()
     }
     if not parameters:  # a grid of one point still makes a valid sweep
-        first = grid_points(cfg.model)[0]
+        first = model.grid_points()[0]
         key = next(iter(first))
         parameters[f"model.params.{key}"] = {"value": first[key]}
     fixed = [a for a in argv if not a.startswith(("data.protocol=", "out="))]

@@ -23,9 +23,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from zsl.cli.compose import compose
 from zsl.data.errors import DataError
-from zsl.errors import ConfigError, LeakageError, ModelLoadError, RunDirError, RunLockedError
-from zsl.run.config import fix_grid_axes, validate
+from zsl.errors import (
+    ConfigError,
+    LeakageError,
+    ModelLoadError,
+    ResumeError,
+    RunDirError,
+    RunLockedError,
+    TrainingInterrupted,
+)
+from zsl.run.config import fix_grid_axes, run_spec
 from zsl.run.lock import RunLock
+from zsl.run.spec import RunSpec
 
 # torch and Lightning are imported when a run needs them (zsl.dist, zsl.run.store and the
 # engine), so --help, --cfg job and config errors answer at once
@@ -41,23 +50,26 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
-def prepare(cfg: DictConfig, argv: list[str]) -> DictConfig:
-    """The config that runs: the interrupted run's own with ``resume=``, else ``cfg`` with the
-    values typed for grid parameters fixing their axes (:func:`zsl.run.config.fix_grid_axes`)."""
-    from zsl import dist
-    from zsl.run.store import resume_config
-
+def prepare(cfg: DictConfig, argv: list[str]) -> RunSpec:
+    """The run spec that runs, built and validated once (:class:`zsl.run.spec.RunSpec`): the
+    interrupted run's own config with ``resume=``, else ``cfg`` with the values typed for grid
+    parameters fixing their axes (:func:`zsl.run.config.fix_grid_axes`)."""
     notes = fix_grid_axes(cfg, argv)
     if cfg.get("resume"):
+        from zsl.run.store import resume_config
+
         cfg = resume_config(cfg, argv)
-    elif dist.is_global_zero():
+        notes = []
+    spec = run_spec(cfg)  # before torch and Lightning are imported: config errors answer at once
+    from zsl import dist
+
+    if dist.is_global_zero():
         for note in notes:
             print(f"note: {note}", flush=True)
-    validate(cfg)
-    return cfg
+    return spec
 
 
-def run_dir_for(cfg: DictConfig) -> Path:
+def run_dir_for(spec: RunSpec) -> Path:
     """The run directory: a DDP worker's inherited one, ``resume``'s, ``output_dir``, the
     Hydra job folder of a multirun, else ``<paths.runs_dir>/<data>_<model>_<time>``."""
     from zsl import dist
@@ -66,29 +78,28 @@ def run_dir_for(cfg: DictConfig) -> Path:
     inherited = None if dist.is_global_zero() else dist.inherited_run_dir()
     if inherited is not None:
         return inherited
-    output_dir = cfg.get("output_dir")
+    output_dir = spec.output_dir
     if not output_dir and HydraConfig.initialized():
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
             output_dir = hc.runtime.output_dir
     if not dist.is_global_zero():
-        return Path(output_dir) if output_dir else Path(cfg.paths.runs_dir)
-    stem = f"{cfg.data.name}_{cfg.model.name}"
-    return make_run_dir(output_dir, str(cfg.paths.runs_dir), stem, cfg.get("resume"))
+        return Path(output_dir) if output_dir else Path(spec.paths.runs_dir)
+    stem = f"{spec.data.name}_{spec.model.name}"
+    return make_run_dir(output_dir, spec.paths.runs_dir, stem, spec.resume)
 
 
-def _run(cfg: DictConfig, argv: list[str]) -> RunResult:
-    """Prepare the config, claim the run directory (:class:`zsl.run.lock.RunLock`: one process
+def _run(spec: RunSpec) -> RunResult:
+    """Claim the run directory (:class:`zsl.run.lock.RunLock`: one process
     per run directory) and run the protocol. A new run that fails before any grid point was
     validated removes its directory, so rerunning the same command works; an interrupted run
     (SIGTERM, SIGINT) and one that failed later are kept for ``resume=``."""
     from zsl import dist
     from zsl.run.protocol import run_protocol
-    from zsl.run.store import TrainingInterrupted, claim_new_run_dir, work_saved
+    from zsl.run.store import claim_new_run_dir, work_saved
 
-    cfg = prepare(cfg, argv)
-    run_dir = run_dir_for(cfg)
-    new = not cfg.get("resume")
+    run_dir = run_dir_for(spec)
+    new = not spec.resume
     lock = RunLock(run_dir)
     if dist.is_global_zero():
         lock.acquire()  # RunLockedError: another live run owns it (nothing here is ours)
@@ -99,7 +110,7 @@ def _run(cfg: DictConfig, argv: list[str]) -> RunResult:
                 flush=True,
             )
         try:
-            if new and cfg.get("output_dir"):
+            if new and spec.output_dir:
                 claim_new_run_dir(run_dir)
         except BaseException:
             lock.release()
@@ -108,7 +119,7 @@ def _run(cfg: DictConfig, argv: list[str]) -> RunResult:
     try:
         # the ddp strategy re-runs this command in its processes: they reuse this directory
         with dist.export_run_dir(run_dir):
-            return run_protocol(cfg, run_dir)
+            return run_protocol(spec, run_dir)
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt:  # a Ctrl-C outside the protocol's guard
@@ -136,27 +147,10 @@ def _run(cfg: DictConfig, argv: list[str]) -> RunResult:
 
 
 def train(cfg: DictConfig, argv: list[str]) -> dict[str, Any]:
-    """Run one composed config; failures become ``SystemExit`` with one line."""
-    from zsl import dist
-    from zsl.reporting.table import print_table
-    from zsl.run.store import ResumeError, TrainingInterrupted
-
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*GPU available but not used.*")
-    # Lightning's notes that do not apply to these models: closed-form fits have no optimizer
-    # and one batch; checkpoints are the run's own (trusted) files
-    warnings.filterwarnings("ignore", ".*configure_optimizers.*returned `None`.*")
-    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", ".*`weights_only` was not set.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
-    # DDP: the val/test metrics are computed from states gathered over all ranks (identical on
-    # every rank), so Lightning's advice to sync them again does not apply
-    warnings.filterwarnings("ignore", r".*self\.log\('(val|test)/.*sync_dist=True.*")
-    dist.sync_lightning_rank()
-    if not dist.is_global_zero() and dist.inherited_run_dir() is not None:
-        dist.exit_with_parent(dist.inherited_parent())  # started by the ddp launcher
+    """Run one composed config; failures become ``SystemExit`` with one line. The config is
+    checked (:func:`prepare`) before torch and Lightning are imported."""
     try:
-        result = _run(cfg, argv)
+        result = _train(cfg, argv)
     except ConfigError as err:
         raise SystemExit(f"config error: {_one_line(err)}") from None
     except ResumeError as err:
@@ -181,8 +175,31 @@ def train(cfg: DictConfig, argv: list[str]) -> dict[str, Any]:
         if isinstance(err, MisconfigurationException):  # Lightning's own checks
             raise SystemExit(f"config error: trainer: {_one_line(err)}") from None
         raise
+    from zsl.reporting.table import print_table
+
     print_table(result.metrics, result.selection)
     return result.metrics
+
+
+def _train(cfg: DictConfig, argv: list[str]) -> RunResult:
+    spec = prepare(cfg, argv)
+    from zsl import dist
+
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+    # Lightning's notes that do not apply to these models: closed-form fits have no optimizer
+    # and one batch; checkpoints are the run's own (trusted) files
+    warnings.filterwarnings("ignore", ".*configure_optimizers.*returned `None`.*")
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*`weights_only` was not set.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
+    # DDP: the val/test metrics are computed from states gathered over all ranks (identical on
+    # every rank), so Lightning's advice to sync them again does not apply
+    warnings.filterwarnings("ignore", r".*self\.log\('(val|test)/.*sync_dist=True.*")
+    dist.sync_lightning_rank()
+    if not dist.is_global_zero() and dist.inherited_run_dir() is not None:
+        dist.exit_with_parent(dist.inherited_parent())  # started by the ddp launcher
+    return _run(spec)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://zsl.conf", config_name="train")

@@ -11,9 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zsl.data.errors import DataError
-from zsl.data.formats.xlsa17 import Protocol, load_xlsa17
+from zsl.data.formats import read_dataset
 from zsl.data.splits import FeatureScaler, Preprocess, ProtocolSplit, make_split
-from zsl.data.types import ClassSpace, ExampleSet, ZSLBatch, ZSLData
+from zsl.data.types import ClassSpace, ExampleSet, ProtocolName, ZSLBatch, ZSLData
 
 
 class MappedRows:
@@ -172,6 +172,10 @@ def tensor_loader(
 class ZSLDataModule(pl.LightningDataModule):
     """Loads a benchmark, builds the protocol split, fits preprocessing on training features.
 
+    The benchmark is ``data`` when given (already read, and prepared for the model), else it
+    is read through the format registry (:func:`zsl.data.formats.read_dataset`, format
+    ``data_format``).
+
     Guarantees (asserted): training batches hold only seen-class images; evaluation images
     are disjoint from training images. ``batch_size <= 0`` yields the full training set as
     one batch (used by closed-form models).
@@ -180,9 +184,9 @@ class ZSLDataModule(pl.LightningDataModule):
     def __init__(
         self,
         name: str,
-        root: str,
+        root: str | Path | None,
         feature_file: str = "res101.mat",
-        protocol: Protocol = "test",
+        protocol: ProtocolName = "test",
         preprocess: Preprocess = "l2",
         batch_size: int = 128,
         eval_batch_size: int = 4096,
@@ -193,24 +197,28 @@ class ZSLDataModule(pl.LightningDataModule):
         data: ZSLData | None = None,
         exclude_test_from_val: bool = True,
         min_steps_per_epoch: int = 0,
+        data_format: str = "xlsa17",
     ) -> None:
         super().__init__()
         #: training epochs have at least this many batches (see ShardedBatchSampler)
         self.min_steps_per_epoch = int(min_steps_per_epoch)
         self.name, self.root, self.feature_file = name, root, feature_file
-        self.protocol: Protocol = protocol
+        self.protocol: ProtocolName = protocol
         self.preprocess: Preprocess = preprocess
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_seen_fraction, self.split_seed = val_seen_fraction, split_seed
         self.semantics_key = semantics_key
         self.synthetic = synthetic
         self.exclude_test_from_val = exclude_test_from_val
+        self.data_format = data_format
         self._data = data
         self.split: ProtocolSplit | None = None
 
     # -- loading -----------------------------------------------------------------------
     def _load(self) -> ZSLData:
         if self._data is None:
+            if self.root is None:
+                raise DataError(str(self.name), "no data given and no root to read it from")
             if self.synthetic is not None:
                 from zsl.data.synthetic import SyntheticSpec, ensure_synthetic
 
@@ -219,13 +227,14 @@ class ZSLDataModule(pl.LightningDataModule):
                     SyntheticSpec(**self.synthetic),
                     self.feature_file,
                 )
-            self._data = load_xlsa17(
+            self._data = read_dataset(
+                self.data_format,
                 self.root,
                 str(self.name),
                 self.feature_file,
                 self.protocol,
                 self.semantics_key,
-                exclude_test_from_val=self.exclude_test_from_val,
+                self.exclude_test_from_val,
             )
         return self._data
 

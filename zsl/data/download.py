@@ -30,6 +30,7 @@ import zipfile
 from collections.abc import Sequence
 from http.client import HTTPException
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from zsl.data.errors import DataError
 
@@ -58,21 +59,33 @@ def download(
     Raises :class:`DataError` naming the URL on an HTTP or network error, on a stall longer
     than ``read_timeout`` and on a body shorter than its ``Content-Length`` (the partial file
     is kept: rerun to resume)."""
-    from tqdm.auto import tqdm
-
     if not read_timeout > 0:
         raise ValueError(f"read_timeout must be positive, got {read_timeout}")
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.is_file() else 0
+    response = _open(url, have, read_timeout)
+    if response is None:  # the part file already holds the whole body
+        part.replace(dest)
+        return dest
+    with response:
+        done, total = _receive(response, url, part, have, dest.name, progress, read_timeout)
+    if total is not None and done < total:
+        raise DataError(url, f"download interrupted at {done} of {total} bytes; rerun to resume")
+    part.replace(dest)
+    return dest
+
+
+def _open(url: str, have: int, read_timeout: float) -> Any:
+    """The response to a request for ``url`` from byte ``have`` on; None when the server
+    answers that range with 416 (nothing left to fetch)."""
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        response = urllib.request.urlopen(request, timeout=read_timeout)
+        return urllib.request.urlopen(request, timeout=read_timeout)
     except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # the part file already holds the whole body
-            part.replace(dest)
-            return dest
+        if err.code == 416 and have:
+            return None
         raise DataError(url, f"download failed: HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
@@ -83,49 +96,56 @@ def download(
                 "rerun to retry",
             ) from None
         raise DataError(url, f"download failed: {reason}") from None
-    with response:
-        resumed = have > 0 and response.status == 206
-        length = response.headers.get("Content-Length")
-        total = (int(length) + (have if resumed else 0)) if length is not None else None
-        done = have if resumed else 0
-        bar = tqdm(
-            total=total,
-            initial=done,
-            unit="B",
-            unit_scale=True,
-            desc=dest.name,
-            disable=not progress,
-        )
-        of_total = f" of {total}" if total is not None else ""
-        try:
-            with open(part, "ab" if resumed else "wb") as out:
-                while True:
-                    # read1: whatever has arrived (up to a chunk), so that bytes received before
-                    # a stall are in the part file, not lost in a half-filled read buffer
-                    chunk = response.read1(_CHUNK)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    done += len(chunk)
-                    bar.update(len(chunk))
-        except TimeoutError:
-            raise DataError(
-                url,
-                f"download stalled: no data for {read_timeout:g} s (--read-timeout) at {done}"
-                f"{of_total} bytes; rerun to resume",
-            ) from None
-        except (HTTPException, OSError) as err:
-            raise DataError(
-                url,
-                f"download interrupted at {done} of {total} bytes ({type(err).__name__}); "
-                "rerun to resume",
-            ) from None
-        finally:
-            bar.close()
-    if total is not None and done < total:
-        raise DataError(url, f"download interrupted at {done} of {total} bytes; rerun to resume")
-    part.replace(dest)
-    return dest
+
+
+def _receive(
+    response: Any,
+    url: str,
+    part: Path,
+    have: int,
+    label: str,
+    progress: bool,
+    read_timeout: float,
+) -> tuple[int, int | None]:
+    """Append the body of ``response`` to ``part`` as it arrives (a resumed 206 response after
+    the ``have`` bytes there, else from scratch); returns (bytes in ``part``, expected total
+    or None)."""
+    from tqdm.auto import tqdm
+
+    resumed = have > 0 and response.status == 206
+    length = response.headers.get("Content-Length")
+    total = (int(length) + (have if resumed else 0)) if length is not None else None
+    done = have if resumed else 0
+    bar = tqdm(
+        total=total, initial=done, unit="B", unit_scale=True, desc=label, disable=not progress
+    )
+    of_total = f" of {total}" if total is not None else ""
+    try:
+        with open(part, "ab" if resumed else "wb") as out:
+            while True:
+                # read1: whatever has arrived (up to a chunk), so that bytes received before
+                # a stall are in the part file, not lost in a half-filled read buffer
+                chunk = response.read1(_CHUNK)
+                if not chunk:
+                    break
+                out.write(chunk)
+                done += len(chunk)
+                bar.update(len(chunk))
+    except TimeoutError:
+        raise DataError(
+            url,
+            f"download stalled: no data for {read_timeout:g} s (--read-timeout) at {done}"
+            f"{of_total} bytes; rerun to resume",
+        ) from None
+    except (HTTPException, OSError) as err:
+        raise DataError(
+            url,
+            f"download interrupted at {done} of {total} bytes ({type(err).__name__}); "
+            "rerun to resume",
+        ) from None
+    finally:
+        bar.close()
+    return done, total
 
 
 def _dataset_of(member: str, datasets: Sequence[str]) -> tuple[str, str] | None:
@@ -181,7 +201,7 @@ def verify_xlsa17(
     well). Each benchmark is read by the loader in both protocols, which checks the files
     (an HTML error page saved as ``.mat`` included), keys, shapes, the 1-based index ranges
     and the split invariants."""
-    from zsl.data.formats.xlsa17 import load_xlsa17
+    from zsl.data.formats import read_dataset
 
     problems: list[str] = []
     for dataset in datasets:
@@ -191,7 +211,7 @@ def verify_xlsa17(
             continue
         for protocol in ("test", "val"):
             try:
-                load_xlsa17(root, dataset, feature_file, protocol)  # type: ignore[arg-type]
+                read_dataset("xlsa17", root, dataset, feature_file, protocol)
             except DataError as err:
                 problems.append(" ".join(str(err).split()))
                 break

@@ -28,13 +28,8 @@ import numpy as np
 
 from zsl.data.errors import DataError
 from zsl.data.formats.matfile import read_mat
-from zsl.data.formats.xlsa17 import (
-    _semantics,
-    _split_vector,
-    is_synthetic,
-    provenance_path,
-    write_features_npy,
-)
+from zsl.data.formats.xlsa17 import is_synthetic, provenance_path, write_features_npy
+from zsl.data.formats.xlsa17_arrays import read_semantics, split_vector
 from zsl.data.synthetic import SyntheticSpec, _features
 
 __all__ = ["FEATURE_FILE", "XLSA17_CLASSES", "is_synthetic", "synthesize_features"]
@@ -118,21 +113,8 @@ def synthesize_features(
         if json.loads(provenance_path(feature_path).read_text()) == record:
             n = int(np.load(feature_path, mmap_mode="r").shape[0])
             return StandIn(folder, n, dim, counts)
-    splits = read_mat(split_path)
-    att, _ = _semantics(splits, split_path, "att")
+    att, locs, n_images = _read_splits(split_path, counts)
     n_classes = att.shape[1]
-    if sum(counts) != n_classes:
-        raise DataError(
-            str(split_path), f"{n_classes} classes, but the counts {counts} add up to {sum(counts)}"
-        )
-    missing = [key for key in SPLIT_KEYS if key not in splits]
-    if missing:
-        raise DataError(str(split_path), f"missing split keys {missing}")
-    n_images = max(int(np.max(splits[key])) for key in SPLIT_KEYS)
-    locs = {
-        key: _split_vector(splits[key], f"{split_path}[{key!r}]", n_images, "the splits")
-        for key in SPLIT_KEYS
-    }
     rng = np.random.default_rng(seed)
     order = rng.permutation(n_classes)
     n_train, n_val, _ = counts
@@ -145,13 +127,40 @@ def synthesize_features(
     features = _features(rng, SyntheticSpec(feature_dim=dim), att.T.astype(np.float64), labels)
 
     folder.mkdir(parents=True, exist_ok=True)
-    link = folder / split_file
+    _link_split_file(split_path, folder / split_file)
+    write_features_npy(feature_path, features, labels)
+    provenance_path(feature_path).write_text(json.dumps(record, indent=2) + "\n")
+    return StandIn(folder, n_images, dim, counts)
+
+
+def _read_splits(
+    split_path: Path, counts: tuple[int, int, int]
+) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    """The A x C semantics, the 0-based splits of every key and the image count (the largest
+    index any split lists) of a split file, checked against the class ``counts``."""
+    splits = read_mat(split_path)
+    att, _ = read_semantics(splits, split_path, "att")
+    n_classes = att.shape[1]
+    if sum(counts) != n_classes:
+        raise DataError(
+            str(split_path), f"{n_classes} classes, but the counts {counts} add up to {sum(counts)}"
+        )
+    missing = [key for key in SPLIT_KEYS if key not in splits]
+    if missing:
+        raise DataError(str(split_path), f"missing split keys {missing}")
+    n_images = max(int(np.max(splits[key])) for key in SPLIT_KEYS)
+    locs = {
+        key: split_vector(splits[key], f"{split_path}[{key!r}]", n_images, "the splits")
+        for key in SPLIT_KEYS
+    }
+    return att, locs, n_images
+
+
+def _link_split_file(split_path: Path, link: Path) -> None:
+    """``link`` -> ``split_path`` (a symbolic link, or a copy where links are not possible)."""
     if link.is_symlink() or link.exists():
         link.unlink()
     try:
         link.symlink_to(split_path.resolve())
     except OSError:  # no symlinks here: copy the (small) split file
         shutil.copyfile(split_path, link)
-    write_features_npy(feature_path, features, labels)
-    provenance_path(feature_path).write_text(json.dumps(record, indent=2) + "\n")
-    return StandIn(folder, n_images, dim, counts)

@@ -12,16 +12,17 @@ import torch
 from torch import nn
 
 from zsl.errors import ModelLoadError
-from zsl.features.images import Transform, imagenet_transform
+from zsl.features.images import Backbone, imagenet_transform
 
-
-@dataclass
-class Backbone:
-    """A frozen image encoder: ``module(pixels[B, 3, H, W]) -> features[B, D]``."""
-
-    module: nn.Module
-    transform: Transform
-    description: str
+__all__ = [
+    "CLIP_BACKBONE",
+    "DEFAULT_BACKBONE",
+    "RANDOM_INIT_SEED",
+    "Backbone",
+    "BackboneSpec",
+    "remove_classifier_head",
+    "torchvision_backbone",
+]
 
 
 DEFAULT_BACKBONE = "resnet101"

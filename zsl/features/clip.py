@@ -1,7 +1,8 @@
 """CLIP encoders: loading a checkpoint, its image tower as an extraction backbone, and class
 text embeddings from prompt templates (Radford et al., "Learning Transferable Visual Models
-From Natural Language Supervision", ICML 2021). The zero-shot scorer lives in
-:mod:`zsl.models.clip`; ``transformers`` is imported only when CLIP is used.
+From Natural Language Supervision", ICML 2021). The step that embeds a benchmark with them is
+:func:`zsl.features.prepare.clip_embeddings`; the zero-shot scorer lives in
+:mod:`zsl.models.clip`. ``transformers`` is imported only when CLIP is used.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from torch import Tensor, nn
 
 from zsl.data.errors import DataError
 from zsl.errors import ModelLoadError
-from zsl.features.backbones import Backbone
-from zsl.features.images import pick_device
+from zsl.features.images import Backbone, pick_device
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 

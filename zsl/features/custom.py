@@ -191,16 +191,7 @@ def build_custom_dataset(
     progress: bool = True,
 ) -> Path:
     """Write ``<output>/att_splits.mat`` and ``<output>/<feature_file>``; returns the folder."""
-    folder = list_image_folder(images)
-    table = read_attribute_csv(attributes)
-    missing = [c for c in folder.class_names if c not in table.class_names]
-    extra = [c for c in table.class_names if c not in folder.class_names]
-    if missing or extra:
-        raise DataError(
-            str(attributes),
-            f"CSV classes must match the class folders of {folder.root}: no row for {missing[:5]}, "
-            f"no folder for {extra[:5]}",
-        )
+    folder, table = _matched_inputs(images, attributes)
     unseen_ids = _ids(unseen, folder, "unseen classes")
     val_ids = _ids(val_classes, folder, "validation classes") if val_classes else None
     try:
@@ -235,8 +226,38 @@ def build_custom_dataset(
         device=device,
         progress=progress,
     )
+    print(_summary(out, folder, table, unseen_ids, locs, feature_file))
+    return out
+
+
+def _matched_inputs(
+    images: str | Path, attributes: str | Path
+) -> tuple[ImageFolder, AttributeTable]:
+    """The image folder and the attribute table, which must list the same classes."""
+    folder = list_image_folder(images)
+    table = read_attribute_csv(attributes)
+    missing = [c for c in folder.class_names if c not in table.class_names]
+    extra = [c for c in table.class_names if c not in folder.class_names]
+    if missing or extra:
+        raise DataError(
+            str(attributes),
+            f"CSV classes must match the class folders of {folder.root}: no row for {missing[:5]}, "
+            f"no folder for {extra[:5]}",
+        )
+    return folder, table
+
+
+def _summary(
+    out: Path,
+    folder: ImageFolder,
+    table: AttributeTable,
+    unseen_ids: np.ndarray,
+    locs: dict[str, np.ndarray],
+    feature_file: str,
+) -> str:
+    """What was written, and the command that trains on it."""
     n_seen = len(folder.class_names) - unseen_ids.size
-    print(
+    return (
         f"{out}: {len(folder.class_names)} classes ({n_seen} seen, {unseen_ids.size} unseen), "
         f"{len(folder)} images, {len(table.attribute_names)} attributes; "
         + ", ".join(f"{k.removesuffix('_loc')} {v.size}" for k, v in locs.items())
@@ -244,4 +265,3 @@ def build_custom_dataset(
         f"train with: python train.py data=xlsa17 data.root={out.parent} data.name={out.name} "
         f"data.feature_file={feature_file}"
     )
-    return out

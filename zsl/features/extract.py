@@ -1,6 +1,6 @@
 """``zsl-extract``: image features and CLIP class-name semantics in the xlsa17 format.
 
-Three sources, one output format (what :func:`zsl.data.formats.xlsa17.load_xlsa17` reads):
+Three sources, one output format (what :func:`zsl.data.formats.xlsa17.read` reads):
 
 * ``--images DIR``: an image folder with one sub-folder per class (classes sorted by name,
   labels 1-based in that order, ``image_files`` absolute paths);

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from zsl.data.errors import DataError
@@ -31,6 +31,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Transform = Callable[[Image.Image], Tensor]
+
+
+@dataclass
+class Backbone:
+    """A frozen image encoder: ``module(pixels[B, 3, H, W]) -> features[B, D]``, with the
+    transform that turns an image into its input (built by :mod:`zsl.features.backbones`)."""
+
+    module: nn.Module
+    transform: Transform
+    description: str
 
 
 # ----------------------------------------------------------------------------- listings

@@ -1,6 +1,7 @@
 """Per-example seen/unseen summaries and the exact ZSL / GZSL numbers computed from them
 (:class:`SeenUnseenStats`): ZSL accuracy, u, s and H at any calibrated-stacking gamma (Chao
-et al., ECCV 2016), the exact seen-unseen curve, AUSUC and the gamma that maximises H."""
+et al., ECCV 2016), the exact seen-unseen curve, AUSUC and the gamma that maximises H. The
+arithmetic on the summaries is :mod:`zsl.metrics.curve`."""
 
 from __future__ import annotations
 
@@ -14,41 +15,18 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from zsl.metrics.inputs import (
-    as_class_ids,
-    check_mask,
-    check_range,
-    harmonic_mean,
+from zsl.metrics.curve import (
+    Curve,
+    Summary,
+    best_gamma,
+    curve_area,
+    exact_curve,
+    gzsl_at,
+    zsl_accuracy,
 )
+from zsl.metrics.inputs import as_class_ids, check_mask, check_range
 
 __all__ = ["SeenUnseenStats", "StatsReport"]
-
-# Relative tolerance under which two H values are considered tied in ``best_gamma``.
-_TIE_TOL = 1e-9
-
-
-class _Summary(NamedTuple):
-    """Concatenated per-sample states (on CPU): ids as long, scores as float64."""
-
-    target: Tensor
-    seen_score: Tensor
-    seen_pred: Tensor
-    unseen_score: Tensor
-    unseen_pred: Tensor
-
-    @property
-    def delta(self) -> Tensor:
-        """``seen_score - unseen_score``: a sample is predicted unseen iff ``gamma > delta``."""
-        return self.seen_score - self.unseen_score
-
-
-class _Curve(NamedTuple):
-    """Seen--unseen step function: point ``k`` holds on ``(values[k-1], values[k]]``."""
-
-    gammas: Tensor  # float64 [m + 1], one representative gamma strictly inside each step
-    u: Tensor  # float64 [m + 1], fraction in [0, 1]
-    s: Tensor  # float64 [m + 1], fraction in [0, 1]
-    values: Tensor  # float64 [m], sorted distinct deltas (the breakpoints)
 
 
 class StatsReport(NamedTuple):
@@ -60,27 +38,6 @@ class StatsReport(NamedTuple):
     gamma: float | None  # chosen or given; None/NaN: no calibration
     calibrated: tuple[float, float, float] | None  # (u, s, H) at ``gamma``
     curve: tuple[Tensor, Tensor, Tensor]  # (gammas, u, s)
-
-
-def _per_class_mean(correct: Tensor, target: Tensor, num_classes: int) -> float:
-    """Mean over classes present in ``target`` of the per-class accuracy (fraction); NaN if none."""
-    counts = torch.bincount(target, minlength=num_classes)
-    hits = torch.bincount(target[correct], minlength=num_classes)
-    present = counts > 0
-    if not bool(present.any()):
-        return float("nan")
-    return float((hits[present].double() / counts[present].double()).mean())
-
-
-def _class_weights(correct: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """Weight ``1 / (n_class * n_present_classes)`` for correct samples, 0 otherwise."""
-    counts = torch.bincount(target, minlength=num_classes)
-    n_present = int((counts > 0).sum())
-    weights = torch.zeros(target.numel(), dtype=torch.float64)
-    if n_present == 0:
-        return weights
-    per_sample = 1.0 / (counts[target].double() * n_present)
-    return torch.where(correct, per_sample, weights)
 
 
 class SeenUnseenStats(Metric):
@@ -229,7 +186,7 @@ class SeenUnseenStats(Metric):
         ):
             yield
 
-    def _summary(self) -> _Summary:
+    def _summary(self) -> Summary:
         """The (already synchronised) states, concatenated and moved to CPU."""
         values = []
         for name, dtype in self._STATE_DTYPES.items():
@@ -238,66 +195,25 @@ class SeenUnseenStats(Metric):
                 value = torch.cat(value) if value else torch.empty(0, dtype=dtype)
             value = value.detach().cpu().flatten()
             values.append(value.double() if dtype.is_floating_point else value.long())
-        summary = _Summary(*values)
+        summary = Summary(*values)
         if summary.target.numel() == 0:
             raise ValueError("SeenUnseenStats has no samples: call update() first")
         return summary
 
-    def _unseen_target(self, summary: _Summary) -> Tensor:
-        return ~self.seen_mask.bool().cpu()[summary.target]
-
     # ------------------------------------------------------------------ computations on a summary
 
-    def _zsl(self, summary: _Summary) -> float:
-        unseen = self._unseen_target(summary)
-        correct = summary.unseen_pred[unseen] == summary.target[unseen]
-        return 100.0 * _per_class_mean(correct, summary.target[unseen], self.num_classes)
+    def _zsl(self, summary: Summary) -> float:
+        return zsl_accuracy(summary, self.seen_mask, self.num_classes)
 
-    def _gzsl(self, summary: _Summary, gamma: float) -> tuple[float, float, float]:
-        pred = torch.where(gamma > summary.delta, summary.unseen_pred, summary.seen_pred)
-        correct = pred == summary.target
-        unseen = self._unseen_target(summary)
-        u = 100.0 * _per_class_mean(correct[unseen], summary.target[unseen], self.num_classes)
-        s = 100.0 * _per_class_mean(correct[~unseen], summary.target[~unseen], self.num_classes)
-        return u, s, harmonic_mean(u, s)
+    def _gzsl(self, summary: Summary, gamma: float) -> tuple[float, float, float]:
+        return gzsl_at(summary, self.seen_mask, self.num_classes, gamma)
 
-    def _curve(self, summary: _Summary) -> _Curve:
-        unseen = self._unseen_target(summary)
-        if not bool(unseen.any()):
-            raise ValueError("no sample has an unseen target class; the GZSL curve is undefined")
-        if bool(unseen.all()):
-            raise ValueError("no sample has a seen target class; the GZSL curve is undefined")
-        n = summary.target.numel()
-        w_u = torch.zeros(n, dtype=torch.float64)
-        w_s = torch.zeros(n, dtype=torch.float64)
-        w_u[unseen] = _class_weights(
-            summary.unseen_pred[unseen] == summary.target[unseen],
-            summary.target[unseen],
-            self.num_classes,
-        )
-        w_s[~unseen] = _class_weights(
-            summary.seen_pred[~unseen] == summary.target[~unseen],
-            summary.target[~unseen],
-            self.num_classes,
-        )
-        values, inverse = torch.unique(summary.delta, sorted=True, return_inverse=True)
-        m = values.numel()
-        # Weight of each distinct delta: u gains it once gamma > value, s loses it then.
-        bin_u = torch.zeros(m, dtype=torch.float64).index_add_(0, inverse, w_u)
-        bin_s = torch.zeros(m, dtype=torch.float64).index_add_(0, inverse, w_s)
-        zero = torch.zeros(1, dtype=torch.float64)
-        u = torch.cat([zero, torch.cumsum(bin_u, 0)])
-        s = torch.cat([torch.flip(torch.cumsum(torch.flip(bin_s, [0]), 0), [0]), zero])
-        lo, hi = values[:-1], values[1:]
-        mids = lo + (hi - lo) / 2
-        mids = torch.where(mids > lo, mids, hi)  # guard against rounding onto ``lo``
-        gammas = torch.cat([values[:1] - 1.0, mids, values[-1:] + 1.0])
-        return _Curve(gammas=gammas, u=u, s=s, values=values)
+    def _curve(self, summary: Summary) -> Curve:
+        return exact_curve(summary, self.seen_mask, self.num_classes)
 
     @staticmethod
-    def _area(curve: _Curve) -> float:
-        du = curve.u[1:] - curve.u[:-1]
-        return float((du * (curve.s[1:] + curve.s[:-1]) / 2).sum())
+    def _area(curve: Curve) -> float:
+        return curve_area(curve)
 
     # ------------------------------------------------------------------ public helpers
 
@@ -363,17 +279,8 @@ class SeenUnseenStats(Metric):
         return self._best_gamma(c)
 
     @staticmethod
-    def _best_gamma(c: _Curve) -> float:
-        total = c.u + c.s
-        h = torch.where(total > 0, 2 * c.u * c.s / total.clamp_min(1e-300), torch.zeros_like(total))
-        # gamma = 0 falls in step k = number of distinct deltas strictly below 0.
-        k_zero = int(torch.searchsorted(c.values, torch.zeros(1, dtype=torch.float64)))
-        gammas = torch.cat([c.gammas, torch.zeros(1, dtype=torch.float64)])
-        h = torch.cat([h, h[k_zero : k_zero + 1]])
-        best = h.max()
-        tied = h >= best - _TIE_TOL * max(float(best), 1e-12)
-        candidates = gammas[tied]
-        return float(candidates[torch.argmin(candidates.abs())])
+    def _best_gamma(c: Curve) -> float:
+        return best_gamma(c)
 
     def report(self, gamma: float | None, choose_gamma: bool) -> StatsReport:
         """Every number of one evaluation from a single synchronisation, summary and curve

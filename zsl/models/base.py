@@ -4,15 +4,17 @@ Every model answers ``scores(features[B, D], class_semantics[C, A]) -> [B, C]``.
 the class semantics (buffers, global class ids), the training step wiring, validation/test
 evaluation with the standard metrics (ZSL T1, GZSL u/s/H, calibrated stacking, AUSUC) and
 logging. Subclasses fill hooks: ``configure_models``, ``training_loss`` (iterative models) or
-``fit_closed_form`` (``closed_form = True``), ``configure_optimizers``.
+``fit_closed_form`` (``closed_form = True``), ``configure_optimizers``, ``checkpoint_entries``.
+Methods marked ``@final`` are the base's own: a subclass that overrides one is refused when
+the class is defined (mypy says so too), and extends them through the hooks they call.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Self, cast
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self, cast, final
 
 import pytorch_lightning as pl
 import torch
@@ -20,10 +22,11 @@ from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.parsing import AttributeDict
 from torch import Tensor
 
-from zsl.data.types import ClassSpace, ExampleSet, ZSLBatch, ZSLData, ZSLDataSource
+from zsl.data.types import ExampleSet, ZSLBatch, ZSLDataSource
 from zsl.errors import LeakageError, ModelLoadError
 from zsl.evaluation import Evaluation, ZSLEvaluator
 from zsl.heap import release_free_memory
+from zsl.models.classes import ClassSpaceMixin
 from zsl.models.hparams import NON_NEGATIVE_HPARAMS, POSITIVE_HPARAMS, check_common_hparams
 
 __all__ = [
@@ -39,8 +42,9 @@ __all__ = [
 SCORE_CHUNK = 1 << 22
 
 
-class ZSLModule(pl.LightningModule):
-    """Base LightningModule: subclasses implement ``scores`` and a way to fit."""
+class ZSLModule(pl.LightningModule, ClassSpaceMixin):
+    """Base LightningModule: subclasses implement ``scores`` and a way to fit (the class-space
+    methods, ``set_class_space`` ... ``to_local``, are :class:`ClassSpaceMixin`'s)."""
 
     #: closed-form models fit once on the full training set, with no optimizer and no epochs
     closed_form: ClassVar[bool] = False
@@ -48,11 +52,28 @@ class ZSLModule(pl.LightningModule):
     uses_unseen_semantics: ClassVar[bool] = False
     #: grid points may be fitted together in one pass (see zsl.run.stacked)
     stackable: ClassVar[bool] = False
+    #: feature generators (``zsl.models.generative.base.GenerativeZSL``): the model
+    #: synthesises examples of any class from its semantics (``synthesize``)
+    generates_features: ClassVar[bool] = False
+    #: the feature-preparation step applied to the benchmark before splitting (a key of
+    #: ``zsl.features.prepare.PREPARATIONS``; CLIP's embeds the images and class names)
+    feature_preparation: ClassVar[str] = "none"
     # buffers (registered in __init__)
     semantics: Tensor
     seen_ids: Tensor
     unseen_ids: Tensor
     gamma: Tensor
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass that overrides a method a base class marked ``@final``."""
+        super().__init_subclass__(**kwargs)
+        for base in cls.__mro__[1:]:
+            for name, attr in vars(base).items():
+                if getattr(attr, "__final__", False) and name in vars(cls):
+                    raise TypeError(
+                        f"{cls.__name__} overrides {base.__name__}.{name}, which the base runs "
+                        f"itself; use the hooks it calls instead (see its docstring)"
+                    )
 
     def __init__(self, feature_dim: int, n_attributes: int, n_classes: int) -> None:
         super().__init__()
@@ -96,10 +117,11 @@ class ZSLModule(pl.LightningModule):
         return {}
 
     @classmethod
-    def adapt_data(cls, data: ZSLData, params: dict[str, Any], data_cfg: dict[str, Any]) -> ZSLData:
-        """Transform the loaded benchmark before splitting (default: unchanged). CLIP uses it
-        to replace features and semantics by image/text embeddings of the same images."""
-        return data
+    def option_groups(cls) -> dict[str, list[str]]:
+        """Constructor parameters that take a mapping of named options (``{parameter: [option,
+        ...]}``), so that a config naming an unknown option is refused before any fit; none by
+        default (the generators' ``second_stage``)."""
+        return {}
 
     def configure_models(self) -> None:
         """Build the networks (``self.feature_dim`` etc. are set)."""
@@ -166,71 +188,6 @@ class ZSLModule(pl.LightningModule):
                 "(model.bind(dm), or trainer.fit/validate/test with datamodule=dm)"
             )
         return self._training_examples
-
-    def set_class_space(self, space: ClassSpace) -> None:
-        """Install the protocol's classes; shapes must match the model's."""
-        if space.semantics.shape != (self.n_classes, self.n_attributes):
-            raise ValueError(
-                f"{type(self).__name__}: class semantics of shape {tuple(space.semantics.shape)} "
-                f"do not match the model's ({self.n_classes}, {self.n_attributes})"
-            )
-        if space.feature_dim != self.feature_dim:
-            raise ValueError(
-                f"{type(self).__name__}: data has {space.feature_dim}-d features, "
-                f"model was built for {self.feature_dim}"
-            )
-        self.semantics = space.semantics.to(self.semantics)
-        self.seen_ids = space.seen_ids.to(self.seen_ids.device)
-        self.unseen_ids = space.unseen_ids.to(self.unseen_ids.device)
-        self.class_names = tuple(space.class_names)
-
-    def use_classes(
-        self, semantics: Tensor, names: Sequence[str], seen_ids: Tensor, unseen_ids: Tensor
-    ) -> None:
-        """Score against another class set (e.g. the checkpoint's classes plus new ones given
-        by their semantic vectors): ``semantics`` [C, A], one name per row; ``seen_ids`` must be
-        classes the model was trained on, at the same rows. A generative model trains its
-        final classifier for the new set at the next :meth:`prepare_inference`."""
-        if semantics.ndim != 2 or semantics.shape[1] != self.n_attributes:
-            raise ValueError(
-                f"{type(self).__name__}: class semantics must be [C, {self.n_attributes}], got "
-                f"{tuple(semantics.shape)}"
-            )
-        if len(names) != semantics.shape[0]:
-            raise ValueError(f"{len(names)} class names for {semantics.shape[0]} classes")
-        self.n_classes = int(semantics.shape[0])
-        self.semantics = semantics.to(self.semantics)
-        self.seen_ids = seen_ids.to(self.seen_ids)
-        self.unseen_ids = unseen_ids.to(self.unseen_ids)
-        self.class_names = tuple(names)
-
-    def seen_semantics(self) -> Tensor:
-        return self.semantics[self.seen_ids]
-
-    def unseen_semantics(self) -> Tensor:
-        """Unseen semantics; refused while training a non-generative model."""
-        if self.training and not self.uses_unseen_semantics:
-            raise LeakageError(
-                f"{type(self).__name__} asked for unseen-class semantics during training"
-            )
-        return self.semantics[self.unseen_ids]
-
-    def universe_mask(self) -> Tensor:
-        mask = torch.zeros(self.n_classes, dtype=torch.bool, device=self.semantics.device)
-        mask[self.seen_ids] = True
-        mask[self.unseen_ids] = True
-        return mask
-
-    def to_local(self, labels: Tensor) -> Tensor:
-        """Global seen-class ids -> positions in ``seen_ids``; raises on any unseen label."""
-        pos = torch.searchsorted(self.seen_ids, labels)
-        pos = pos.clamp(max=self.seen_ids.numel() - 1)
-        if not torch.equal(self.seen_ids[pos], labels):
-            bad = labels[self.seen_ids[pos] != labels][:5].tolist()
-            raise LeakageError(
-                f"{type(self).__name__}: training batch holds non-seen classes {bad}"
-            )
-        return pos
 
     # -- training ---------------------------------------------------------------------
     @classmethod
@@ -379,10 +336,18 @@ class ZSLModule(pl.LightningModule):
         return self.predict_scores(features)
 
     # -- checkpoints ------------------------------------------------------------------
+    def checkpoint_entries(self) -> dict[str, Any]:
+        """Extra entries a subclass stores in its checkpoints (plain values and tensors:
+        checkpoints are read with ``weights_only=True``); none by default. Read them back in
+        ``on_load_checkpoint``. The ``zsl_`` keys are the base's."""
+        return {}
+
+    @final
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the model class (``module:QualName``), so that
-        :func:`zsl.models.checkpoint.load_model` rebuilds a registered model from the file,
-        the class names and the feature preprocessing of the data it was fitted on."""
+        """Record :meth:`checkpoint_entries`, then the model class (``module:QualName``), so
+        that :func:`zsl.models.checkpoint.load_model` rebuilds a registered model from the
+        file, the class names and the feature preprocessing of the data it was fitted on."""
+        checkpoint.update(self.checkpoint_entries())
         checkpoint["zsl_model_class"] = f"{type(self).__module__}:{type(self).__qualname__}"
         checkpoint["zsl_class_names"] = list(getattr(self, "class_names", ()))
         checkpoint["zsl_preprocess"] = getattr(self, "preprocess", None)

@@ -3,18 +3,28 @@ command line checks a config with them before anything heavy is imported)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-__all__ = ["NON_NEGATIVE_HPARAMS", "POSITIVE_HPARAMS", "check_common_hparams"]
+__all__ = [
+    "NON_NEGATIVE_HPARAMS",
+    "POSITIVE_HPARAMS",
+    "check_common_hparams",
+    "check_nonnegative",
+    "check_positive",
+    "UNIT_INTERVAL_HPARAMS",
+]
 
 #: hyper-parameters that must be positive / non-negative wherever a model has them
 POSITIVE_HPARAMS = ("lr", "cls_lr", "pretrain_lr")
 NON_NEGATIVE_HPARAMS = ("weight_decay", "cls_weight_decay", "margin")
+#: hyper-parameters that must be null or in [0, 1): the generators' weight-average decay
+UNIT_INTERVAL_HPARAMS = ("gen_ema",)
 
 
 def check_common_hparams(model: str, hparams: dict[str, Any]) -> None:
-    """Raise a ValueError naming ``model`` and the first learning rate that is not positive or
-    weight decay / margin that is negative (NaN counts as bad)."""
+    """Raise a ValueError naming ``model`` and the first learning rate that is not positive,
+    weight decay / margin that is negative or decay outside [0, 1) (NaN counts as bad)."""
     for name in POSITIVE_HPARAMS:
         value = hparams.get(name)
         if isinstance(value, (int, float)) and not value > 0:
@@ -23,3 +33,21 @@ def check_common_hparams(model: str, hparams: dict[str, Any]) -> None:
         value = hparams.get(name)
         if isinstance(value, (int, float)) and not value >= 0:
             raise ValueError(f"{model}: {name} must be >= 0, got {value}")
+    for name in UNIT_INTERVAL_HPARAMS:
+        value = hparams.get(name)
+        if isinstance(value, (int, float)) and not 0.0 <= value < 1.0:
+            raise ValueError(f"{model}: {name} must be in [0, 1) or null, got {value}")
+
+
+def check_positive(**values: float) -> None:
+    """Raise a ValueError naming every non-positive (or NaN) value."""
+    bad = [f"{k}={v}" for k, v in values.items() if not (v > 0) or math.isnan(v)]
+    if bad:
+        raise ValueError(f"must be positive: {', '.join(bad)}")
+
+
+def check_nonnegative(**values: float) -> None:
+    """Raise a ValueError naming the first negative (or NaN) value, e.g. a loss weight."""
+    for name, value in values.items():
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")

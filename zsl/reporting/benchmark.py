@@ -1,11 +1,11 @@
 """The benchmark's summary figure and its W&B record (``zsl-benchmark``).
 
-Both take the rows of :func:`zsl.cli.benchmark.aggregate`: one dict per (dataset, method) with
-the mean over seeds of every metric (``zsl_t1``, ``gzsl_u``, ``gzsl_s``, ``gzsl_h``,
-``gzsl_h_cal``, ``wall_time_s``), its ``<key>_std``, ``seeds`` and ``synthetic`` (the runs'
-features were generated at the dataset's real shapes, not read: timing/pipeline rows, not
-accuracy results). Matplotlib with the non-interactive Agg backend, as in
-:mod:`zsl.reporting.plots`.
+Both take the rows of :func:`zsl.reporting.benchmark_tables.aggregate`: one dict per
+(dataset, method) with the mean over seeds of every metric (``zsl_t1``, ``gzsl_u``,
+``gzsl_s``, ``gzsl_h``, ``gzsl_h_cal``, ``wall_time_s``), its ``<key>_std``, ``seeds`` and
+``synthetic`` (the runs' features were generated at the dataset's real shapes, not read:
+timing/pipeline rows, not accuracy results). Matplotlib with the non-interactive Agg backend,
+as in :mod:`zsl.reporting.plots`.
 """
 
 from __future__ import annotations
@@ -105,13 +105,25 @@ def summary_figure(rows: Sequence[Row], path: str | Path) -> Path:
     labels = list(dict.fromkeys(dataset_label(r) for r in rows))
     cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
     colours = {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
-    cells = {(dataset_label(r), str(r["model"])): r for r in rows}
     several = max(int(r.get("seeds", 1)) for r in rows) > 1
 
     left = max(5.0, 1.0 + 0.3 * len(methods) * len(labels))  # inches for the bars
     fig, (bars, scatter) = plt.subplots(
         1, 2, figsize=(left + 6.5, 6.8), dpi=120, gridspec_kw={"width_ratios": [left, 6.5]}
     )
+    _h_bars(bars, rows, methods, colours, several)
+    _u_vs_s(scatter, rows, colours, several)
+    _legend(fig, labels, colours)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return save_figure(fig, path)
+
+
+def _h_bars(
+    ax: Any, rows: Sequence[Row], methods: list[str], colours: dict[str, Any], several: bool
+) -> None:
+    """The left panel: calibrated H bars per method and dataset, uncalibrated H ticks."""
+    labels = list(colours)
+    cells = {(dataset_label(r), str(r["model"])): r for r in rows}
     width = 0.8 / len(labels)
     x = np.arange(len(methods))
     for i, label in enumerate(labels):
@@ -120,7 +132,7 @@ def summary_figure(rows: Sequence[Row], path: str | Path) -> Path:
         errors = [float(r.get("gzsl_h_cal_std", 0.0)) if r and several else 0.0 for r in mine]
         synthetic = label.endswith(SYNTHETIC_SUFFIX)
         centres = x - 0.4 + width * (i + 0.5)
-        bars.bar(
+        ax.bar(
             centres,
             heights,
             width,
@@ -133,20 +145,23 @@ def summary_figure(rows: Sequence[Row], path: str | Path) -> Path:
             error_kw={"elinewidth": 0.8},
         )
         raw = [float(r["gzsl_h"]) if r else np.nan for r in mine]
-        bars.plot(centres, raw, "_", color="black", ms=max(4.0, 40 * width), mew=1.2)
-    bars.set_xticks(x, [display_name(m) for m in methods], rotation=45, ha="right", fontsize=8)
+        ax.plot(centres, raw, "_", color="black", ms=max(4.0, 40 * width), mew=1.2)
+    ax.set_xticks(x, [display_name(m) for m in methods], rotation=45, ha="right", fontsize=8)
     spread = "mean ± std over seeds" if several else "one seed"
-    bars.set_ylabel(f"calibrated GZSL H (%), {spread}")
-    bars.set_ylim(0, 100)
-    bars.grid(axis="y", alpha=0.3)
-    bars.set_title("GZSL H per method (bars: calibrated; black tick: uncalibrated)", fontsize=9)
+    ax.set_ylabel(f"calibrated GZSL H (%), {spread}")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("GZSL H per method (bars: calibrated; black tick: uncalibrated)", fontsize=9)
 
-    _iso_h(scatter)
+
+def _u_vs_s(ax: Any, rows: Sequence[Row], colours: dict[str, Any], several: bool) -> None:
+    """The right panel: uncalibrated u against s per cell, labelled, over iso-H lines."""
+    _iso_h(ax)
     placed: list[tuple[float, float]] = []
     for row in rows:
         label, s, u = dataset_label(row), float(row["gzsl_s"]), float(row["gzsl_u"])
         synthetic = bool(row.get("synthetic", False))
-        scatter.errorbar(
+        ax.errorbar(
             s,
             u,
             xerr=float(row["gzsl_s_std"]) if several else None,
@@ -159,7 +174,7 @@ def summary_figure(rows: Sequence[Row], path: str | Path) -> Path:
             capsize=1.5,
         )
         dx, dy = _free_spot(s, u, placed)
-        scatter.annotate(
+        ax.annotate(
             display_name(str(row["model"])),
             (s, u),
             xytext=(s + dx, u + dy),
@@ -168,13 +183,17 @@ def summary_figure(rows: Sequence[Row], path: str | Path) -> Path:
             ha="left" if dx >= 0 else "right",
             arrowprops={"arrowstyle": "-", "lw": 0.3, "color": "grey"} if abs(dy) > 2 else None,
         )
-    scatter.set_xlabel("uncalibrated GZSL seen-class accuracy s (%)")
-    scatter.set_ylabel("uncalibrated GZSL unseen-class accuracy u (%)")
-    scatter.set_xlim(0, 100)
-    scatter.set_ylim(0, 100)
-    scatter.set_aspect("equal")
-    scatter.grid(alpha=0.3)
-    scatter.set_title("GZSL u vs s, uncalibrated (dashed: iso-H)", fontsize=9)
+    ax.set_xlabel("uncalibrated GZSL seen-class accuracy s (%)")
+    ax.set_ylabel("uncalibrated GZSL unseen-class accuracy u (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.set_title("GZSL u vs s, uncalibrated (dashed: iso-H)", fontsize=9)
+
+
+def _legend(fig: Any, labels: list[str], colours: dict[str, Any]) -> None:
+    """The datasets' legend below both panels; a title on synthetic-feature rows if any."""
     handles = [
         Patch(
             facecolor="none" if label.endswith(SYNTHETIC_SUFFIX) else colours[label],
@@ -193,8 +212,6 @@ def summary_figure(rows: Sequence[Row], path: str | Path) -> Path:
             "(timing/pipeline rows, not accuracy results)",
             fontsize=8,
         )
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return save_figure(fig, path)
 
 
 def _calibrated_h(row: Row | None) -> float:
@@ -242,7 +259,7 @@ def log_to_wandb(
 
     import wandb
 
-    from zsl.reporting.tracking import _wandb_settings, wandb_mode
+    from zsl.reporting.loggers import _wandb_settings, wandb_mode
 
     mode = wandb_mode(os.environ.get("WANDB_MODE") or "auto")
     results_dir = Path(results_dir)

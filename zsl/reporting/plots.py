@@ -78,14 +78,7 @@ def plot_seen_unseen_curve(
         color="tab:red",
         label=f"gamma=0: u {uu[zero]:.1f}, s {ss[zero]:.1f}, H {h[zero]:.1f}",
     )
-    ax.plot(
-        star_s,
-        star_u,
-        "*",
-        ms=12,
-        color="tab:green",
-        label=star,
-    )
+    ax.plot(star_s, star_u, "*", ms=12, color="tab:green", label=star)
     ax.set_xlabel("seen-class accuracy s (%)")
     ax.set_ylabel("unseen-class accuracy u (%)")
     ax.set_xlim(0, 100)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 
@@ -21,80 +20,80 @@ from zsl.data.datamodule import ZSLDataModule
 from zsl.data.formats import read_dataset
 from zsl.data.types import ProtocolName, ZSLData
 from zsl.errors import ConfigError
-from zsl.models import get_model_class
+from zsl.features.prepare import prepare_features
 from zsl.models.base import ZSLModule
-from zsl.run.config import to_container
 from zsl.run.progress import quiet_lightning
+from zsl.run.spec import RunSpec, TrainerSpec
 
 _TRAINERS_BUILT = False
 
 
-def load_data(cfg: DictConfig, protocol: ProtocolName) -> ZSLData:
-    """The benchmark of ``cfg.data`` for one protocol (the synthetic one is generated on first
-    use), as the model sees it (CLIP swaps in image/text embeddings)."""
-    dcfg = cfg.data
-    root = dcfg.root
-    if dcfg.get("synthetic") is not None:
+def load_data(spec: RunSpec, protocol: ProtocolName) -> ZSLData:
+    """The benchmark of ``spec.data`` for one protocol (the synthetic one is generated on first
+    use), read through the format registry, then prepared as the model class asks
+    (:func:`zsl.features.prepare.prepare_features` with the class's ``feature_preparation``:
+    CLIP swaps in image/text embeddings)."""
+    d = spec.data
+    root = d.root
+    if d.synthetic is not None:
         from zsl.data.synthetic import SyntheticSpec, ensure_synthetic, scratch_synthetic
 
-        spec = SyntheticSpec(**OmegaConf.to_container(dcfg.synthetic))  # type: ignore[arg-type]
+        synthetic = SyntheticSpec(**d.synthetic)
         if root is None:  # a temporary folder of this process: nothing left in the cwd
-            root = str(scratch_synthetic(spec, str(dcfg.name), str(dcfg.feature_file)))
+            root = str(scratch_synthetic(synthetic, d.name, d.feature_file))
         else:
-            ensure_synthetic(Path(root) / dcfg.name, spec, dcfg.feature_file)
+            ensure_synthetic(Path(root) / d.name, synthetic, d.feature_file)
     elif root is None:
-        raise ConfigError(f"data.root is not set: the folder that holds {dcfg.name}/")
+        raise ConfigError(f"data.root is not set: the folder that holds {d.name}/")
     data = read_dataset(
-        str(dcfg.get("format", "xlsa17")),
+        d.format,
         root,
-        dcfg.name,
-        dcfg.feature_file,
+        d.name,
+        d.feature_file,
         protocol,
-        str(dcfg.semantics_key),
-        bool(dcfg.get("exclude_test_from_val", True)),
+        d.semantics_key,
+        d.exclude_test_from_val,
     )
-    model_cls = get_model_class(str(cfg.model.name))
-    return model_cls.adapt_data(data, to_container(cfg.model.params), to_container(dcfg))
+    step = spec.model.cls.feature_preparation
+    return prepare_features(step, data, dict(spec.model.params), d.options())
 
 
 def make_datamodule(
-    cfg: DictConfig, protocol: ProtocolName, data: ZSLData | None = None
+    spec: RunSpec, protocol: ProtocolName, data: ZSLData | None = None
 ) -> ZSLDataModule:
     """The datamodule of one protocol, set up (split, preprocessing fitted on training data)."""
-    dcfg = cfg.data
-    closed_form = get_model_class(str(cfg.model.name)).closed_form
+    d, model = spec.data, spec.model
     dm = ZSLDataModule(
-        name=dcfg.name,
-        root=dcfg.root,
-        feature_file=dcfg.feature_file,
+        name=d.name,
+        root=d.root,
+        feature_file=d.feature_file,
         protocol=protocol,
-        preprocess=dcfg.preprocess,
+        preprocess=d.preprocess,
         # a model config may fix its training batch (a paper's recipe): it wins over data's
-        batch_size=0 if closed_form else int(cfg.model.get("batch_size") or dcfg.batch_size),
-        eval_batch_size=int(dcfg.eval_batch_size),
-        val_seen_fraction=float(dcfg.val_seen_fraction),
-        split_seed=int(dcfg.split_seed),
-        data=data if data is not None else load_data(cfg, protocol),
-        min_steps_per_epoch=int(cfg.model.get("min_steps_per_epoch") or 0),
+        batch_size=0 if model.cls.closed_form else int(model.batch_size or d.batch_size),
+        eval_batch_size=int(d.eval_batch_size),
+        val_seen_fraction=float(d.val_seen_fraction),
+        split_seed=int(d.split_seed),
+        data=data if data is not None else load_data(spec, protocol),
+        min_steps_per_epoch=int(model.min_steps_per_epoch or 0),
     )
     dm.setup()
     return dm
 
 
-def make_model(cfg: DictConfig, dm: ZSLDataModule, params: dict[str, Any]) -> ZSLModule:
-    """``cfg.model``'s class built for the datamodule's shapes with ``params``, bound to it."""
-    model_cls = get_model_class(str(cfg.model.name))
+def make_model(spec: RunSpec, dm: ZSLDataModule, params: dict[str, Any]) -> ZSLModule:
+    """The run's model class built for the datamodule's shapes with ``params``, bound to it."""
     space = dm.class_space
     try:
-        model = model_cls(space.feature_dim, space.n_attributes, space.n_classes, **params)
+        model = spec.model.cls(space.feature_dim, space.n_attributes, space.n_classes, **params)
     except ValueError as err:  # the model's own checks of its hyper-parameters
-        raise ConfigError(f"model.params ({cfg.model.name}): {err}") from err
+        raise ConfigError(f"model.params ({spec.model.name}): {err}") from err
     model.bind(dm)
     return model
 
 
 def make_trainer(
-    cfg: DictConfig,
+    trainer_spec: TrainerSpec,
     model_cls: type[ZSLModule],
     max_epochs: int,
     logger: Logger | bool = False,
@@ -102,30 +101,31 @@ def make_trainer(
     callbacks: list[Callback] | None = None,
     root_dir: Path | None = None,
 ) -> pl.Trainer:
-    """A Lightning trainer from ``cfg.trainer`` and the model's own trainer arguments."""
-    tcfg = cfg.trainer
+    """A Lightning trainer from the run's trainer settings and the model's own trainer
+    arguments."""
+    ts = trainer_spec  # typed settings
     callbacks = list(callbacks or [])
     kwargs: dict[str, Any] = {
         "max_epochs": max_epochs,
-        "accelerator": tcfg.accelerator,
-        "strategy": dist.make_strategy(str(tcfg.get("strategy", "auto"))),
-        "devices": tcfg.devices,
-        "num_nodes": int(tcfg.get("num_nodes", 1)),
+        "accelerator": ts.accelerator,
+        "strategy": dist.make_strategy(str(ts.strategy)),
+        "devices": ts.devices,
+        "num_nodes": int(ts.num_nodes),
         # the datamodule shards every batch itself (ShardedBatchSampler)
         "use_distributed_sampler": False,
-        "precision": tcfg.precision,
-        "deterministic": tcfg.deterministic,
+        "precision": ts.precision,
+        "deterministic": ts.deterministic,
         "logger": logger,
         "callbacks": callbacks,
         # only our own ModelCheckpoints (Lightning would add a default one otherwise)
         "enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks),
         # a bar per fit is for a terminal; a log file gets the per-point lines only
-        "enable_progress_bar": bool(tcfg.enable_progress_bar) and sys.stdout.isatty(),
+        "enable_progress_bar": bool(ts.enable_progress_bar) and sys.stdout.isatty(),
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "limit_val_batches": 1.0 if validate else 0,
-        "log_every_n_steps": int(tcfg.log_every_n_steps),
-        "gradient_clip_val": tcfg.get("gradient_clip_val"),
+        "log_every_n_steps": int(ts.log_every_n_steps),
+        "gradient_clip_val": ts.gradient_clip_val,
         "default_root_dir": str(root_dir) if root_dir else None,
     }
     kwargs.update(model_cls.trainer_arguments())
@@ -135,9 +135,9 @@ def make_trainer(
         trainer = pl.Trainer(**kwargs)
     except ValueError as err:  # Lightning's checks of its arguments (e.g. precision)
         raise ConfigError(f"trainer: {err}") from err
-    if tcfg.deterministic:
+    if ts.deterministic:
         _skip_nan_fill()
-    if not _TRAINERS_BUILT and str(tcfg.precision).startswith("bf16"):
+    if not _TRAINERS_BUILT and str(ts.precision).startswith("bf16"):
         _warn_emulated_bf16(trainer)
     _TRAINERS_BUILT = True
     return trainer

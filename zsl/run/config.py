@@ -12,8 +12,16 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from zsl.errors import ConfigError
+from zsl.run.spec import TRANSFER_RULES, ModelSpec, RunSpec
 
-__all__ = ["ConfigError", "fix_grid_axes", "to_container", "type_problem", "validate"]
+__all__ = [
+    "ConfigError",
+    "fix_grid_axes",
+    "run_spec",
+    "to_container",
+    "type_problem",
+    "validate",
+]
 
 #: the leading constructor arguments of every model, read from the data (never in params)
 SHAPE_ARGS = ("self", "feature_dim", "n_attributes", "n_classes")
@@ -51,35 +59,39 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def validate(cfg: DictConfig) -> None:
+def run_spec(cfg: DictConfig, check: bool = True) -> RunSpec:
+    """The typed spec of a composed run config (:meth:`RunSpec.parse`), validated once
+    (:func:`validate`) unless ``check`` is False."""
+    spec = RunSpec.parse(cfg)
+    if check:
+        validate(spec)
+    return spec
+
+
+def validate(spec: RunSpec) -> None:
     """Semantic checks that need no data: names, enums and numeric ranges."""
     from zsl.models import MODELS
 
-    if cfg.model.name not in MODELS:
-        raise ConfigError(
-            f"unknown model {cfg.model.name!r}; available: {', '.join(sorted(MODELS))}"
-        )
-    if cfg.data.protocol not in ("val", "test"):
-        raise ConfigError(f"data.protocol must be 'val' or 'test', got {cfg.data.protocol!r}")
-    if cfg.data.preprocess not in ("none", "l2", "minmax"):
-        raise ConfigError(
-            f"data.preprocess must be none, l2 or minmax, got {cfg.data.preprocess!r}"
-        )
-    _check_synthetic(cfg.data)
-    fraction = cfg.data.get("val_seen_fraction")
-    if fraction is not None and not 0.0 < float(fraction) < 1.0:
-        raise ConfigError(f"data.val_seen_fraction must be in (0, 1), got {fraction}")
-    for key in ("seed", "data.split_seed"):
-        value = OmegaConf.select(cfg, key)
+    model, data = spec.model, spec.data
+    if model.name not in MODELS:
+        raise ConfigError(f"unknown model {model.name!r}; available: {', '.join(sorted(MODELS))}")
+    if data.protocol not in ("val", "test"):
+        raise ConfigError(f"data.protocol must be 'val' or 'test', got {data.protocol!r}")
+    if data.preprocess not in ("none", "l2", "minmax"):
+        raise ConfigError(f"data.preprocess must be none, l2 or minmax, got {data.preprocess!r}")
+    _check_synthetic(data.synthetic)
+    if not 0.0 < float(data.val_seen_fraction) < 1.0:
+        raise ConfigError(f"data.val_seen_fraction must be in (0, 1), got {data.val_seen_fraction}")
+    for key, value in (("seed", spec.seed), ("data.split_seed", data.split_seed)):
         if isinstance(value, int) and not 0 <= value < 2**32:
             raise ConfigError(f"{key} must be in [0, 2^32) (a random seed), got {value}")
-    if int(cfg.trainer.max_epochs) < 1:
-        raise ConfigError(f"trainer.max_epochs must be >= 1, got {cfg.trainer.max_epochs}")
-    _check_param_values(cfg.model)
-    _check_search(cfg)
+    if int(spec.trainer.max_epochs) < 1:
+        raise ConfigError(f"trainer.max_epochs must be >= 1, got {spec.trainer.max_epochs}")
+    _check_param_values(model)
+    _check_search(model)
     # last: these import the model's class and Lightning (seconds), the checks above do not
-    _check_model_params(cfg.model)
-    accelerator = cfg.trainer.get("accelerator")
+    _check_model_params(model)
+    accelerator = spec.trainer.accelerator
     if isinstance(accelerator, str):
         from pytorch_lightning.accelerators import AcceleratorRegistry
 
@@ -90,51 +102,57 @@ def validate(cfg: DictConfig) -> None:
             )
 
 
-def _check_search(cfg: DictConfig) -> None:
+def _check_search(model: ModelSpec) -> None:
     """``model.search``: metric, transfer rule, patience and the grid's keys and values."""
-    search = cfg.model.get("search")
-    if search is not None:
-        if search.get("metric", "zsl_t1") not in ("zsl_t1", "gzsl_h", "gzsl_h_cal"):
-            raise ConfigError("model.search.metric must be zsl_t1, gzsl_h or gzsl_h_cal")
-        from zsl.run.selection import TRANSFER_RULES  # noqa: PLC0415
-
-        if search.get("transfer", "epochs") not in TRANSFER_RULES:
+    search = model.search
+    if search.metric not in ("zsl_t1", "gzsl_h", "gzsl_h_cal"):
+        raise ConfigError("model.search.metric must be zsl_t1, gzsl_h or gzsl_h_cal")
+    if search.transfer not in TRANSFER_RULES:
+        raise ConfigError(
+            f"model.search.transfer must be 'epochs' or 'steps', got {search.transfer!r}"
+        )
+    patience = search.patience
+    if patience is not None and (
+        isinstance(patience, bool) or not isinstance(patience, int) or patience < 1
+    ):
+        raise ConfigError(
+            f"model.search.patience must be an integer >= 1 or null, got {patience!r}"
+        )
+    for key, values in search.grid.items():
+        default = _lookup(model.params, key)
+        if default is _MISSING:
             raise ConfigError(
-                f"model.search.transfer must be 'epochs' or 'steps', got {search.transfer!r}"
+                f"model.search.grid.{key} is not a parameter of {model.name}; "
+                f"parameters: {', '.join(model.params)}"
             )
-        patience = search.get("patience")
-        if patience is not None and (
-            isinstance(patience, bool) or not isinstance(patience, int) or patience < 1
-        ):
-            raise ConfigError(
-                f"model.search.patience must be an integer >= 1 or null, got {patience!r}"
-            )
-        for key, values in (search.get("grid") or {}).items():
-            default = OmegaConf.select(cfg.model.params, str(key), default=_MISSING)
-            if default is _MISSING:
-                raise ConfigError(
-                    f"model.search.grid.{key} is not a parameter of {cfg.model.name}; "
-                    f"parameters: {', '.join(cfg.model.params)}"
-                )
-            if not isinstance(values, ListConfig) or len(values) == 0:
-                raise ConfigError(f"model.search.grid.{key} must be a non-empty list")
-            if isinstance(default, int) and not isinstance(default, bool):
-                default = float(default)  # a number: an integer default takes float grid values
-            for value in values:
-                problem = type_problem(default, value)
-                if problem:
-                    raise ConfigError(f"model.search.grid.{key}: {problem}")
+        if not isinstance(values, list) or len(values) == 0:
+            raise ConfigError(f"model.search.grid.{key} must be a non-empty list")
+        if isinstance(default, int) and not isinstance(default, bool):
+            default = float(default)  # a number: an integer default takes float grid values
+        for value in values:
+            problem = type_problem(default, value)
+            if problem:
+                raise ConfigError(f"model.search.grid.{key}: {problem}")
 
 
-def _check_synthetic(data: DictConfig) -> None:
+def _lookup(params: dict[str, Any], dotted: str) -> Any:
+    """The value of ``a.b`` in a nested parameter dict (``_MISSING`` when it has none)."""
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _check_synthetic(spec: dict[str, Any] | None) -> None:
     """``data.synthetic``, the spec of the built-in benchmark, must describe a valid one."""
-    spec = data.get("synthetic")
     if spec is None:
         return
     from zsl.data.synthetic import SyntheticSpec
 
     try:
-        SyntheticSpec(**to_container(spec)).validate()
+        SyntheticSpec(**spec).validate()
     except TypeError as err:  # unknown key, or a value of the wrong type
         text = str(err).replace("SyntheticSpec.__init__() ", "")
         raise ConfigError(f"data.synthetic: {text}") from None
@@ -142,28 +160,25 @@ def _check_synthetic(data: DictConfig) -> None:
         raise ConfigError(f"data.synthetic: {err}") from None
 
 
-def _check_param_values(model: DictConfig) -> None:
+def _check_param_values(model: ModelSpec) -> None:
     """Every value a run could use, ``model.params`` and each grid value alike, must be a
     valid one: learning rates positive, decays and margins >= 0, no NaN or infinity in any
     number (a grid covering a key does not excuse a bad value typed for it)."""
     from zsl.models import MODELS
     from zsl.models.hparams import check_common_hparams
 
-    params: Any = OmegaConf.to_container(model.get("params") or {}, resolve=True)
-    candidates: list[tuple[str, dict[str, Any]]] = [("model.params", dict(params))]
-    search = model.get("search")
-    grid = (search.get("grid") or {}) if search is not None else {}
-    for key, values in grid.items():
-        if isinstance(values, ListConfig):
-            for value in values:
-                candidates.append((f"model.search.grid.{key}", {str(key).split(".")[-1]: value}))
+    candidates: list[tuple[str, dict[str, Any]]] = [("model.params", dict(model.params))]
+    for key, grid_values in model.search.grid.items():
+        if isinstance(grid_values, list):
+            for value in grid_values:
+                candidates.append((f"model.search.grid.{key}", {key.split(".")[-1]: value}))
     for where, values in candidates:
-        for name, value in _numbers(values):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{where}: {name} must be a finite number, got {value}")
+        for name, number in _numbers(values):
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ConfigError(f"{where}: {name} must be a finite number, got {number}")
         try:
             named = {k.split(".")[-1]: v for k, v in _numbers(values)}
-            check_common_hparams(MODELS[str(model.name)].rpartition(".")[2], named)
+            check_common_hparams(MODELS[model.name].rpartition(".")[2], named)
         except ValueError as err:
             raise ConfigError(f"{where} ({model.name}): {err}") from None
 
@@ -234,16 +249,15 @@ def constructor_parameters(cls: type) -> dict[str, inspect.Parameter] | None:
     return None
 
 
-def _check_model_params(model: DictConfig) -> None:
-    """``model.params`` must be constructor arguments of the model (listed when not)."""
-    from zsl.models import get_model_class
-
-    cls = get_model_class(str(model.name))
+def _check_model_params(model: ModelSpec) -> None:
+    """``model.params`` must be constructor arguments of the model (listed when not), and a
+    nested option group (e.g. a generator's ``second_stage``) must hold only its options."""
+    cls = model.cls
     parameters = constructor_parameters(cls)
     if parameters is None:
         return
     accepted = [name for name in parameters if name not in SHAPE_ARGS]
-    params = model.get("params") or {}
+    params = model.params
     unknown = [key for key in params if key not in accepted]
     if unknown:
         raise ConfigError(
@@ -257,16 +271,15 @@ def _check_model_params(model: DictConfig) -> None:
     ]
     if missing:
         raise ConfigError(f"model.params.{missing[0]} is required by {model.name}")
-    stage = params.get("second_stage")
-    if stage is not None and "second_stage" in accepted:
-        from zsl.models.generative.second_stage import SecondStage
-
-        options = SecondStage.field_names()
-        unknown = [key for key in stage if key not in options]
+    for group, options in cls.option_groups().items():
+        given = params.get(group)
+        if not isinstance(given, dict) or group not in accepted:
+            continue
+        unknown = [key for key in given if key not in options]
         if unknown:
             raise ConfigError(
-                f"model.params.second_stage.{unknown[0]} is not a second-stage option of "
-                f"{model.name}; options: {', '.join(options)}"
+                f"model.params.{group}.{unknown[0]} is not a {group.replace('_', '-')} option "
+                f"of {model.name}; options: {', '.join(options)}"
             )
 
 

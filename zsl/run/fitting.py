@@ -18,7 +18,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -28,7 +27,6 @@ from zsl.data.datamodule import ZSLDataModule
 from zsl.data.types import ClassSpace, ProtocolName, ZSLData
 from zsl.errors import CheckpointError
 from zsl.evaluation import Evaluation
-from zsl.models import get_model_class
 from zsl.models.checkpoint import load_checkpoint
 from zsl.run.builders import load_data, make_datamodule, make_model, make_trainer
 from zsl.run.callbacks import (
@@ -40,7 +38,8 @@ from zsl.run.callbacks import (
     ProjectionPlot,
     RngState,
 )
-from zsl.run.selection import ValFit, search_metric, search_patience
+from zsl.run.selection import ValFit
+from zsl.run.spec import RunSpec
 from zsl.run.stacked import GridStack, SharedFit, StackRecorder
 from zsl.run.store import (
     CHECKPOINT_DIR,
@@ -57,9 +56,9 @@ __all__ = ["Session", "check_resumable", "fit", "interruptible"]
 class Session:
     """One run's data (loaded once per protocol) and the fits made on it."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
-        self.cfg, self.run_dir = cfg, run_dir
-        self.model_cls = get_model_class(str(cfg.model.name))
+    def __init__(self, spec: RunSpec, run_dir: Path) -> None:
+        self.spec, self.run_dir = spec, run_dir
+        self.model_cls = spec.model.cls
         self._data: dict[str, ZSLData] = {}
         self._spaces: dict[str, ClassSpace] = {}
         self._dms: dict[str, ZSLDataModule] = {}
@@ -67,18 +66,18 @@ class Session:
     @property
     def checkpoint_interval(self) -> float:
         """Seconds between ``last.ckpt`` writes within a fit (``trainer.checkpoint_interval_s``)."""
-        return float(self.cfg.trainer.get("checkpoint_interval_s", 60.0))
+        return float(self.spec.trainer.checkpoint_interval_s)
 
     def data(self, protocol: ProtocolName) -> ZSLData:
         if protocol not in self._data:
-            self._data[protocol] = load_data(self.cfg, protocol)
+            self._data[protocol] = load_data(self.spec, protocol)
         return self._data[protocol]
 
     def datamodule(self, protocol: ProtocolName) -> ZSLDataModule:
         """The set-up datamodule of ``protocol``, built once per run: every grid point fits on
         the same split and preprocessed tensors (a datamodule holds no state of a fit)."""
         if protocol not in self._dms:
-            self._dms[protocol] = make_datamodule(self.cfg, protocol, self.data(protocol))
+            self._dms[protocol] = make_datamodule(self.spec, protocol, self.data(protocol))
             self._spaces[protocol] = self._dms[protocol].class_space
         return self._dms[protocol]
 
@@ -99,13 +98,13 @@ class Session:
         ``last.ckpt`` left by an interrupted fit is resumed from."""
         t0 = time.perf_counter()
         directory = self.run_dir / CHECKPOINT_DIR / f"val-{index}"
-        pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
+        pl.seed_everything(self.spec.seed, workers=True, verbose=False)
         dm = self.datamodule("val")
-        model = make_model(self.cfg, dm, params)
+        model = make_model(self.spec, dm, params)
         recorder = EvaluationRecorder()
         keep_last = not self.model_cls.closed_form  # one epoch: nothing to resume
         callbacks: list[Callback] = [recorder, RngState(), *extra]
-        metric, patience = search_metric(self.cfg.model), search_patience(self.cfg.model)
+        metric, patience = self.spec.model.search.metric, self.spec.model.search.patience
         if patience is not None:
             callbacks.append(EarlyStop(metric, patience))
         callbacks.append(FitCheckpoints(directory, metric, keep_last, self.checkpoint_interval))
@@ -121,9 +120,9 @@ class Session:
 
     def _validation_trainer(self, logger: Logger | bool, callbacks: list[Callback]) -> pl.Trainer:
         """A trainer for a fit on the val protocol: the configured epochs, validated each."""
-        max_epochs = int(self.cfg.trainer.max_epochs)
+        max_epochs = int(self.spec.trainer.max_epochs)
         return make_trainer(
-            self.cfg,
+            self.spec.trainer,
             self.model_cls,
             max_epochs,
             logger,
@@ -142,8 +141,8 @@ class Session:
         dm = self.datamodule("val")
         models = []
         for index in indices:  # each point starts where its own fit would have
-            pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
-            models.append(make_model(self.cfg, dm, points[index]))
+            pl.seed_everything(self.spec.seed, workers=True, verbose=False)
+            models.append(make_model(self.spec, dm, points[index]))
         recorder = StackRecorder(*self._point_records(indices, logger))
         stack = GridStack(models, recorder.active)
         return self._fit_jointly(stack, recorder, indices, "stacked", t0)
@@ -157,9 +156,9 @@ class Session:
         ``last.ckpt`` left by an interrupted shared fit is resumed from."""
         t0 = time.perf_counter()
         dm = self.datamodule("val")
-        views = [make_model(self.cfg, dm, points[index]) for index in indices[1:]]
-        pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
-        host = make_model(self.cfg, dm, points[indices[0]])  # as its own fit would start
+        views = [make_model(self.spec, dm, points[index]) for index in indices[1:]]
+        pl.seed_everything(self.spec.seed, workers=True, verbose=False)
+        host = make_model(self.spec, dm, points[indices[0]])  # as its own fit would start
         recorder = SharedFit(views, *self._point_records(indices, logger))
         return self._fit_jointly(host, recorder, indices, "shared", t0)
 
@@ -170,8 +169,8 @@ class Session:
         patience that stops each point."""
         checkpoints = self.run_dir / CHECKPOINT_DIR
         folders = [checkpoints / f"val-{i}" for i in indices]
-        model = self.cfg.model
-        return search_metric(model), folders, indices, logger, search_patience(model)
+        search = self.spec.model.search
+        return search.metric, folders, indices, logger, search.patience
 
     def _fit_jointly(
         self,
@@ -204,19 +203,19 @@ class Session:
         """Refit on trainval for ``epochs`` and evaluate the test split once with ``gamma``
         (chosen on validation); saves ``model.ckpt``."""
         directory = self.run_dir / CHECKPOINT_DIR / "final"
-        pl.seed_everything(int(self.cfg.seed), workers=True, verbose=False)
+        pl.seed_everything(self.spec.seed, workers=True, verbose=False)
         dm = self.datamodule("test")
-        model = make_model(self.cfg, dm, params)
+        model = make_model(self.spec, dm, params)
         model.gamma.fill_(gamma)
         recorder = EvaluationRecorder()
         callbacks: list[Callback] = [recorder, RngState()]
         if not self.model_cls.closed_form:
             callbacks.append(FitCheckpoints(directory, None, True, self.checkpoint_interval))
-        if self.model_cls.uses_unseen_semantics and hasattr(model, "synthesize"):
+        if self.model_cls.uses_unseen_semantics and self.model_cls.generates_features:
             names = self.data("test").class_names
             callbacks.append(ProjectionPlot(self.run_dir, dm.evaluation_examples(), names))
         trainer = make_trainer(
-            self.cfg,
+            self.spec.trainer,
             self.model_cls,
             epochs,
             logger,

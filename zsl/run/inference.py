@@ -1,11 +1,11 @@
-"""Using a trained model: classify features into a class set, and evaluate a checkpoint.
+"""Using a trained model: classify features into a class set.
 
 A run's ``model.ckpt`` holds the model, its class names, the feature preprocessing of its
 data and the calibration gamma chosen on validation classes. :func:`predict_top_k` scores
 features against the checkpoint's classes, optionally extended by new classes given only by
 their semantic vectors (zero-shot: classes never seen in training), and returns the top-k
-classes of every row; :func:`evaluate_checkpoint` repeats a run's single test evaluation
-from its checkpoint (the same metrics and figures, nothing trained). Feature generators
+classes of every row (:mod:`zsl.run.replay` repeats a run's test evaluation from its
+checkpoint). Feature generators
 train their final classifier for the class set at inference time, on the real seen-class
 features of the run's data, so they need the run's ``config.yaml`` (found beside the
 checkpoint or given).
@@ -14,10 +14,8 @@ checkpoint or given).
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,15 +24,15 @@ from omegaconf import DictConfig, OmegaConf
 from zsl.data.errors import DataError
 from zsl.data.formats.matfile import check_finite, get_key, numeric, read_mat
 from zsl.errors import CheckpointError, ConfigError
-from zsl.evaluation import Evaluation
 from zsl.models.base import ZSLModule
 from zsl.models.checkpoint import load_model
+from zsl.run.config import run_spec
+from zsl.run.spec import RunSpec
 
 __all__ = [
     "Prediction",
     "image_features",
     "image_paths",
-    "evaluate_checkpoint",
     "extend_classes",
     "load_for_inference",
     "predict_top_k",
@@ -86,17 +84,17 @@ def load_run_config(path: Path, overrides: list[str] | None = None) -> DictConfi
 
 def load_for_inference(
     checkpoint: Path, config: Path | None = None, overrides: list[str] | None = None
-) -> tuple[ZSLModule, DictConfig | None]:
-    """The checkpoint's model (eval mode) and its run config (None when there is none)."""
+) -> tuple[ZSLModule, RunSpec | None]:
+    """The checkpoint's model (eval mode) and its run's spec (None when there is no config)."""
     model = load_model(checkpoint)
     path = config or run_config_of(checkpoint)
-    cfg = load_run_config(path, overrides) if path is not None else None
-    if cfg is not None and str(cfg.model.name) not in _names_of(type(model)):
+    spec = run_spec(load_run_config(path, overrides)) if path is not None else None
+    if spec is not None and spec.model.name not in _names_of(type(model)):
         raise CheckpointError(
             f"{checkpoint} holds a {type(model).__name__} model but {path} configures "
-            f"model={cfg.model.name}"
+            f"model={spec.model.name}"
         )
-    return model, cfg
+    return model, spec
 
 
 def _names_of(cls: type) -> set[str]:
@@ -153,13 +151,13 @@ def image_paths(inputs: list[Path]) -> list[Path]:
     return found
 
 
-def recorded_backbone(cfg: DictConfig | None) -> str | None:
+def recorded_backbone(spec: RunSpec | None) -> str | None:
     """The backbone the run's feature file records (``zsl-extract``/``zsl-custom`` write it
     as ``<name> weights=<weights>``); None when the file records none."""
-    if cfg is None or cfg.data.get("synthetic") is not None or cfg.data.get("root") is None:
+    if spec is None or spec.data.synthetic is not None or spec.data.root is None:
         return None
-    folder = Path(str(cfg.data.root)) / str(cfg.data.name)
-    path = Path(str(cfg.data.feature_file))
+    folder = Path(spec.data.root) / spec.data.name
+    path = Path(spec.data.feature_file)
     path = path if path.is_absolute() else folder / path
     if path.suffix != ".mat" or not path.is_file():
         return None
@@ -175,7 +173,7 @@ def recorded_backbone(cfg: DictConfig | None) -> str | None:
 
 
 def image_features(
-    paths: list[Path], cfg: DictConfig | None, backbone: str | None, weights: str | None
+    paths: list[Path], run: RunSpec | None, backbone: str | None, weights: str | None
 ) -> tuple[np.ndarray, str]:
     """Features [N, D] of the images at ``paths`` and the backbone that made them: the one
     given, else the one the run's feature file records (the model's own inputs)."""
@@ -183,7 +181,7 @@ def image_features(
     from zsl.features.extract import extract_features
 
     if backbone is None:
-        recorded = recorded_backbone(cfg)
+        recorded = recorded_backbone(run)
         if recorded is None:
             raise CheckpointError(
                 "the run's features record no backbone (benchmark features): pass --backbone "
@@ -276,12 +274,12 @@ def extend_classes(
     model.candidates = added if only_new else None  # type: ignore[assignment]
 
 
-def preprocess(features: np.ndarray, model: ZSLModule, cfg: DictConfig | None) -> np.ndarray:
+def preprocess(features: np.ndarray, model: ZSLModule, spec: RunSpec | None) -> np.ndarray:
     """The feature preprocessing the model was trained with (``data.preprocess``): L2 rows,
     none, or min-max scaling fitted again on the run's training features."""
     from zsl.data.splits import FeatureScaler
 
-    kind = model.preprocess or (str(cfg.data.preprocess) if cfg is not None else None)
+    kind = model.preprocess or (spec.data.preprocess if spec is not None else None)
     if kind is None:
         raise CheckpointError(
             "the checkpoint does not record its feature preprocessing and no run config was "
@@ -289,12 +287,12 @@ def preprocess(features: np.ndarray, model: ZSLModule, cfg: DictConfig | None) -
         )
     if kind != "minmax":
         return FeatureScaler.fit(kind, features).transform(features)  # type: ignore[arg-type]
-    if cfg is None:
+    if spec is None:
         raise CheckpointError("data.preprocess=minmax needs the run's data: pass --config")
     from zsl.data.splits import make_split
     from zsl.run.builders import load_data
 
-    data = load_data(cfg, "test")  # fitted on the raw trainval features, as in the run
+    data = load_data(spec, "test")  # fitted on the raw trainval features, as in the run
     split = make_split(data, "test")
     return FeatureScaler.fit("minmax", data.features[split.train_idx]).transform(features)
 
@@ -302,21 +300,21 @@ def preprocess(features: np.ndarray, model: ZSLModule, cfg: DictConfig | None) -
 # ----------------------------------------------------------------------------- predict
 
 
-def bind_training_data(model: ZSLModule, cfg: DictConfig | None) -> None:
+def bind_training_data(model: ZSLModule, spec: RunSpec | None) -> None:
     """Hand a model that learns at inference time (feature generators) its run's training
     examples: the test protocol's seen-class features."""
     from zsl.models.generative.base import GenerativeZSL
 
     if not isinstance(model, GenerativeZSL):
         return
-    if cfg is None:
+    if spec is None:
         raise CheckpointError(
             f"{type(model).__name__} trains its classifier on the run's real seen features at "
             "inference time: the run's config.yaml was not found, pass --config"
         )
     from zsl.run.builders import make_datamodule
 
-    dm = make_datamodule(cfg, "test")
+    dm = make_datamodule(spec, "test")
     model._training_examples = dm.training_examples()
 
 
@@ -367,50 +365,3 @@ def write_predictions(
         for p in predictions:
             name = inputs[p.row] if inputs is not None else ""
             writer.writerow([p.row, name, p.rank, p.name, f"{p.score:.6g}", p.split])
-
-
-# ----------------------------------------------------------------------------- evaluate
-
-
-def evaluate_checkpoint(
-    checkpoint: Path, out_dir: Path, config: Path | None = None, overrides: list[str] | None = None
-) -> tuple[dict[str, Any], Evaluation]:
-    """The test evaluation of a run, repeated from its checkpoint on the data of its config
-    (with ``overrides``): metrics (with the checkpoint's validation-chosen gamma), per-class
-    accuracy and the run's figures, written to ``out_dir``; nothing is trained."""
-    from zsl.reporting.provenance import provenance
-    from zsl.reporting.report import write_reports
-    from zsl.run.builders import make_datamodule, make_trainer
-    from zsl.run.callbacks import EvaluationRecorder
-    from zsl.run.protocol import per_class_record
-
-    model, cfg = load_for_inference(checkpoint, config, overrides)
-    if cfg is None:
-        raise CheckpointError(
-            f"no config.yaml found beside or above {checkpoint}: pass --config <run>/config.yaml"
-        )
-    dm = make_datamodule(cfg, "test")
-    model.bind(dm)
-    recorder = EvaluationRecorder()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    trainer = make_trainer(
-        cfg, type(model), 1, False, validate=False, callbacks=[recorder], root_dir=out_dir
-    )
-    trainer.test(model, dm, verbose=False)
-    assert recorder.test is not None
-    evaluation = recorder.test
-    title = f"{cfg.model.name} on {cfg.data.name} (test protocol, from {Path(checkpoint).name})"
-    files = write_reports(evaluation, dm.class_space, out_dir, False, "test", title)  # type: ignore[arg-type]
-    metrics: dict[str, Any] = dict(evaluation.metrics)
-    metrics.update(
-        protocol="test",
-        dataset=str(cfg.data.name),
-        model=str(cfg.model.name),
-        checkpoint=str(checkpoint),
-        per_class_accuracy=per_class_record(evaluation, dm.class_space),
-        figures=[str(p) for p in files],
-        provenance=provenance(int(cfg.seed)),
-    )
-    text = json.dumps(metrics, indent=2, default=float)
-    (out_dir / "metrics_eval.json").write_text(text)
-    return metrics, evaluation

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers import Logger
 
 from zsl import dist
@@ -43,13 +43,11 @@ from zsl.run.selection import (
     Trial,
     ValFit,
     choose,
-    grid_points,
     make_trial,
-    search_metric,
     selection_warnings,
     transfer_epochs,
-    transfer_rule,
 )
+from zsl.run.spec import RunSpec
 from zsl.run.stacked import can_stack, shared_groups
 from zsl.run.store import (
     CHECKPOINT_DIR,
@@ -80,33 +78,31 @@ class RunResult:
 def select_on_validation(session: Session, logger: Logger) -> Selection:
     """Fit every grid point on the val protocol (points recorded in ``trials/`` are reused)
     and choose the point, its epoch count and its gamma on validation classes."""
-    cfg, run_dir = session.cfg, session.run_dir
-    points = grid_points(cfg.model, bool(cfg.selection.grid))
-    metric = search_metric(cfg.model)
+    spec, run_dir = session.spec, session.run_dir
+    select = spec.selection
+    points = spec.model.grid_points(select.grid)
+    metric = spec.model.search.metric
     trials_dir = run_dir / TRIALS_DIR
     _announce(session, len(points))
-    keys = list(cfg.model.search.get("grid") or {}) if cfg.model.get("search") else []
-    progress = GridProgress(len(points), keys if cfg.selection.grid else [], metric)
+    progress = GridProgress(
+        len(points), list(spec.model.search.grid) if select.grid else [], metric
+    )
     trials: list[Trial] = []
     recorded = [load_trial(trials_dir, index, params) for index, params in enumerate(points)]
     pending = [index for index, trial in enumerate(recorded) if trial is None]
     stacked: dict[int, ValFit] = {}
-    if cfg.selection.get("stack_grid", True) and can_stack(
-        session.model_cls, len(pending), cfg.trainer
-    ):
+    if select.stack_grid and can_stack(session.model_cls, len(pending), spec.trainer):
         for index in pending:
             progress.started(index, points[index])
         stacked = session.fit_stacked(pending, points, logger)
-    elif cfg.selection.get("stack_grid", True):
-        for group in shared_groups(session.model_cls, pending, points, cfg.trainer):
+    elif select.stack_grid:
+        for group in shared_groups(session.model_cls, pending, points, spec.trainer):
             for index in group:
                 progress.started(index, points[index])
             stacked.update(session.fit_shared(group, points, logger))
     joint: dict[int, Trial] = {}  # recorded as soon as their joint fit ends
     for index, fitted_jointly in stacked.items():
-        joint[index] = make_trial(
-            points[index], fitted_jointly, metric, bool(cfg.selection.select_epochs)
-        )
+        joint[index] = make_trial(points[index], fitted_jointly, metric, select.select_epochs)
         if dist.is_global_zero():  # DDP: one writer
             save_trial(trials_dir, index, joint[index])
     for index, params in enumerate(points):
@@ -119,15 +115,15 @@ def select_on_validation(session: Session, logger: Logger) -> Selection:
         if trial is None:
             progress.started(index, params)
             # with a single point the val fit is the run itself in the val protocol: log it
-            log = logger if (cfg.data.protocol == "val" and len(points) == 1) else False
+            log = logger if (spec.data.protocol == "val" and len(points) == 1) else False
             fitted = session.fit_validation(index, params, log, SelectionLogger(logger, index))
-            trial = make_trial(params, fitted, metric, bool(cfg.selection.select_epochs))
+            trial = make_trial(params, fitted, metric, select.select_epochs)
             if dist.is_global_zero():  # DDP: one writer
                 save_trial(trials_dir, index, trial)
         progress.finished(index, params, trial.metrics[metric], trial.seconds, fitted is None)
         trials.append(trial)
     selection = choose(trials, metric)
-    selection.warnings = selection_warnings(selection, str(cfg.model.name))
+    selection.warnings = selection_warnings(selection, spec.model.name)
     for text in selection.warnings:  # one plain line each (also in selection.json)
         if dist.is_global_zero():
             print(f"warning: {text}", file=sys.stderr, flush=True)
@@ -137,7 +133,7 @@ def select_on_validation(session: Session, logger: Logger) -> Selection:
 
 def _announce(session: Session, n_points: int) -> None:
     """Say what selection is about to do, and what the val protocol removed."""
-    cfg = session.cfg
+    spec = session.spec
     removed = dict(session.data("val").removed_test_images)
     note = ""
     if removed:
@@ -146,7 +142,7 @@ def _announce(session: Session, n_points: int) -> None:
         )
     if dist.is_global_zero():
         print(
-            f"selection: {n_points} grid point(s) of {cfg.model.name} on {cfg.data.name} "
+            f"selection: {n_points} grid point(s) of {spec.model.name} on {spec.data.name} "
             f"validation classes{note}",
             flush=True,
         )
@@ -179,9 +175,9 @@ def refit_and_test(
 ) -> tuple[Evaluation, int, list[Path]]:
     """The final trainval fit with the selected point and the single test evaluation;
     returns it, the number of epochs trained and the report files written."""
-    cfg, run_dir, best = session.cfg, session.run_dir, selection.best
+    spec, run_dir, best = session.spec, session.run_dir, selection.best
     final_epochs = best.epochs
-    rule = transfer_rule(cfg.model)
+    rule = spec.model.search.transfer
     if rule != "epochs" and not session.model_cls.closed_form:  # only steps needs the sizes
         batches = (
             len(session.datamodule("val").train_dataloader()),
@@ -196,7 +192,7 @@ def refit_and_test(
         {"params": best.params, "epochs": best.epochs, "test": dict(evaluation.metrics)},
     )
     space = session.class_space("test")
-    title = f"{cfg.model.name} on {cfg.data.name} (test protocol)"
+    title = f"{spec.model.name} on {spec.data.name} (test protocol)"
     reports = write_reports(evaluation, space, run_dir, logger, "test", title)
     return evaluation, final_epochs, reports
 
@@ -221,26 +217,27 @@ def per_class_record(evaluation: Evaluation, space: ClassSpace) -> dict[str, dic
     return out
 
 
-def run_protocol(cfg: DictConfig, run_dir: Path) -> RunResult:
+def run_protocol(spec: RunSpec, run_dir: Path) -> RunResult:
     """Select on validation classes, then (test protocol) refit and test once.
 
-    With ``cfg.resume`` set (by :func:`zsl.run.store.resume_config`) the run continues in
+    With ``spec.resume`` set (by :func:`zsl.run.store.resume_config`) the run continues in
     ``run_dir``: recorded grid points are skipped and interrupted fits resume from their
     ``last.ckpt``."""
     start = time.perf_counter(), time.process_time()
     retain_freed_memory()  # steps reuse freed buffers instead of faulting in fresh pages
-    if cfg.get("resume"):
+    if spec.resume:
         if dist.is_global_zero():
             print(f"resuming the run in {run_dir} with its config.yaml")
         # our own checkpoint and CSV log folders are expected to hold files now
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
     else:
-        dist.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))  # rank zero only
+        dist.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(spec.config))  # rank zero
     logger: Logger | None = None
     try:
         with interrupt_guard():
-            logger = tracking.make_logger(cfg, run_dir, to_container(cfg))
-            result = _stages(Session(cfg, run_dir), logger, start)
+            config = to_container(spec.config)
+            logger = tracking.make_logger(spec.logger, run_dir, config, bool(spec.resume))
+            result = _stages(Session(spec, run_dir), logger, start)
     except TrainingInterrupted as err:
         if logger is not None:
             tracking.finish(logger, exit_code=1)
@@ -257,7 +254,7 @@ def check_data_first(session: Session) -> list[str]:
     stops the run at once, not after the whole selection); returns the names of the classes
     of the semantics that have no image in the protocol that is reported (warned about: they
     are neither trained on nor evaluated)."""
-    protocol: ProtocolName = "test" if session.cfg.data.protocol == "test" else "val"
+    protocol: ProtocolName = "test" if session.spec.data.protocol == "test" else "val"
     session.datamodule("val")
     dm = session.datamodule(protocol)
     if protocol == "val":  # the other classes are the test protocol's: expected
@@ -279,23 +276,23 @@ def check_data_first(session: Session) -> list[str]:
 
 def _stages(session: Session, logger: Logger, start: tuple[float, float]) -> RunResult:
     """Selection, the final fit and test, ``metrics.json`` and the W&B summary."""
-    cfg, run_dir = session.cfg, session.run_dir
+    spec, run_dir = session.spec, session.run_dir
     idle = check_data_first(session)
     selection = select_on_validation(session, logger)
     best = selection.best
     evaluation: Evaluation | None = None
     reports: list[Path] = []
     final_epochs = best.epochs
-    if cfg.data.protocol == "val":
+    if spec.data.protocol == "val":
         metrics: dict[str, Any] = dict(best.metrics)
     else:
         evaluation, final_epochs, reports = refit_and_test(session, selection, logger)
         metrics = dict(evaluation.metrics)
     metrics.update(
-        seed=int(cfg.seed),
-        protocol=str(cfg.data.protocol),
-        dataset=str(cfg.data.name),
-        model=str(cfg.model.name),
+        seed=spec.seed,
+        protocol=spec.data.protocol,
+        dataset=spec.data.name,
+        model=spec.model.name,
         selected_params=best.params,
         selected_epochs=best.epochs,
         final_epochs=final_epochs,
@@ -303,7 +300,7 @@ def _stages(session: Session, logger: Logger, start: tuple[float, float]) -> Run
         selection_warnings=selection.warnings,
         val_removed_test_images=dict(session.data("val").removed_test_images),
         synthetic_features=session.data("val").synthetic_features,
-        fixed_params=list(cfg.selection.get("fixed") or []),
+        fixed_params=list(spec.selection.fixed),
         classes_without_images=idle,
         wall_time_s=time.perf_counter() - start[0],
         # CPU seconds of every thread of this process during the run (not start-up, imports)
@@ -311,8 +308,8 @@ def _stages(session: Session, logger: Logger, start: tuple[float, float]) -> Run
     )
     if evaluation is not None:
         metrics["per_class_accuracy"] = per_class_record(evaluation, session.class_space("test"))
-    metrics["provenance"] = provenance(int(cfg.seed))
-    dist.write_text(run_dir / SELECTED_CONFIG, selected_config(cfg, best.params, final_epochs))
+    metrics["provenance"] = provenance(spec.seed)
+    dist.write_text(run_dir / SELECTED_CONFIG, selected_config(spec, best.params, final_epochs))
     dist.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
     summary_keys = (*REPORT_KEYS, "ausuc", "gamma", "wall_time_s", "cpu_time_s")
     tracking.log_summary(logger, {f"final/{k}": v for k, v in metrics.items() if k in summary_keys})
@@ -321,20 +318,20 @@ def _stages(session: Session, logger: Logger, start: tuple[float, float]) -> Run
     plots = sorted(run_dir.glob("*_projection.png"))
     tracking.attach_files(logger, [*files, *reports, *plots])
     tracking.finish(logger)
-    if not cfg.get("keep_checkpoints") and dist.is_global_zero():
+    if not spec.keep_checkpoints and dist.is_global_zero():
         tidy_checkpoints(run_dir, best.checkpoint)
     return RunResult(metrics, selection, evaluation, [*files, *reports, *plots])
 
 
-def selected_config(cfg: DictConfig, params: dict[str, Any], epochs: int) -> str:
+def selected_config(spec: RunSpec, params: dict[str, Any], epochs: int) -> str:
     """``config_selected.yaml``: the run's config with what selection chose filled in, the
     model's parameters and the epochs of the final fit (``config.yaml`` keeps the composed
     one, with the search grid)."""
-    chosen = OmegaConf.create(to_container(cfg))
-    chosen.model.params = params
-    chosen.trainer.max_epochs = int(epochs)
-    chosen.selection.grid = False
-    chosen.selection.select_epochs = False
+    chosen = OmegaConf.create(to_container(spec.config))
+    OmegaConf.update(chosen, "model.params", params, merge=False)
+    OmegaConf.update(chosen, "trainer.max_epochs", int(epochs))
+    OmegaConf.update(chosen, "selection.grid", False)
+    OmegaConf.update(chosen, "selection.select_epochs", False)
     head = (
         "# The settings that ran in the final fit: model.params as selected on validation\n"
         "# classes, trainer.max_epochs as trained (config.yaml holds the composed config).\n"

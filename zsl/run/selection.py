@@ -11,11 +11,10 @@ validation histories here; the run store (:mod:`zsl.run.store`) records them.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from zsl.run.spec import TRANSFER_RULES, ModelSpec
 
 
 @dataclass
@@ -68,23 +67,10 @@ class Selection:
         return cols, rows
 
 
-def grid_points(model_cfg: DictConfig, use_grid: bool = True) -> list[dict[str, Any]]:
+def grid_points(model: ModelSpec, use_grid: bool = True) -> list[dict[str, Any]]:
     """Full parameter dicts for every point of the search grid (just ``params`` if there is
-    no grid or ``use_grid`` is False)."""
-    base: dict[str, Any] = OmegaConf.to_container(model_cfg.params, resolve=True)  # type: ignore
-    search = model_cfg.get("search")
-    grid = dict(search.get("grid") or {}) if (search is not None and use_grid) else {}
-    if not grid:
-        return [base]
-    keys = list(grid)
-    values = [list(grid[k]) for k in keys]
-    points = []
-    for combo in itertools.product(*values):
-        point = dict(base)
-        for key, value in zip(keys, combo):
-            set_param(point, str(key), value)
-        points.append(point)
-    return points
+    no grid or ``use_grid`` is False): :meth:`zsl.run.spec.ModelSpec.grid_points`."""
+    return model.grid_points(use_grid)
 
 
 def best_epoch(history: list[dict[str, float]], metric: str) -> dict[str, float]:
@@ -92,20 +78,6 @@ def best_epoch(history: list[dict[str, float]], metric: str) -> dict[str, float]
     if not history:
         raise RuntimeError("no validation results were recorded during the val-protocol fit")
     return max(history, key=lambda h: (h[metric], -h["epoch"]))
-
-
-def search_metric(model_cfg: DictConfig) -> str:
-    """The validation metric that picks points and epochs (``model.search.metric``)."""
-    search = model_cfg.get("search")
-    return str(search.get("metric", "zsl_t1")) if search is not None else "zsl_t1"
-
-
-def search_patience(model_cfg: DictConfig) -> int | None:
-    """``model.search.patience``: validation epochs without a strict improvement of the
-    search metric after which a grid point stops training (None: the whole epoch budget)."""
-    search = model_cfg.get("search")
-    value = search.get("patience") if search is not None else None
-    return None if value is None else int(value)
 
 
 def improves(value: float, best: float | None) -> bool:
@@ -117,16 +89,6 @@ def improves(value: float, best: float | None) -> bool:
 def patience_spent(wait: int, patience: int | None) -> bool:
     """A point ``wait`` validation epochs past its best has stopped under ``patience``."""
     return patience is not None and wait >= patience
-
-
-#: how the epoch count selected on the val protocol carries over to the trainval fit
-TRANSFER_RULES = ("epochs", "steps")
-
-
-def transfer_rule(model_cfg: DictConfig) -> str:
-    """``model.search.transfer``: ``epochs`` (default) or ``steps``."""
-    search = model_cfg.get("search")
-    return str(search.get("transfer", "epochs")) if search is not None else "epochs"
 
 
 def transfer_epochs(epochs: int, val_batches: int, trainval_batches: int, rule: str) -> int:
@@ -145,18 +107,6 @@ def transfer_epochs(epochs: int, val_batches: int, trainval_batches: int, rule: 
             f"batches per epoch must be >= 1, got val {val_batches}, trainval {trainval_batches}"
         )
     return max(1, round(epochs * val_batches / trainval_batches))
-
-
-def set_param(params: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``params[a][b] = value`` for ``dotted = "a.b"`` (grids name nested options so,
-    e.g. ``second_stage.cls_pca``), copying the nested mappings it changes."""
-    head, _, rest = dotted.partition(".")
-    if not rest:
-        params[head] = value
-        return
-    inner = dict(params.get(head) or {})
-    set_param(inner, rest, value)
-    params[head] = inner
 
 
 def make_trial(

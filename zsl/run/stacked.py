@@ -44,15 +44,15 @@ from zsl.evaluation import Evaluation
 from zsl.models.base import ZSLModule
 from zsl.run.callbacks import BEST, cloned, evaluation_result
 from zsl.run.selection import improves, patience_spent
+from zsl.run.spec import TrainerSpec
 
 __all__ = ["GridStack", "SharedFit", "StackRecorder", "can_stack", "shared_groups"]
 
 
-def can_stack(model_cls: type[ZSLModule], n_points: int, trainer_cfg: Any) -> bool:
+def can_stack(model_cls: type[ZSLModule], n_points: int, trainer: TrainerSpec) -> bool:
     """Stack ``n_points`` (> 1) of ``model_cls`` when the class allows it and no trainer
     setting couples the points (gradient clipping would clip their joint norm)."""
-    clip = trainer_cfg.get("gradient_clip_val")
-    return bool(getattr(model_cls, "stackable", False)) and n_points > 1 and not clip
+    return model_cls.stackable and n_points > 1 and not trainer.gradient_clip_val
 
 
 class GridStack(pl.LightningModule):
@@ -243,7 +243,7 @@ def shared_groups(
     model_cls: type[ZSLModule],
     indices: list[int],
     points: list[dict[str, Any]],
-    trainer_cfg: Any,
+    trainer: TrainerSpec,
 ) -> list[list[int]]:
     """``indices`` grouped by what training reads (``model_cls.training_params``): the points
     of a group differ only in how they are evaluated, so one fit serves them all. Groups of
@@ -251,7 +251,7 @@ def shared_groups(
     weights in float32 (:data:`SHARED_PRECISIONS`: float32, or autocast): the views
     evaluate in the precision plugin's step context but are not converted by it, so only
     then are their numbers those of separate fits."""
-    if str(trainer_cfg.get("precision", "32-true")) not in SHARED_PRECISIONS:
+    if str(trainer.precision) not in SHARED_PRECISIONS:
         return []
     groups: dict[str, list[int]] = {}
     for index in indices:

@@ -36,29 +36,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from zsl.errors import RunDirError
+from zsl.errors import ResumeError, RunDirError, TrainingInterrupted
 from zsl.run.callbacks import LAST
 from zsl.run.lock import LOCK_NAME
 from zsl.run.selection import Trial
 
 CHECKPOINT_DIR = "checkpoints"
 TRIALS_DIR = "trials"
-
-
-class TrainingInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt
-    """SIGTERM or SIGINT (Ctrl-C) stopped the run; everything finished so far is saved in the
-    run directory. ``signum`` is the signal (the exit status is ``128 + signum``).
-
-    A ``BaseException`` like ``KeyboardInterrupt``: it may be raised at any point (from the
-    signal handler), and ``except Exception`` blocks must not swallow it."""
-
-    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
-        super().__init__(message)
-        self.signum = int(signum)
-
-
-class ResumeError(ValueError):
-    """``resume=...`` cannot continue the given run (bad path, changed config, finished run)."""
 
 
 def resume_path(directory: Path) -> Path | None:
@@ -227,21 +211,21 @@ def resume_config(given: DictConfig, argv: list[str]) -> DictConfig:
     The rule: ``resume=<run>`` alone continues the run with its saved ``config.yaml``; with
     more arguments they must compose exactly the saved config (the original command line
     plus ``resume=``), anything else is refused naming the changed keys."""
-    run_dir = run_dir_of(str(given.resume))
+    target = str(given.resume)
+    run_dir = run_dir_of(target)
     try:
         saved = OmegaConf.load(run_dir / "config.yaml")
         if not isinstance(saved, DictConfig) or "model" not in saved or "data" not in saved:
             raise ValueError("not a run config (no model and data sections)")
     except Exception as err:  # noqa: BLE001 - yaml and omegaconf raise many types
         raise ResumeError(
-            f"resume={given.resume}: {run_dir / 'config.yaml'} is unreadable or corrupt "
+            f"resume={target}: {run_dir / 'config.yaml'} is unreadable or corrupt "
             f"({type(err).__name__}: {_first_line(err)}); the run cannot be resumed, start a "
             "new one"
         ) from None
     if (run_dir / "metrics.json").is_file():
         raise ResumeError(
-            f"resume={given.resume}: {run_dir} already finished (metrics.json exists); "
-            "nothing to resume"
+            f"resume={target}: {run_dir} already finished (metrics.json exists); nothing to resume"
         )
     others = [a for a in argv if a.split("=", 1)[0].lstrip("+") != "resume"]
     if others:
@@ -254,7 +238,7 @@ def resume_config(given: DictConfig, argv: list[str]) -> DictConfig:
             shown = ", ".join(f"{k} ({theirs.get(k)!r} -> {ours.get(k)!r})" for k in changed[:8])
             more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
             raise ResumeError(
-                f"resume={given.resume}: the command line changes the run's config: {shown}"
+                f"resume={target}: the command line changes the run's config: {shown}"
                 f"{more}. A resumed run keeps {run_dir / 'config.yaml'}: pass resume=... alone "
                 "(or with exactly the original overrides), or start a new run"
             )

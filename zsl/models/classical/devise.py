@@ -5,16 +5,16 @@ rank loss summed over all wrong classes."""
 
 from __future__ import annotations
 
-from zsl.models.classical.ale import Bilinear
-from zsl.models.classical.components import RankingModel
+from zsl.models.classical.bilinear import BilinearRanking
 from zsl.models.classical.losses import hinge_rank_loss
 
 
-class DeViSE(RankingModel):
+class DeViSE(BilinearRanking):
     """Deep Visual-Semantic Embedding (Frome et al., NeurIPS 2013) on fixed CNN features.
 
-    (M x) . phi(y) = x^T M^T phi(y) is the bilinear form of :class:`Bilinear`; what sets
-    DeViSE apart from ALE and SJE is the loss, which sums every margin violation.
+    (M x) . phi(y) = x^T M^T phi(y) is the bilinear form of
+    :class:`~zsl.models.classical.bilinear.Bilinear`; what sets DeViSE apart from ALE and SJE
+    is the loss, which sums every margin violation, and its margin of 0.1 (the paper's).
     """
 
     loss = staticmethod(hinge_rank_loss)
@@ -28,7 +28,4 @@ class DeViSE(RankingModel):
         weight_decay: float = 0.0,
         margin: float = 0.1,
     ) -> None:
-        super().__init__(feature_dim, n_attributes, n_classes)
-
-    def configure_models(self) -> None:
-        self.net = Bilinear(self.feature_dim, self.n_attributes)
+        super().__init__(feature_dim, n_attributes, n_classes, lr, weight_decay, margin)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from zsl.models.base import ZSLModule
-from zsl.models.classical.ale import Bilinear
+from zsl.models.classical.bilinear import Bilinear
 from zsl.models.classical.components import FIT_CACHE, class_sums, fingerprint, gram
 
 

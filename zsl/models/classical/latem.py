@@ -22,7 +22,7 @@ class LatentBilinear(nn.Module):
 
     def map_scores(self, features: Tensor, class_semantics: Tensor) -> Tensor:
         """x^T W_k phi(y) for every map: [B, K, C], in the cheaper association order (see
-        :func:`zsl.models.classical.ale.bilinear_scores`)."""
+        :func:`zsl.models.classical.bilinear.bilinear_scores`)."""
         (b, d), (a, c) = features.shape, (self.weight.shape[2], class_semantics.shape[0])
         maps = self.weight.unbind(0)  # one product per map (float32 CPU: oneDNN, see mm)
         if d * c * (a + b) < b * a * (d + c):

@@ -1,115 +1,67 @@
-"""The shared base of feature-generating GZSL models and the reasons behind its second stage.
+"""The shared base of feature-generating GZSL models: the generator contract and the second stage.
 
-A generative model (f-CLSWGAN, CADA-VAE) learns, on seen classes only, to produce examples of
-a class from its semantic vector. Before every validation/test pass
-(:meth:`GenerativeZSL.on_eval_start`) it synthesises ``n_synth`` examples per unseen class
-and trains a fresh softmax classifier over the protocol's universe (seen + unseen, global
-class ids) on real seen + synthetic unseen examples. ``scores`` returns that classifier's
-log-probabilities, so GZSL needs no calibration trick to reach unseen classes.
+A generative model learns, on seen classes only, to produce examples of a class from its
+semantic vector; before every validation/test pass (:meth:`GenerativeZSL.on_eval_start`) it
+trains a softmax classifier over the protocol's universe on real seen + synthetic unseen
+examples, and ``scores`` are that classifier's log-probabilities. The reasons behind each
+second-stage option are in :mod:`zsl.models.generative.second_stage`.
 
-How many synthetic examples: ``n_synth`` per unseen class (the papers' rule), or, when
-``synth_ratio`` is set, ``synth_ratio`` times as many synthetic unseen examples in total as
-there are real seen examples in the classifier's training set (an addition, not in the
-papers). The papers' rule makes the unseen share of the classifier's data depend on how many
-seen classes the protocol has -- the validation protocol of CUB has 100 seen classes, the test
-protocol 150 -- so a count selected on validation classes gives the short, not fully converged
-classifier a smaller unseen share at test time and more seen-class bias. ``synth_ratio`` keeps
-the share that validation selected. For the same reason ``cls_steps`` (optional, also an
-addition) fixes the classifier's number of updates: with ``cls_epochs`` the larger trainval
-set (and a larger ``synth_ratio``) means more updates, and a longer-trained classifier learns
-the real-vs-synthetic gap and drifts to the seen classes.
-
-Where the classifier may look: with ``cls_pca = k`` (optional, an addition, null = the papers)
-the classifier sees only the top-``k`` principal components of the real seen training examples
-(equivalently: its weight is constrained to their span, a rank-``k`` softmax). A generator
-varies its outputs along few directions, and a classifier on all 4096 feature dimensions
-learns to tell real from synthetic along the directions where only real features vary; real
-unseen test images then look "real", hence seen. Measured on CUB VGG validation classes with
-one trained f-CLSWGAN generator: GZSL H 42.3 on all dimensions, 44.7 on the top 256.
-
-What varies within a synthetic class: a generator trained for a few thousand steps produces
-examples of a class much closer together than real images of one class are (CUB VGG, f-VAEGAN:
-within-class RMS deviation 0.15 against 0.59 for real seen classes). The classifier then learns
-that unseen classes are tight clusters and real unseen test images, which vary as much as real
-seen ones, fall outside them and go to seen classes; and the longer it trains, the more it does
-so. ``synth_residual = k`` (optional, an addition, null = the papers; feature-space models
-only) adds ``k`` times the deviation of a random real seen training feature from its class
-mean to every synthetic feature, so synthetic classes vary the way real classes do (within-
-class variation transferred from seen to new classes: Hariharan & Girshick, "Low-shot Visual
-Recognition by Shrinking and Hallucinating Features", ICCV 2017). Measured on CUB VGG
-validation classes with one trained tf-VAEGAN generator
-(``experiments/second_stage_check.py``): ZSL T1 48.1 -> 50.9 and GZSL H 45.1 -> 48.1 (best
-classifier length of each), H 46.8-48.1 from 450 to 2000 classifier updates.
-
-Which classes get synthetic examples: the unseen ones (the papers), and with ``synth_seen =
-r`` (optional, an addition, null = the papers) the seen classes too, ``r`` times as many in
-total as real seen examples, so that looking synthetic is not evidence of an unseen class.
-Measured on CUB VGG validation classes (mean GZSL H over draws of the synthetic examples):
-with one trained f-VAEGAN generator (three draws) 42.4 without, 42.9 / 43.1 / 42.8 with r =
-0.25 / 0.5 / 1; with a tf-VAEGAN generator (two draws) 47.5 without and 46.7 / 46.1 / 44.9
-with (the seen share grows and s rises at u's expense), so no shipped config uses it.
-
-"Examples" live in the model's *classifier space*: image features for f-CLSWGAN, latent codes
-for CADA-VAE (:meth:`GenerativeZSL.embed`, :meth:`GenerativeZSL.embed_seen`,
-:meth:`GenerativeZSL.synthesize`).
-
-ZSL (unseen classes only) uses the same GZSL classifier: the base takes the arg-max of its
-scores among the unseen classes. No second, unseen-only classifier is trained; the softmax
-over the universe, restricted to unseen classes, ranks them exactly as a classifier whose
-seen logits were removed, and training one more classifier per evaluation would double the
-evaluation cost for a number that is not what these models are for.
-
-The classifier is deliberately kept out of the module tree (like the base's metrics), so a
-checkpoint holds only the generator; it is retrained at evaluation time from the generator,
-the class space and the seen training features the model was bound to.
+The contract of a generator -- what a subclass implements (the abstract methods), the hooks
+the base calls itself (``@final``: generator start, ``gen_ema`` averaging) -- is described,
+step by step, in ``docs/extending.md``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, final
 
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from zsl.data.types import ZSLBatch
 from zsl.models.base import ZSLModule
-from zsl.models.generative.nets import ema_update
+from zsl.models.generative.losses import linear_warmup
+from zsl.models.generative.nets import GeneratorNet, ema_update
 from zsl.models.generative.second_stage import (
     SecondStage,
+    add_residuals,
     fit_softmax_classifier,
     principal_basis,
     within_class_residuals,
 )
 
-__all__ = ["GenerativeZSL", "SecondStage", "check_positive", "linear_warmup"]
+__all__ = ["GenerativeZSL", "SecondStage", "linear_warmup"]
 
 
-class GenerativeZSL(ZSLModule):
-    """Base of feature-generating models: the GZSL classifier on real seen + synthetic unseen.
-
-    Subclasses build their generator in ``configure_models``, train it (``training_loss``) and
-    implement :meth:`synthesize` (plus :meth:`embed` / :meth:`embed_seen` when the classifier
-    space is not the feature space) and :meth:`generate_features`. Hyper-parameters read here:
-    ``n_synth``, ``synth_ratio``, ``cls_epochs``, ``cls_steps``, ``cls_pca``, ``cls_lr``,
-    ``cls_batch_size``, ``cls_weight_decay`` and ``eval_seed`` (all in :class:`SecondStage`).
-    """
+class GenerativeZSL(ZSLModule, ABC):
+    """Base of feature-generating models: a softmax classifier on real seen + generated unseen
+    examples (Xian et al., "Feature Generating Networks for Zero-Shot Learning", CVPR 2018),
+    trained at every evaluation with the :class:`SecondStage` settings; ``gen_ema`` averages the
+    synthesising networks (Yazici et al., "The Unusual Effectiveness of Averaging in GAN
+    Training", ICLR 2019)."""
 
     uses_unseen_semantics: ClassVar[bool] = True
-    #: what the classifier is trained on (for plot titles): "features" or "latent codes"
-    example_space: ClassVar[str] = "features"
+    generates_features: ClassVar[bool] = True
+    #: what the classifier is trained on: generated image features (through :meth:`embed`),
+    #: or the "latent codes" of a model that overrides :meth:`synthesize` (then the
+    #: feature-space option ``second_stage.synth_residual`` is refused)
+    example_space: ClassVar[Literal["features", "latent codes"]] = "features"
     #: the paper's second-stage settings; ``second_stage`` entries override them
     default_second_stage: ClassVar[SecondStage] = SecondStage()
-    #: the networks whose weight average (``gen_ema``) synthesises features
+    #: the networks (attribute names) whose weight average synthesises with ``gen_ema``
     averaged: ClassVar[tuple[str, ...]] = ("generator",)
-    #: whether ``second_stage.synth_residual`` applies (synthetic examples are image features)
-    feature_residuals: ClassVar[bool] = True
-    #: set by :meth:`register_generator_state` (models with a feature generator)
+    #: set when :meth:`feature_generator` names a network (the start happens once per model)
     generator_initialised: Tensor
+
+    @classmethod
+    def option_groups(cls) -> dict[str, list[str]]:
+        """``second_stage`` takes the options of :class:`SecondStage`."""
+        return {"second_stage": SecondStage.field_names()}
 
     def __init__(
         self,
@@ -120,7 +72,9 @@ class GenerativeZSL(ZSLModule):
     ) -> None:
         #: the typed second-stage settings (stored as a dict in ``hparams.second_stage``)
         self.second_stage = SecondStage.from_value(second_stage, self.default_second_stage)
-        super().__init__(feature_dim, n_attributes, n_classes)
+        super().__init__(feature_dim, n_attributes, n_classes)  # calls configure_models
+        if self.feature_generator() is not None:
+            self._register_generator_state()
         rank, dim = self.second_stage.cls_pca, self.classifier_dim()
         if rank is not None and rank >= dim:
             # as many components as dimensions is a rotation, not a restriction: the paper's
@@ -132,7 +86,7 @@ class GenerativeZSL(ZSLModule):
             )
             self.second_stage = dataclasses.replace(self.second_stage, cls_pca=None)
             self.hparams["second_stage"] = dataclasses.asdict(self.second_stage)
-        if self.second_stage.synth_residual is not None and not self.feature_residuals:
+        if self.second_stage.synth_residual is not None and self.example_space != "features":
             raise ValueError(
                 f"{type(self).__name__}: second_stage.synth_residual adds real feature "
                 f"residuals to synthetic features, but its classifier sees {self.example_space}; "
@@ -155,15 +109,50 @@ class GenerativeZSL(ZSLModule):
             out["second_stage"] = {"eval_seed": stage.get("eval_seed")}
         return out
 
-    # -- hooks for subclasses ---------------------------------------------------------
+    # -- what a subclass must answer ----------------------------------------------------
+    @abstractmethod
+    def configure_models(self) -> None:
+        """Build the networks (``self.feature_dim``, ``self.n_attributes`` and ``self.hp``
+        are set); the base registers the generator's state right after."""
+
+    @abstractmethod
+    def configure_optimizers(self) -> Any:
+        """The optimisers of the networks (never of the ``<name>_ema`` averages)."""
+
+    @abstractmethod
+    def training_loss(
+        self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
+    ) -> Tensor:
+        """One training iteration on a batch of real seen features, taking at most one
+        generator step (the base updates the ``gen_ema`` averages after it)."""
+
+    @abstractmethod
+    def feature_generator(self) -> GeneratorNet | None:
+        """The network the base starts at every fit (the first fit sets its output bias to
+        the mean training feature; a ``unit_norm`` one refuses features that are not
+        unit-norm), or None for a model without one (CADA-VAE)."""
+
+    @abstractmethod
+    def generate_features(
+        self, attributes: Tensor, n: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``n`` synthetic image features per attribute vector [K, A] -> [K * n, D], grouped
+        by row, drawn from ``generator`` (with ``gen_ema``: by :meth:`synthesis_net`)."""
+
+    # -- hooks with defaults -------------------------------------------------------------
+    def prepare_training(self, features: Tensor, labels: Tensor) -> None:
+        """Called at the start of every fit, after the generator start, with the real seen
+        training features [N, D] and their global labels [N] (default: nothing)."""
+
     def classifier_dim(self) -> int:
         """Size of the classifier's inputs (:meth:`embed`): the features by default."""
         return self.feature_dim
 
     def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
         """``n`` synthetic examples in classifier space per row of ``class_semantics`` [K, A]
-        -> [K * n, E], grouped by row (row ``k`` owns ``k*n .. k*n + n - 1``)."""
-        raise NotImplementedError
+        -> [K * n, E], grouped by row (row ``k`` owns ``k*n .. k*n + n - 1``): by default
+        :meth:`embed` of :meth:`generate_features`."""
+        return self.embed(self.generate_features(class_semantics, n, generator))
 
     def embed(self, features: Tensor) -> Tensor:
         """Image features [B, D] -> classifier space [B, E] (the identity by default)."""
@@ -175,12 +164,6 @@ class GenerativeZSL(ZSLModule):
         """The real seen training examples of the classifier (default: the features as they are)."""
         return self.embed(features), labels
 
-    def generate_features(
-        self, attributes: Tensor, n: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """``n`` synthetic image features per attribute vector [K, A] -> [K * n, D]."""
-        raise NotImplementedError
-
     # -- data ---------------------------------------------------------------------------
     def seen_training_data(self) -> tuple[Tensor, Tensor]:
         """Real seen-class training features and global labels, handed over by :meth:`bind`."""
@@ -189,14 +172,11 @@ class GenerativeZSL(ZSLModule):
         self.to_local(y)  # raises if a training label is not a seen class
         return x, y
 
-    # -- generator helpers (f-CLSWGAN, SE-GZSL, f-VAEGAN, tf-VAEGAN) -------------------
-    def register_generator_state(self) -> None:
-        """The state every feature generator keeps beside its networks (call at the end of
-        ``configure_models``): the ``generator_initialised`` buffer of
-        :meth:`start_generator` and, with ``gen_ema`` set, frozen copies ``<name>_ema`` of the
-        :attr:`averaged` networks, outside every optimiser; both are saved in checkpoints.
-        Weight averaging of GAN generators: Yazici et al., "The Unusual Effectiveness of
-        Averaging in GAN Training", ICLR 2019."""
+    # -- the generator's state, run by the base -----------------------------------------
+    def _register_generator_state(self) -> None:
+        """The ``generator_initialised`` buffer and, with ``gen_ema`` set, frozen copies
+        ``<name>_ema`` of the :attr:`averaged` networks, outside every optimiser; both are
+        saved in checkpoints."""
         if self.hp.get("gen_ema") is not None:
             for name in self.averaged:
                 average = copy.deepcopy(getattr(self, name)).requires_grad_(False)
@@ -209,34 +189,19 @@ class GenerativeZSL(ZSLModule):
         return average if average is not None else getattr(self, name)  # type: ignore[no-any-return]
 
     def update_averages(self) -> None:
-        """One step of the ``gen_ema`` averages, after a generator step (no-op without)."""
+        """One step of the ``gen_ema`` averages (no-op without); the base runs it after every
+        training batch."""
         if self.hp.get("gen_ema") is not None:
             decay = float(self.hp.gen_ema)
             for name in self.averaged:
                 ema_update(getattr(self, f"{name}_ema"), getattr(self, name), decay)
 
-    def start_generator(self, generator: Any, features: Tensor) -> None:
-        """Shared start of a feature generator ending in a ReLU: warn if the training
-        ``features`` have negative values, and on the first fit only (the
+    def _start_generator(self, generator: GeneratorNet, features: Tensor) -> None:
+        """Check the training ``features`` against the generator
+        (:meth:`GeneratorNet.check_training_features`) and on the first fit only (the
         ``generator_initialised`` buffer, saved in checkpoints) start its outputs at the mean
-        training feature (``generator.init_output_bias``) and copy the networks into their
-        ``gen_ema`` averages."""
-        if bool((features < 0).any()):
-            warnings.warn(
-                f"{type(self).__name__}: training features have negative values, but the "
-                "generator ends in a ReLU (CNN features are non-negative); use non-negative "
-                "preprocessing (l2 / minmax of ReLU features)",
-                stacklevel=2,
-            )
-        if getattr(generator, "unit_norm", False):
-            norms = features.norm(dim=1)
-            if not bool(torch.allclose(norms, torch.ones_like(norms), atol=1e-3)):
-                raise ValueError(
-                    f"{type(self).__name__}: unit_norm_output generates unit-norm features, but "
-                    f"the training features' L2 norms range from {float(norms.min()):.4g} to "
-                    f"{float(norms.max()):.4g}; use L2-normalised features "
-                    "(data.preprocess=l2) or unit_norm_output=false"
-                )
+        training feature and copy the networks into their ``gen_ema`` averages."""
+        generator.check_training_features(features, type(self).__name__)
         if not bool(self.generator_initialised):
             generator.init_output_bias(features.mean(dim=0))
             for name in self.averaged:
@@ -245,11 +210,25 @@ class GenerativeZSL(ZSLModule):
                     average.load_state_dict(getattr(self, name).state_dict())
             self.generator_initialised.fill_(True)
 
+    @final
+    def on_fit_start(self) -> None:
+        """Start the generator (:meth:`feature_generator`), then :meth:`prepare_training`."""
+        x, y = self.seen_training_data()
+        generator = self.feature_generator()
+        if generator is not None:
+            self._start_generator(generator, x)
+        self.prepare_training(x, y)
+
+    @final
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Update the ``gen_ema`` averages after the batch's generator step."""
+        self.update_averages()
+
+    # -- the second stage -------------------------------------------------------------
     def _eval_generator(self) -> torch.Generator:
         """A private RNG for evaluation, so evaluating never perturbs the training RNG stream."""
         return torch.Generator().manual_seed(self.second_stage.eval_seed + int(self.current_epoch))
 
-    # -- the second stage -------------------------------------------------------------
     @torch.inference_mode(False)
     def fit_classifier(self) -> None:
         """Train the GZSL softmax classifier on the real seen training examples (from the
@@ -282,23 +261,7 @@ class GenerativeZSL(ZSLModule):
         ``residuals`` [N', D] added, kept non-negative if the real features are
         (``nonnegative``), see :meth:`synthesize_unseen`)."""
         stage = self.second_stage
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            unseen = self.unseen_ids
-            n_synth = self.n_synth_per_class(real.shape[0])
-            synth = self.synthesize_unseen(n_synth, generator, residuals, nonnegative)
-            synth_y = unseen.repeat_interleave(n_synth)
-            n_seen = self.n_synth_seen_per_class(real.shape[0])
-            if n_seen > 0:
-                seen = self.seen_ids
-                synth_seen = self.synthesize_classes(
-                    self.seen_semantics(), n_seen, generator, residuals, nonnegative
-                )
-                synth = torch.cat([synth, synth_seen])
-                synth_y = torch.cat([synth_y, seen.repeat_interleave(n_seen)])
-                del synth_seen
-        self.train(was_training)
+        synth, synth_y = self._synthetic_examples(real.shape[0], generator, residuals, nonnegative)
         universe = torch.nonzero(self.universe_mask()).squeeze(1)
         self.check_finite(synth, "synthetic examples")
         inputs = torch.cat([real, synth]).detach()  # new: the caller's are left as they are
@@ -324,6 +287,34 @@ class GenerativeZSL(ZSLModule):
             weight = basis @ weight
             bias = bias - mean @ weight
         self._classifier = (weight, bias, universe)
+
+    def _synthetic_examples(
+        self,
+        n_real: int,
+        generator: torch.Generator,
+        residuals: Tensor | None,
+        nonnegative: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """The classifier's synthetic examples (in eval mode, without gradients) and their
+        global labels: unseen classes first, then with ``synth_seen`` the seen ones."""
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            unseen = self.unseen_ids
+            n_synth = self.n_synth_per_class(n_real)
+            synth = self.synthesize_unseen(n_synth, generator, residuals, nonnegative)
+            synth_y = unseen.repeat_interleave(n_synth)
+            n_seen = self.n_synth_seen_per_class(n_real)
+            if n_seen > 0:
+                seen = self.seen_ids
+                synth_seen = self.synthesize_classes(
+                    self.seen_semantics(), n_seen, generator, residuals, nonnegative
+                )
+                synth = torch.cat([synth, synth_seen])
+                synth_y = torch.cat([synth_y, seen.repeat_interleave(n_seen)])
+                del synth_seen
+        self.train(was_training)
+        return synth, synth_y
 
     def synthesize_unseen(
         self,
@@ -352,7 +343,7 @@ class GenerativeZSL(ZSLModule):
         With ``synth_residual = k`` and the real seen training features' within-class
         ``residuals``: generated features + ``k`` x a residual drawn with replacement (clamped at
         0 with ``nonnegative``: the real features are, as CNN features are), then
-        :meth:`embed`."""
+        :meth:`embed` (:func:`~zsl.models.generative.second_stage.add_residuals`)."""
         k = self.second_stage.synth_residual
         if k is None:
             return self.synthesize(semantics, n, generator)
@@ -362,23 +353,7 @@ class GenerativeZSL(ZSLModule):
                 "within-class residuals"
             )
         features = self.generate_features(semantics, n, generator)
-        device = generator.device
-        pick = torch.randint(
-            0, residuals.shape[0], (features.shape[0],), generator=generator, device=device
-        ).to(residuals.device)
-        # features + k * residuals[pick], clamped: in place (the same roundings, k * r first),
-        # as these can be a gigabyte
-        shift = residuals[pick]
-        if k != 1.0:
-            shift.mul_(float(k))
-        if shift.dtype == features.dtype:
-            features.add_(shift)
-        else:  # e.g. half-precision features: promote as the out-of-place sum does
-            features = features + shift
-        del shift
-        if nonnegative:
-            features.clamp_min_(0.0)
-        return self.embed(features)
+        return self.embed(add_residuals(features, residuals, k, generator, nonnegative))
 
     def classifier_basis(self, real: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Mean and top-``k`` principal directions of the real seen classifier inputs (cached
@@ -389,20 +364,12 @@ class GenerativeZSL(ZSLModule):
         return self._basis_cache[1], self._basis_cache[2]
 
     def n_synth_per_class(self, n_real_seen: int) -> int:
-        """Synthetic examples per unseen class: ``n_synth``, or with ``synth_ratio`` set
-        ``round(synth_ratio * n_real_seen / n_unseen_classes)`` (at least 1)."""
-        ratio = self.second_stage.synth_ratio
-        if ratio is None:
-            return int(self.second_stage.n_synth)
-        return max(1, round(float(ratio) * n_real_seen / self.unseen_ids.numel()))
+        """Synthetic examples per unseen class (:meth:`SecondStage.n_unseen_examples`)."""
+        return self.second_stage.n_unseen_examples(n_real_seen, self.unseen_ids.numel())
 
     def n_synth_seen_per_class(self, n_real_seen: int) -> int:
-        """Synthetic examples per seen class: 0 without ``synth_seen``, else
-        ``round(synth_seen * n_real_seen / n_seen_classes)`` (at least 1)."""
-        ratio = self.second_stage.synth_seen
-        if ratio is None:
-            return 0
-        return max(1, round(float(ratio) * n_real_seen / self.seen_ids.numel()))
+        """Synthetic examples per seen class (:meth:`SecondStage.n_seen_examples`)."""
+        return self.second_stage.n_seen_examples(n_real_seen, self.seen_ids.numel())
 
     def on_eval_start(self) -> None:
         self.fit_classifier()
@@ -427,24 +394,3 @@ class GenerativeZSL(ZSLModule):
         out = logp.new_full((features.shape[0], self.n_classes), float("-inf"))
         out[:, universe] = logp
         return out
-
-
-def linear_warmup(epoch: float, start: float, end: float) -> float:
-    """0 before ``start``, 1 from ``end`` on, linear in between (CADA-VAE's warm-up)."""
-    if end <= start:
-        return 1.0 if epoch >= start else 0.0
-    return min(max((epoch - start) / (end - start), 0.0), 1.0)
-
-
-def check_positive(**values: float) -> None:
-    """Raise a ValueError naming every non-positive (or NaN) value."""
-    bad = [f"{k}={v}" for k, v in values.items() if not (v > 0) or math.isnan(v)]
-    if bad:
-        raise ValueError(f"must be positive: {', '.join(bad)}")
-
-
-def check_nonnegative(**values: float) -> None:
-    """Raise a ValueError naming the first negative (or NaN) value, e.g. a loss weight."""
-    for name, value in values.items():
-        if not value >= 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")

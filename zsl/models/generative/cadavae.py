@@ -41,13 +41,17 @@ import torch
 from torch import Tensor
 
 from zsl.data.types import ZSLBatch
-from zsl.models.generative.base import (
-    GenerativeZSL,
-    check_positive,
-    linear_warmup,
+from zsl.models.generative.base import GenerativeZSL
+from zsl.models.generative.losses import linear_warmup
+from zsl.models.generative.nets import (
+    Decoder,
+    GaussianEncoder,
+    GeneratorNet,
+    randn,
+    reparameterize,
 )
-from zsl.models.generative.nets import Decoder, GaussianEncoder, randn, reparameterize
 from zsl.models.generative.second_stage import SecondStage
+from zsl.models.hparams import check_positive
 
 
 def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
@@ -89,7 +93,6 @@ class CADAVAE(GenerativeZSL):
     default_second_stage = SecondStage(n_synth=400, cls_epochs=23, cls_lr=1e-3, cls_batch_size=32)
 
     example_space = "latent codes"
-    feature_residuals = False
     feature_scale: Tensor
     semantic_scale: Tensor
     latent_within_std: Tensor
@@ -151,10 +154,14 @@ class CADAVAE(GenerativeZSL):
             self.parameters(), lr=float(self.hp.lr), betas=(0.9, 0.999), amsgrad=True
         )
 
+    def feature_generator(self) -> GeneratorNet | None:
+        """None: the feature decoder ends in a linear layer and needs no start."""
+        return None
+
     # -- training -----------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        x, _ = self.seen_training_data()
-        self.feature_scale.fill_(1.0 / float(x.abs().mean().clamp_min(1e-12)))
+    def prepare_training(self, features: Tensor, labels: Tensor) -> None:
+        """Fit the input scales on the seen training features and semantics."""
+        self.feature_scale.fill_(1.0 / float(features.abs().mean().clamp_min(1e-12)))
         seen = self.seen_semantics()
         self.semantic_scale.fill_(1.0 / float(seen.abs().mean().clamp_min(1e-12)))
 

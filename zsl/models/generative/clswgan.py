@@ -34,40 +34,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zsl.data.types import ZSLBatch
-from zsl.models.generative.base import (
-    GenerativeZSL,
-    check_positive,
-    fit_softmax_classifier,
-)
-from zsl.models.generative.nets import FeatureCritic, FeatureGenerator, randn
-from zsl.models.generative.second_stage import SecondStage
+from zsl.models.generative.base import GenerativeZSL
+from zsl.models.generative.losses import critic_loss, gradient_penalty
+from zsl.models.generative.nets import FeatureCritic, FeatureGenerator, GeneratorNet, randn
+from zsl.models.generative.second_stage import SecondStage, fit_softmax_classifier
+from zsl.models.hparams import check_positive
 
-
-def gradient_penalty(
-    critic: nn.Module, real: Tensor, fake: Tensor, semantics: Tensor, alpha: Tensor | None = None
-) -> Tensor:
-    """WGAN-GP penalty ``E[(||grad_x D(x_hat, a)||_2 - 1)^2]`` on interpolates
-    ``x_hat = alpha * real + (1 - alpha) * fake`` (one alpha ~ U(0, 1) per row unless given).
-
-    Vectorised over the batch and differentiable w.r.t. the critic's parameters
-    (``create_graph=True``), so it can be back-propagated as part of the critic loss."""
-    if alpha is None:
-        alpha = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype)
-    interpolates = (alpha * real + (1.0 - alpha) * fake).detach().requires_grad_(True)
-    with torch.enable_grad():
-        out = critic(interpolates, semantics)
-        (grad,) = torch.autograd.grad(out.sum(), interpolates, create_graph=True)
-    return ((grad.norm(2, dim=1) - 1.0) ** 2).mean()
-
-
-def critic_loss(
-    critic: nn.Module, real: Tensor, fake: Tensor, semantics: Tensor, gp_weight: float
-) -> tuple[Tensor, Tensor]:
-    """WGAN-GP critic loss ``D(fake) - D(real) + gp_weight * GP`` and the Wasserstein estimate
-    ``D(real) - D(fake)`` (detached)."""
-    wasserstein = critic(real, semantics).mean() - critic(fake, semantics).mean()
-    loss = -wasserstein + gp_weight * gradient_penalty(critic, real, fake, semantics)
-    return loss, wasserstein.detach()
+__all__ = ["CLSWGAN", "clswgan_iteration", "critic_loss", "gradient_penalty"]
 
 
 def clswgan_iteration(
@@ -150,8 +123,6 @@ class CLSWGAN(GenerativeZSL):
         pretrain_lr: float = 1e-3,
         second_stage: SecondStage | Mapping[str, Any] | None = None,
     ) -> None:
-        if gen_ema is not None and not 0.0 <= gen_ema < 1.0:
-            raise ValueError(f"gen_ema must be in [0, 1) or null, got {gen_ema}")
         check_positive(
             gen_hidden=gen_hidden,
             critic_hidden=critic_hidden,
@@ -173,7 +144,6 @@ class CLSWGAN(GenerativeZSL):
         nn.init.zeros_(self.seen_classifier.weight)
         nn.init.zeros_(self.seen_classifier.bias)
         self.seen_classifier.requires_grad_(False)
-        self.register_generator_state()  # generator_ema with gen_ema, the start flag
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = (float(self.hp.beta1), 0.999)
@@ -183,16 +153,17 @@ class CLSWGAN(GenerativeZSL):
             torch.optim.Adam(self.critic.parameters(), lr=lr, betas=betas),
         ]
 
+    def feature_generator(self) -> GeneratorNet:
+        """The generator G(z, a) (started at the mean training feature by the base)."""
+        return self.generator
+
     # -- training -----------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        """Pre-train the frozen seen-class classifier of the classification loss and (first fit
-        only) start the generator's outputs at the mean training feature."""
-        x, y = self.seen_training_data()
-        self.start_generator(self.generator, x)
+    def prepare_training(self, features: Tensor, labels: Tensor) -> None:
+        """Pre-train the frozen seen-class classifier of the classification loss."""
         gen = torch.Generator().manual_seed(self.second_stage.eval_seed)
         weight, bias = fit_softmax_classifier(
-            x,
-            self.to_local(y),
+            features,
+            self.to_local(labels),
             self.seen_ids.numel(),
             int(self.hp.pretrain_epochs),
             float(self.hp.pretrain_lr),
@@ -232,7 +203,6 @@ class CLSWGAN(GenerativeZSL):
             backward=self.manual_backward,
         )
         self.check_finite(losses["critic_loss"], "critic loss")
-        self.update_averages()
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items() if k != "generator_loss"},
             on_step=False,
@@ -248,10 +218,8 @@ class CLSWGAN(GenerativeZSL):
         assert isinstance(net, FeatureGenerator)
         return net
 
-    def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
-        return self.sampler().sample(class_semantics, n, generator)[0]
-
     def generate_features(
         self, attributes: Tensor, n: int, generator: torch.Generator | None = None
     ) -> Tensor:
+        """``n`` features per attribute vector from :meth:`sampler`."""
         return self.sampler().sample(attributes, n, generator)[0]

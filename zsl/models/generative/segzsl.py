@@ -27,10 +27,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zsl.data.types import ZSLBatch
-from zsl.models.generative.base import GenerativeZSL, check_nonnegative, check_positive
-from zsl.models.generative.nets import class_noise, init_normal, randn, reparameterize
+from zsl.models.generative.base import GenerativeZSL
+from zsl.models.generative.losses import semantic_loss, vae_loss
+from zsl.models.generative.nets import (
+    FeedbackGenerator,
+    GeneratorNet,
+    check_condition_norm,
+    init_normal,
+    randn,
+    reparameterize,
+)
 from zsl.models.generative.second_stage import SecondStage
-from zsl.models.generative.vaegan import FeedbackGenerator, check_generator_options, vae_loss
+from zsl.models.hparams import check_nonnegative, check_positive
 
 
 class FeatureEncoder(nn.Module):
@@ -60,11 +68,6 @@ class AttributeRegressor(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return F.normalize(self.net(features), dim=1)
-
-
-def regression_loss(predicted: Tensor, semantics: Tensor) -> Tensor:
-    """Squared error of regressed attributes against the (L2-normalised) class attributes."""
-    return (predicted - F.normalize(semantics, dim=1)).pow(2).sum(dim=1).mean()
 
 
 class SEGZSL(GenerativeZSL):
@@ -98,7 +101,7 @@ class SEGZSL(GenerativeZSL):
         second_stage: SecondStage | Mapping[str, Any] | None = None,
     ) -> None:
         check_positive(hidden=hidden, latent_dim=latent_dim, regressor_hidden=regressor_hidden)
-        check_generator_options(condition_norm, gen_ema)
+        check_condition_norm(condition_norm)
         check_nonnegative(
             kl_weight=kl_weight,
             recon_weight=recon_weight,
@@ -123,7 +126,6 @@ class SEGZSL(GenerativeZSL):
         self.regressor = AttributeRegressor(
             self.feature_dim, hp.regressor_hidden, self.n_attributes
         )
-        self.register_generator_state()
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         lr = float(self.hp.lr)
@@ -132,19 +134,19 @@ class SEGZSL(GenerativeZSL):
             torch.optim.Adam(self.regressor.parameters(), lr),
         ]
 
-    def on_fit_start(self) -> None:
-        x, _ = self.seen_training_data()
-        self.start_generator(self.generator, x)
+    def feature_generator(self) -> GeneratorNet:
+        """The decoder G(z, a) (started at the mean training feature by the base)."""
+        return self.generator
 
     # -- generation ---------------------------------------------------------------------
-    def synthesize(self, class_semantics: Tensor, n: int, generator: torch.Generator) -> Tensor:
-        return self.generate_features(class_semantics, n, generator)
-
     def generate_features(
         self, attributes: Tensor, n: int, generator: torch.Generator | None = None
     ) -> Tensor:
-        noise, rows = class_noise(attributes, n, int(self.hp.latent_dim), generator)
-        return self.synthesis_net("generator")(noise, attributes[rows])  # type: ignore[no-any-return]
+        """``n`` features per attribute vector, decoded from prior noise (with ``gen_ema``:
+        by the decoder's weight average)."""
+        net = self.synthesis_net("generator")
+        assert isinstance(net, FeedbackGenerator)
+        return net.sample(attributes, n, generator)
 
     # -- training -----------------------------------------------------------------------
     def sampled_semantics(self, n: int, like: Tensor) -> Tensor:
@@ -166,8 +168,8 @@ class SEGZSL(GenerativeZSL):
         # the regressor: real seen features, and generated ones of seen and unseen classes
         with torch.no_grad():
             generated = self.generator(noise, drawn)
-        loss_r = regression_loss(self.regressor(real), semantics)
-        loss_r = loss_r + float(hp.regressor_synth_weight) * regression_loss(
+        loss_r = semantic_loss(self.regressor(real), semantics)
+        loss_r = loss_r + float(hp.regressor_synth_weight) * semantic_loss(
             self.regressor(generated), drawn
         )
         self.check_finite(loss_r, "regressor loss")
@@ -182,7 +184,7 @@ class SEGZSL(GenerativeZSL):
             recon = self.generator(reparameterize(mean, logvar), semantics)
             reconstruction, kl = vae_loss(recon, real, mean, logvar)
             fake = self.generator(noise, drawn)
-            feedback = regression_loss(self.regressor(fake), drawn)
+            feedback = semantic_loss(self.regressor(fake), drawn)
             latent = (self.encoder(fake)[0] - noise).pow(2).sum(dim=1).mean()
             loss = float(hp.get("recon_weight", 1.0)) * reconstruction + float(hp.kl_weight) * kl
             loss = loss + float(hp.feedback_weight) * feedback
@@ -191,7 +193,6 @@ class SEGZSL(GenerativeZSL):
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             opt_g.step()
-            self.update_averages()
         finally:
             self.regressor.requires_grad_(True)
         self.log_dict(

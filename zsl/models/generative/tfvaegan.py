@@ -9,7 +9,8 @@ a feature is generated, decoded, and generated again with the decoder's latent f
 training and in synthesis. The GZSL classifier sees ``[x, Dec(x), h(x)]``: the features
 concatenated with the decoder's output and hidden layer, as in the paper.
 
-Training follows :mod:`zsl.models.generative.vaegan` (manual optimisation, ``n_critic`` critic
+The model is f-VAEGAN's (:class:`~zsl.models.generative.vaegan_base.VAEGANBase`) and training
+follows :mod:`zsl.models.generative.vaegan` (manual optimisation, ``n_critic`` critic
 steps per batch); the decoder also takes a step on each real critic batch, and the feedback
 module and the decoder step with the encoder and generator. The semantic decoder's loss is the
 squared error of its L2-normalised output against the (L2-normalised) attributes.
@@ -17,15 +18,18 @@ squared error of its L2-normalised output against the (L2-normalised) attributes
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zsl.models.generative.base import check_nonnegative, check_positive
+from zsl.models.generative.losses import semantic_loss
 from zsl.models.generative.nets import init_normal
-from zsl.models.generative.vaegan import FVAEGAN
+from zsl.models.generative.vaegan_base import VAEGANBase
+from zsl.models.hparams import check_nonnegative, check_positive
+
+__all__ = ["Feedback", "SemanticDecoder", "TFVAEGAN", "semantic_loss"]
 
 
 class SemanticDecoder(nn.Module):
@@ -60,12 +64,7 @@ class Feedback(nn.Module):
         return self.net(hidden)
 
 
-def semantic_loss(decoded: Tensor, semantics: Tensor) -> Tensor:
-    """Squared error of decoded (L2-normalised) attributes against the class attributes."""
-    return (decoded - F.normalize(semantics, dim=1)).pow(2).sum(dim=1).mean()
-
-
-class TFVAEGAN(FVAEGAN):
+class TFVAEGAN(VAEGANBase):
     """tf-VAEGAN (Narayan et al., ECCV 2020): f-VAEGAN + semantic embedding decoder + feedback.
 
     Defaults are the authors' CUB script (decoder and feedback 4096 units, decoder lr 1e-4,
@@ -73,8 +72,6 @@ class TFVAEGAN(FVAEGAN):
     synthesis). ``feedback_weight`` (a1) scales the feedback in training, ``synth_feedback_weight``
     (a2) in synthesis; ``semantic_weight`` the decoder's loss on real and generated features.
     """
-
-    feedback: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -89,8 +86,9 @@ class TFVAEGAN(FVAEGAN):
         feedback_lr: float = 1e-5,
         **vaegan: Any,
     ) -> None:
-        """The decoder and feedback settings; ``vaegan``: :class:`FVAEGAN`'s arguments (the
-        config check and the saved hyper-parameters read both)."""
+        """The decoder and feedback settings; ``vaegan``: f-VAEGAN's arguments
+        (:class:`~zsl.models.generative.vaegan.FVAEGAN`; the config check and the saved
+        hyper-parameters read both)."""
         check_positive(
             decoder_hidden=decoder_hidden, decoder_lr=decoder_lr, feedback_lr=feedback_lr
         )
