@@ -267,3 +267,16 @@ def test_cpu_bf16_trainer_is_the_cpu_trainer_with_bfloat16_products(
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     builders.make_trainer(compose_spec(["trainer=cpu_bf16"]).trainer, ALE, 1)
     assert "emulated" not in capsys.readouterr().err
+
+
+def test_a_negative_loss_weight_is_refused_before_any_fit() -> None:
+    """Every ``*_weight`` parameter is a loss weight: negative or NaN stops the run at once,
+    typed or in a grid."""
+    with pytest.raises(ConfigError, match=r"model.params \(clswgan\): CLSWGAN: gp_weight must"):
+        compose_spec(["model=clswgan", "model.params.gp_weight=-1.0"])
+    with pytest.raises(ConfigError, match=r"model.search.grid.d2_weight \(fvaegan\)"):
+        compose_spec(["model=fvaegan", "+model.search.grid.d2_weight=[0.0,-0.5]"])
+    assert (
+        compose_spec(["model=clswgan", "model.params.cls_weight=0.0"]).model.params["cls_weight"]
+        == 0.0
+    )

@@ -787,8 +787,8 @@ def weight_cases() -> list[Any]:
     return [
         pytest.param(n, w, id=f"{n}-{w}")
         for n in GENERATORS
-        for w in CHECKED_WEIGHTS
-        if w in constructor_params(n)
+        for w in constructor_params(n)
+        if w.endswith("_weight")  # every loss weight, whatever the model calls it
     ]
 
 
@@ -804,9 +804,13 @@ def test_loss_weights_are_refused_if_negative_or_nan(name: str, weight: str) -> 
 
 
 def test_weight_cases_cover_the_known_checks() -> None:
-    ids = {(n, w) for n in GENERATORS for w in CHECKED_WEIGHTS if w in constructor_params(n)}
+    ids = {tuple(p.values) for p in weight_cases()}
+    assert {
+        (n, w) for n in GENERATORS for w in CHECKED_WEIGHTS if w in constructor_params(n)
+    } <= ids
     assert {("fvaegan", "kl_weight"), ("tfvaegan", "semantic_weight")} <= ids
-    assert ("segzsl", "latent_weight") in ids
+    assert {("segzsl", "latent_weight"), ("clswgan", "cls_weight"), ("clswgan", "gp_weight")} <= ids
+    assert {("fvaegan", "recon_weight"), ("fvaegan", "d2_weight")} <= ids
 
 
 @pytest.mark.parametrize("name", GENERATORS)

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 __all__ = [
+    "LOSS_WEIGHT_SUFFIX",
     "NON_NEGATIVE_HPARAMS",
     "POSITIVE_HPARAMS",
     "check_common_hparams",
@@ -18,20 +19,24 @@ __all__ = [
 #: hyper-parameters that must be positive / non-negative wherever a model has them
 POSITIVE_HPARAMS = ("lr", "cls_lr", "pretrain_lr")
 NON_NEGATIVE_HPARAMS = ("weight_decay", "cls_weight_decay", "margin")
+#: the suffix of loss weights (``cls_weight``, ``gp_weight``, ``kl_weight``, ...): each >= 0
+LOSS_WEIGHT_SUFFIX = "_weight"
 #: hyper-parameters that must be null or in [0, 1): the generators' weight-average decay
 UNIT_INTERVAL_HPARAMS = ("gen_ema",)
 
 
 def check_common_hparams(model: str, hparams: dict[str, Any]) -> None:
     """Raise a ValueError naming ``model`` and the first learning rate that is not positive,
-    weight decay / margin that is negative or decay outside [0, 1) (NaN counts as bad)."""
+    weight decay, margin or loss weight (``*_weight``) that is negative or decay outside
+    [0, 1) (NaN counts as bad)."""
     for name in POSITIVE_HPARAMS:
         value = hparams.get(name)
         if isinstance(value, (int, float)) and not value > 0:
             raise ValueError(f"{model}: {name} must be positive, got {value}")
-    for name in NON_NEGATIVE_HPARAMS:
+    weights = [name for name in hparams if name.endswith(LOSS_WEIGHT_SUFFIX)]
+    for name in (*NON_NEGATIVE_HPARAMS, *weights):
         value = hparams.get(name)
-        if isinstance(value, (int, float)) and not value >= 0:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= 0:
             raise ValueError(f"{model}: {name} must be >= 0, got {value}")
     for name in UNIT_INTERVAL_HPARAMS:
         value = hparams.get(name)

@@ -221,7 +221,9 @@ class RunSpec:
             if not isinstance(raw.get(section), dict):
                 raise ConfigError(f"the run config has no {section} section")
         model = dict(raw.pop("model"))
-        model["search"] = _build(SearchSpec, "model.search", model.get("search"))
+        search = dict(model.get("search") or {})
+        search["grid"] = dict(search.get("grid") or {})  # null or {}: no grid
+        model["search"] = _build(SearchSpec, "model.search", search)
         model["params"] = dict(model.get("params") or {})
         selection = dict(raw.pop("selection", None) or {})
         selection["fixed"] = tuple(selection.get("fixed") or ())
