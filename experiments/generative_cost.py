@@ -148,6 +148,7 @@ def manual_costs(cls: type, name: str, repeats: int) -> tuple[float, float]:
 
     def step() -> None:
         model.training_loss(batch, labels, seen_semantics)
+        model.update_averages()  # what the base does after every training step (gen_ema)
 
     return costs(model, step, repeats)
 

@@ -280,3 +280,17 @@ def test_a_negative_loss_weight_is_refused_before_any_fit() -> None:
         compose_spec(["model=clswgan", "model.params.cls_weight=0.0"]).model.params["cls_weight"]
         == 0.0
     )
+
+
+def test_a_saved_run_config_with_keys_no_run_reads_still_loads() -> None:
+    """resume=, zsl-predict and zsl-eval read a run's saved config.yaml leniently: a key that
+    earlier versions ran without reading (e.g. added with +) is left out and listed, while a
+    new run refuses it."""
+    from zsl.run.config import run_spec
+
+    cfg = compose(["+trainer.foo=1", "+logger.notes=x"])
+    with pytest.raises(ConfigError, match="trainer.foo is not a trainer setting"):
+        run_spec(cfg)
+    spec = run_spec(cfg, strict=False)
+    assert spec.ignored == ("trainer.foo", "logger.notes")
+    assert spec.trainer == run_spec(compose([])).trainer

@@ -116,12 +116,13 @@ def plan_of(args: argparse.Namespace) -> BenchmarkPlan:
 
 
 def _compose(argv: list[str]) -> DictConfig:
-    """The run config of ``train.py <argv>``; a bad override exits with its ``config error:``
-    line."""
-    from zsl.cli.compose import compose
+    """The run config of ``train.py <argv>``, checked as the run will check it
+    (:func:`zsl.cli.compose.compose_spec`); a bad override exits with its ``config error:``
+    line before any cell runs."""
+    from zsl.cli.compose import compose_spec
 
     try:
-        return compose(argv)
+        return compose_spec(argv).config
     except ConfigError as err:
         raise SystemExit(f"config error: {' '.join(str(err).split())}") from None
 

@@ -60,7 +60,12 @@ def prepare(cfg: DictConfig, argv: list[str]) -> RunSpec:
 
         cfg = resume_config(cfg, argv)
         notes = []
-    spec = run_spec(cfg)  # before torch and Lightning are imported: config errors answer at once
+    # before torch and Lightning are imported: config errors answer at once
+    spec = run_spec(cfg, strict=not cfg.get("resume"))
+    notes += [
+        f"{key} in {spec.resume}/config.yaml is not read by this version: ignored"
+        for key in spec.ignored
+    ]
     from zsl import dist
 
     if dist.is_global_zero():

@@ -59,10 +59,11 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def run_spec(cfg: DictConfig, check: bool = True) -> RunSpec:
+def run_spec(cfg: DictConfig, check: bool = True, strict: bool = True) -> RunSpec:
     """The typed spec of a composed run config (:meth:`RunSpec.parse`), validated once
-    (:func:`validate`) unless ``check`` is False."""
-    spec = RunSpec.parse(cfg)
+    (:func:`validate`) unless ``check`` is False; ``strict=False`` for a saved run's config
+    (keys no part of a run reads are left out, listed in ``spec.ignored``)."""
+    spec = RunSpec.parse(cfg, strict)
     if check:
         validate(spec)
     return spec

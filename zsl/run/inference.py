@@ -14,6 +14,7 @@ checkpoint or given).
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,9 @@ def load_for_inference(
     """The checkpoint's model (eval mode) and its run's spec (None when there is no config)."""
     model = load_model(checkpoint)
     path = config or run_config_of(checkpoint)
-    spec = run_spec(load_run_config(path, overrides)) if path is not None else None
+    spec = run_spec(load_run_config(path, overrides), strict=False) if path is not None else None
+    for key in spec.ignored if spec is not None else ():
+        warnings.warn(f"{key} in {path} is not read by this version: ignored", stacklevel=2)
     if spec is not None and spec.model.name not in _names_of(type(model)):
         raise CheckpointError(
             f"{checkpoint} holds a {type(model).__name__} model but {path} configures "

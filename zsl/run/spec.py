@@ -50,16 +50,23 @@ _T = TypeVar("_T")
 TRANSFER_RULES = ("epochs", "steps")
 
 
-def _build(cls: type[_T], section: str, values: Mapping[str, Any] | None) -> _T:
-    """``cls`` from a config section's mapping; a key that is not one of its fields is
-    refused naming the section's settings (a value the user typed is never dropped)."""
+def _build(
+    cls: type[_T], section: str, values: Mapping[str, Any] | None, ignored: list[str] | None
+) -> _T:
+    """``cls`` from a config section's mapping. A key that is not one of its fields is refused
+    naming the section's settings (a value the user typed is never dropped), or, with
+    ``ignored`` (a saved run's config, which earlier versions ran without reading such keys),
+    left out and listed there."""
     values = dict(values or {})
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = [key for key in values if key not in names]
-    if unknown:
-        where = unknown[0] if section == "run" else f"{section}.{unknown[0]}"
-        shown = ", ".join(n for n in names if n != "config")
-        raise ConfigError(f"{where} is not a {section} setting; settings: {shown}")
+    for key in unknown:
+        where = key if section == "run" else f"{section}.{key}"
+        if ignored is None:
+            shown = ", ".join(n for n in names if n not in ("config", "ignored"))
+            raise ConfigError(f"{where} is not a {section} setting; settings: {shown}")
+        ignored.append(where)
+        del values[key]
     return cls(**values)
 
 
@@ -210,10 +217,15 @@ class RunSpec:
     keep_checkpoints: bool = False
     #: the composed config, kept to be saved (``config.yaml``); never read by the engine
     config: DictConfig = field(default_factory=lambda: OmegaConf.create({}), compare=False)
+    #: keys of a saved run's config that no part of a run reads (left out: ``strict=False``)
+    ignored: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
-    def parse(cls, cfg: DictConfig) -> RunSpec:
-        """The spec of ``cfg`` without the semantic checks (unknown keys are refused)."""
+    def parse(cls, cfg: DictConfig, strict: bool = True) -> RunSpec:
+        """The spec of ``cfg`` without the semantic checks. Keys no part of a run reads are
+        refused, or with ``strict=False`` (a saved run's config) left out and listed in
+        :attr:`ignored`."""
+        ignored: list[str] | None = None if strict else []
         values = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(values, dict)
         raw: dict[str, Any] = {str(k): v for k, v in values.items() if k != "hydra"}
@@ -223,24 +235,26 @@ class RunSpec:
         model = dict(raw.pop("model"))
         search = dict(model.get("search") or {})
         search["grid"] = dict(search.get("grid") or {})  # null or {}: no grid
-        model["search"] = _build(SearchSpec, "model.search", search)
+        model["search"] = _build(SearchSpec, "model.search", search, ignored)
         model["params"] = dict(model.get("params") or {})
         selection = dict(raw.pop("selection", None) or {})
         selection["fixed"] = tuple(selection.get("fixed") or ())
-        return _build(
+        spec = _build(
             cls,
             "run",
             {
                 **raw,
-                "model": _build(ModelSpec, "model", model),
-                "data": _build(DataSpec, "data", raw.pop("data")),
-                "trainer": _build(TrainerSpec, "trainer", raw.pop("trainer", None)),
-                "selection": _build(SelectionSpec, "selection", selection),
-                "logger": _build(LoggerSpec, "logger", raw.pop("logger", None)),
-                "paths": _build(PathsSpec, "paths", raw.pop("paths", None)),
+                "model": _build(ModelSpec, "model", model, ignored),
+                "data": _build(DataSpec, "data", raw.pop("data"), ignored),
+                "trainer": _build(TrainerSpec, "trainer", raw.pop("trainer", None), ignored),
+                "selection": _build(SelectionSpec, "selection", selection, ignored),
+                "logger": _build(LoggerSpec, "logger", raw.pop("logger", None), ignored),
+                "paths": _build(PathsSpec, "paths", raw.pop("paths", None), ignored),
                 "config": cfg,
             },
+            ignored,
         )
+        return dataclasses.replace(spec, ignored=tuple(ignored or ()))
 
     def with_params(self, params: dict[str, Any], epochs: int) -> RunSpec:
         """This run with ``params`` and ``epochs`` as what ran (no grid, no epoch selection)."""

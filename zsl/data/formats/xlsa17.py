@@ -114,7 +114,26 @@ def read(
 
 
 #: the reader under its historical name (the same function)
-load_xlsa17 = read
+def load_xlsa17(
+    root: str | Path,
+    dataset: str,
+    feature_file: str = "res101.mat",
+    protocol: ProtocolName = "test",
+    semantics_key: str = "att",
+    split_file: str = "att_splits.mat",
+    exclude_test_from_val: bool = True,
+) -> ZSLData:
+    """:func:`read` with the argument order of the library's earlier releases (``split_file``
+    before ``exclude_test_from_val``)."""
+    return read(
+        root,
+        dataset,
+        feature_file,
+        protocol,
+        semantics_key,
+        exclude_test_from_val,
+        split_file=split_file,
+    )
 
 
 def _read_features(
