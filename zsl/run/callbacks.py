@@ -230,6 +230,8 @@ class FitCheckpoints(Callback):
             value = trainer.callback_metrics.get(f"val/{self.metric}")
             if value is not None and improves(float(value), self.best_score):
                 self.best_score = float(value)
+                # an in-memory dump of the live trainer (a save, nothing is read from a file):
+                # optimizer and loop states included, so best.ckpt can resume the fit
                 dumped = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
                 self._best = cloned(dumped)
         if not self.keep_last:
