@@ -166,6 +166,7 @@ def _tiny_args(tiny: Any, run_dir: Path, *extra: str) -> list[str]:
         "logger=csv",
         "trainer.enable_progress_bar=false",
         "selection.grid=false",
+        "model.search.folds=1",  # 3 validation classes: one split, not folds
         f"output_dir={run_dir}",
         *extra,
     ]

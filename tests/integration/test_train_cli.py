@@ -56,6 +56,7 @@ def cli_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
         "data.feature_file=res101.mat",
         "logger=csv",
         "trainer.max_epochs=3",
+        "model.search.folds=1",  # 3 validation classes: one split, not 3 folds
         f"output_dir={run_dir}",
         *extra,
     ]

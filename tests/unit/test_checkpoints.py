@@ -79,6 +79,7 @@ def tiny_args(tiny: TinyXlsa17, *extra: str) -> list[str]:
         "logger=csv",
         "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false",
+        "model.search.folds=1",  # 3 validation classes: one split, not 3 folds
         *extra,
     ]
 
@@ -247,8 +248,11 @@ class FakeSession:
         self.calls: list[int] = []
 
     def data(self, protocol: str) -> Any:
-        """The benchmark: only what selection reports of it (no test images removed here)."""
-        return SimpleNamespace(removed_test_images={})
+        """The benchmark: only what selection reads of it (no test images removed here; 20
+        validation classes of 10 images: one split, no folds)."""
+        labels = np.repeat(np.arange(30), 10)
+        locs = {"train_loc": np.arange(100), "val_loc": np.arange(100, 300)}
+        return SimpleNamespace(removed_test_images={}, labels=labels, locs=locs)
 
     def fit_validation(self, index: int, params: dict, logger: Any, *callbacks: Any) -> ValFit:
         self.calls.append(index)

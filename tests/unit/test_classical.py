@@ -268,6 +268,29 @@ def test_dap_posterior_and_bce_by_hand() -> None:
     assert loss.item() == pytest.approx(1.5 * math.log(2.0))
 
 
+def test_dap_soft_signatures_by_hand() -> None:
+    """signature=soft: each attribute scaled by its seen-class range (unseen classes clipped),
+    priors the seen mean, soft BCE targets; binary stays the paper's threshold; anything else
+    is refused."""
+    model = DAP(2, 2, 4, signature="soft")
+    seen = torch.tensor([[0.9, 0.1], [0.1, 0.5], [0.5, 0.6]])
+    model.semantics = torch.cat([seen, torch.tensor([[1.3, 0.35]])])
+    model.seen_ids = torch.arange(3)
+    model.on_fit_start()
+    soft = torch.tensor([[1.0, 0.0], [0.0, 0.8], [0.5, 1.0], [1.0, 0.5]])
+    torch.testing.assert_close(model.binarize(model.semantics), soft)
+    torch.testing.assert_close(model.prior, soft[:3].mean(0))
+    with torch.no_grad():
+        model.attribute_head.weight.zero_()
+        model.attribute_head.bias.zero_()  # p = 0.5 everywhere: BCE = ln 2 whatever the target
+    loss = model.training_loss(
+        ZSLBatch(torch.zeros(1, 2), torch.tensor([1])), torch.tensor([1]), seen
+    )
+    assert loss.item() == pytest.approx(math.log(2.0))
+    with pytest.raises(ValueError, match="signature must be binary or soft"):
+        DAP(2, 2, 4, signature="fuzzy")
+
+
 # ----------------------------------------------------------------------------- contract
 
 

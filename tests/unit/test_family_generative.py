@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +201,9 @@ def test_fit_validate_and_test_through_lightning(tiny, tmp_path: Path, name: str
 @pytest.mark.parametrize("name", GENERATORS)
 def test_signed_features_train_without_nan(tiny, tmp_path: Path, name: str) -> None:
     """Features with negative values (e.g. standardised ones): a fit moves the weights and
-    leaves every weight, loss and generated feature finite (generators ending in a ReLU may
-    warn that they cannot produce the negative values)."""
+    leaves every weight, loss and generated feature finite, and a generator network adapts its
+    output to them (linear with standardised targets, not a ReLU that cannot produce them):
+    the generated features are signed too."""
     from zsl.run.callbacks import EvaluationRecorder
 
     def centre(splits: dict[str, Any], feats: dict[str, Any]) -> None:
@@ -216,11 +216,9 @@ def test_signed_features_train_without_nan(tiny, tmp_path: Path, name: str) -> N
     model.gamma.fill_(0.0)  # as chosen on validation by the engine (NaN: not chosen yet)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     recorder = EvaluationRecorder()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*negative values.*")
-        tr = trainer(tmp_path, 2, callbacks=[recorder])
-        tr.fit(model, dm)
-        tr.test(model, dm, verbose=False)
+    tr = trainer(tmp_path, 2, callbacks=[recorder])
+    tr.fit(model, dm)
+    tr.test(model, dm, verbose=False)
     state = model.state_dict()
     assert any(not torch.equal(state[k], v) for k, v in before.items() if v.is_floating_point())
     for key, value in state.items():
@@ -230,6 +228,10 @@ def test_signed_features_train_without_nan(tiny, tmp_path: Path, name: str) -> N
         assert math.isfinite(float(value)), key
     with torch.no_grad():
         synth = model.generate_features(model.unseen_semantics(), 5, torch.Generator())
+    if model.feature_generator() is not None:
+        assert model.data_choices()["output"] == "linear, standardised targets"
+        assert model.data_choices()["features"] == "signed"
+        assert bool((synth < 0).any())
     assert torch.isfinite(synth).all()
     assert recorder.test is not None and math.isfinite(recorder.test.metrics["zsl_t1"])
 
@@ -367,8 +369,11 @@ def test_unit_norm_output_puts_generated_features_on_the_sphere(
     dm = ZSLDataModule(tiny.name, str(tiny.root), "res101.mat", "test", preprocess="l2")
     dm.setup()
     model = build(name, dm, unit_norm_output=True)
-    plain = build(name, dm)
-    plain.load_state_dict(model.state_dict())
+    plain = build(name, dm)  # the same weights; its own (ReLU, not unit-norm) output choice
+    weights = model.state_dict()
+    for key in [k for k in weights if k.endswith("output_unit_norm")]:
+        weights[key] = torch.tensor(False)
+    plain.load_state_dict(weights)
     sem = dm.class_space.semantics[:3]
     with torch.no_grad():
         out = model.generate_features(sem, 4, torch.Generator().manual_seed(2))
@@ -385,6 +390,32 @@ def test_unit_norm_output_puts_generated_features_on_the_sphere(
         trainer(tmp_path, 1, limit_train_batches=2).fit(bad, raw)
     for key, value in bad.state_dict().items():  # refused before any step
         torch.testing.assert_close(value, before[key], equal_nan=True)
+
+
+@pytest.mark.parametrize("name", with_params(GENERATORS, "unit_norm_output"))
+def test_unit_norm_output_auto_follows_the_training_features(
+    tiny, tmp_path: Path, name: str
+) -> None:
+    """unit_norm_output=auto: unit-norm outputs on L2-normalised features, plain ones on raw
+    features (accepted, where true is refused); the choice is recorded and survives a
+    checkpoint; any other value is refused when the model is built."""
+    l2 = ZSLDataModule(tiny.name, str(tiny.root), "res101.mat", "test", preprocess="l2")
+    l2.setup()
+    raw = datamodule(tiny)
+    sem = l2.class_space.semantics[:3]
+    for dm, unit in ((l2, True), (raw, False)):
+        pl.seed_everything(0, verbose=False)
+        model = build(name, dm, unit_norm_output="auto")
+        trainer(tmp_path, 1, limit_train_batches=2).fit(model, dm)
+        assert model.data_choices()["unit_norm_output"] is unit
+        with torch.no_grad():
+            norms = model.generate_features(sem, 4, torch.Generator()).norm(dim=1)
+        assert bool(torch.allclose(norms, torch.ones(12), atol=1e-5)) is unit
+        copy = build(name, dm, unit_norm_output="auto")
+        copy.load_state_dict(model.state_dict())
+        assert copy.feature_generator().unit_norm is unit
+    with pytest.raises(ValueError, match="unit_norm_output must be true, false or auto"):
+        build(name, l2, unit_norm_output="yes")
 
 
 @pytest.mark.parametrize("name", with_params(GENERATORS, "condition_norm"))
@@ -598,14 +629,17 @@ def test_cls_pca_restricts_the_classifier_to_the_real_seen_span(
 @pytest.mark.parametrize("name", GENERATORS)
 def test_cls_pca_not_below_the_classifier_inputs_means_none(tiny, name: str) -> None:
     """A default ``cls_pca`` of 256 on smaller inputs is a rotation: the classifier takes them
-    whole (the setting is adjusted before training, with a warning, and stored so)."""
+    whole (the setting is adjusted before training, stored so, and recorded in the model's
+    data choices); one component less is kept."""
     dm = datamodule(tiny)
     probe = build(name, dm)
     dim = probe.classifier_dim()
-    with pytest.warns(UserWarning, match=f"cls_pca={dim} is not below"):
-        model = build(name, dm, cls_pca=dim)
+    model = build(name, dm, cls_pca=dim)
     assert model.second_stage.cls_pca is None
     assert model.hparams["second_stage"]["cls_pca"] is None
+    assert model.data_choices()["cls_pca"] == {"set": dim, "inputs": dim, "used": None}
+    below = build(name, dm, cls_pca=dim - 1)
+    assert below.second_stage.cls_pca == dim - 1 and "cls_pca" not in below.data_choices()
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -705,10 +739,10 @@ def test_config_params_build_the_model(name: str, stem: str) -> None:
     # (+ a fixed number of decoded dimensions).
     extra = model.classifier_dim() - 512
     if rank is not None and model.example_space == "features" and rank - extra - 1 >= 1:
-        with pytest.warns(UserWarning, match=f"second_stage.cls_pca={rank} is not below"):
-            small = model_class(name)(rank - extra - 1, 6, 12, **params)
+        small = model_class(name)(rank - extra - 1, 6, 12, **params)
         assert isinstance(small, GenerativeZSL) and small.second_stage.cls_pca is None
         assert small.classifier_dim() == rank - 1
+        assert small.data_choices()["cls_pca"] == {"set": rank, "inputs": rank - 1, "used": None}
 
 
 @pytest.mark.parametrize(("name", "stem"), CONFIGS)

@@ -31,7 +31,12 @@ from zsl.models import get_model_class
 from zsl.models.generative.cadavae import CADAVAE, gaussian_kl, gaussian_w2, within_class_std
 from zsl.models.generative.clswgan import CLSWGAN
 from zsl.models.generative.losses import gradient_penalty, linear_warmup
-from zsl.models.generative.nets import FeatureCritic, FeatureGenerator, ema_update
+from zsl.models.generative.nets import (
+    FeatureCritic,
+    FeatureGenerator,
+    default_noise_dim,
+    ema_update,
+)
 from zsl.models.generative.second_stage import (
     fit_softmax_classifier,
     principal_basis,
@@ -151,7 +156,7 @@ def test_clswgan_overfits_a_tiny_dataset(tiny, name: str) -> None:
 
     def mean_error() -> float:
         with torch.no_grad():
-            fake, rows = gen_net.sample(sem[seen], 50, torch.Generator().manual_seed(0))
+            fake, rows = gen_net.sample_rows(sem[seen], 50, torch.Generator().manual_seed(0))
         return (
             (class_means(fake, rows, list(range(seen.numel()))) - real_means)
             .norm(dim=1)
@@ -385,3 +390,43 @@ def test_loss_helpers_match_closed_forms() -> None:
 def test_model_classes_are_registered() -> None:
     assert get_model_class("clswgan") is CLSWGAN
     assert get_model_class("cadavae") is CADAVAE
+
+
+def test_generator_output_adapts_to_the_sign_of_the_features() -> None:
+    """GeneratorNet.adapt: non-negative features keep the paper's ReLU (bias at the mean
+    feature); signed ones get a linear output with standardised targets whose first outputs
+    sit at the feature mean; the choice round-trips through a state dict; a state dict written
+    before the output adapted loads as a ReLU generator; a ReLU generator refuses later signed
+    features; the default noise size is the attribute count capped at the feature size."""
+    gen = torch.Generator().manual_seed(0)
+    signed = torch.randn(200, 12, generator=gen) * torch.linspace(0.5, 2.0, 12) + 0.3
+    net = FeatureGenerator(5, 5, 16, 12)
+    choice = net.adapt(signed, "test")
+    assert choice["features"] == "signed" and choice["output"] == "linear, standardised targets"
+    torch.testing.assert_close(net.output_shift, signed.mean(0))
+    torch.testing.assert_close(net.output_scale, signed.std(0))
+    noise, sem = torch.randn(400, 5, generator=gen), torch.rand(400, 5, generator=gen)
+    with torch.no_grad():
+        start = net(noise, sem)
+        assert float((start.mean(0) - signed.mean(0)).abs().max()) < 0.05  # at the mean
+        net.output.weight.normal_(0.0, 0.5, generator=gen)  # as if trained
+        out = net(noise, sem)
+    assert bool((out < 0).any())  # a ReLU could not
+    copy = FeatureGenerator(5, 5, 16, 12)
+    copy.load_state_dict(net.state_dict())
+    assert copy.activation == "linear"
+    with torch.no_grad():
+        torch.testing.assert_close(copy(noise, sem), out)
+    old = {k: v for k, v in net.state_dict().items() if not k.startswith("output_")}
+    legacy = FeatureGenerator(5, 5, 16, 12)
+    legacy.load_state_dict(old)  # an earlier version's checkpoint
+    assert legacy.activation == "relu" and not legacy.unit_norm
+    relu = FeatureGenerator(5, 5, 16, 12)
+    positive = signed.abs()
+    assert relu.adapt(positive, "test")["output"] == "relu"
+    torch.testing.assert_close(relu.output.bias, positive.mean(0))
+    with pytest.raises(ValueError, match="trained with a ReLU output"):
+        relu.adapt(signed, "test", first=False)
+    assert default_noise_dim(None, 312, 64) == 64
+    assert default_noise_dim(None, 312, 4096) == 312
+    assert default_noise_dim(20, 312, 64) == 20

@@ -62,6 +62,7 @@ def run(
             "trainer.enable_progress_bar=false",
             f"selection.stack_grid={str(stack).lower()}",
             "keep_checkpoints=true",  # every point's checkpoints are compared below
+            "model.search.folds=1",  # the checkpoint folders of one split are compared
             *extra,
         ]
     )

@@ -20,7 +20,9 @@ impossible:
   tanh network) plus a class-specific offset that the attributes do not explain, plus
   within-class variation (a shared low-rank "pose/background" subspace and isotropic noise),
   plus nuisance dimensions unrelated to the class. A final shifted ReLU and a per-dimension
-  scale make them non-negative and sparse-ish, like pooled ReLU CNN features.
+  scale make them non-negative and sparse-ish, like pooled ReLU CNN features; with
+  ``signed`` the ReLU is left out and they are signed, like CLIP/ViT embeddings or
+  PCA-whitened features.
 * **Class sizes** are imbalanced (log-uniform between ``min_per_class`` and ``max_per_class``).
 
 Splits mirror xlsa17: ``trainval_loc`` holds about ``1 - test_seen_fraction`` of the images of
@@ -76,6 +78,9 @@ class SyntheticSpec:
     max_per_class: int = 160  # imbalanced class sizes
     test_seen_fraction: float = 0.2
     seed: int = 0
+    #: signed features (like CLIP/ViT embeddings or PCA-whitened CNN features): the scaled
+    #: pre-activations, without the final shifted ReLU
+    signed: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` if the numbers cannot form a valid benchmark."""
@@ -102,8 +107,12 @@ class SyntheticSpec:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys, with the generator version) stored in the files."""
-        return json.dumps({"generator_version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        """Canonical JSON (sorted keys, with the generator version) stored in the files
+        (``signed`` only when set: the non-negative benchmarks keep their stored spec)."""
+        fields = asdict(self)
+        if not self.signed:
+            del fields["signed"]
+        return json.dumps({"generator_version": GENERATOR_VERSION, **fields}, sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,6 +196,8 @@ def _features(
     pre = np.concatenate([signal, nuisance], axis=1)[:, rng.permutation(dim)]
     shift = rng.normal(0.3, 0.3, dim)
     scale = np.exp(rng.normal(0.0, 0.5, dim))
+    if spec.signed:
+        return (pre * scale).astype(np.float32)
     return (np.maximum(pre - shift, 0.0) * scale).astype(np.float32)
 
 

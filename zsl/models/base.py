@@ -336,6 +336,11 @@ class ZSLModule(pl.LightningModule, ClassSpaceMixin):
         return self.predict_scores(features)
 
     # -- checkpoints ------------------------------------------------------------------
+    def data_choices(self) -> dict[str, Any]:
+        """What the model decided from its training data in its last fit, recorded in
+        ``metrics.json`` as ``data_choices`` (none by default; see the generators)."""
+        return {}
+
     def checkpoint_entries(self) -> dict[str, Any]:
         """Extra entries a subclass stores in its checkpoints (plain values and tensors:
         checkpoints are read with ``weights_only=True``); none by default. Read them back in

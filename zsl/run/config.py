@@ -119,6 +119,9 @@ def _check_search(model: ModelSpec) -> None:
         raise ConfigError(
             f"model.search.patience must be an integer >= 1 or null, got {patience!r}"
         )
+    folds = search.folds
+    if folds != "auto" and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 1):
+        raise ConfigError(f"model.search.folds must be auto or an integer >= 1, got {folds!r}")
     for key, values in search.grid.items():
         default = _lookup(model.params, key)
         if default is _MISSING:
@@ -179,6 +182,8 @@ def _check_param_values(model: ModelSpec) -> None:
                 raise ConfigError(f"{where}: {name} must be a finite number, got {number}")
         try:
             named = {k.split(".")[-1]: v for k, v in _numbers(values)}
+            if "unit_norm_output" in values:  # true, false or auto
+                named["unit_norm_output"] = values["unit_norm_output"]
             check_common_hparams(MODELS[model.name].rpartition(".")[2], named)
         except ValueError as err:
             raise ConfigError(f"{where} ({model.name}): {err}") from None

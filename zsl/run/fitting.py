@@ -27,6 +27,7 @@ from zsl.data.datamodule import ZSLDataModule
 from zsl.data.types import ClassSpace, ProtocolName, ZSLData
 from zsl.errors import CheckpointError
 from zsl.evaluation import Evaluation
+from zsl.models.base import ZSLModule
 from zsl.models.checkpoint import load_checkpoint
 from zsl.run.builders import load_data, make_datamodule, make_model, make_trainer
 from zsl.run.callbacks import (
@@ -38,6 +39,7 @@ from zsl.run.callbacks import (
     ProjectionPlot,
     RngState,
 )
+from zsl.run.folds import fold_data
 from zsl.run.selection import ValFit
 from zsl.run.spec import RunSpec
 from zsl.run.stacked import GridStack, SharedFit, StackRecorder
@@ -62,6 +64,22 @@ class Session:
         self._data: dict[str, ZSLData] = {}
         self._spaces: dict[str, ClassSpace] = {}
         self._dms: dict[str, ZSLDataModule] = {}
+        #: what the model of the last fit decided from its data (ZSLModule.data_choices)
+        self.data_choices: dict[str, Any] = {}
+        #: where this session's validation fits keep their checkpoints
+        self.val_checkpoints = run_dir / CHECKPOINT_DIR
+        #: the session whose val protocol selection trained on (a fold's with folds)
+        self.selection_session: Session = self
+
+    def for_fold(self, folds: int, fold: int) -> Session:
+        """A session whose val protocol is fold ``fold`` of ``folds``
+        (:func:`zsl.run.folds.fold_data`), sharing this one's loaded data otherwise; its
+        validation fits keep their checkpoints in ``checkpoints/fold<fold>/``."""
+        view = Session(self.spec, self.run_dir)
+        view._data = dict(self._data)
+        view._data["val"] = fold_data(self.data("val"), folds, fold, self.spec.data.split_seed)
+        view.val_checkpoints = self.val_checkpoints / f"fold{fold}"
+        return view
 
     @property
     def checkpoint_interval(self) -> float:
@@ -97,7 +115,7 @@ class Session:
         """Fit grid point ``index`` on the val protocol, validating every epoch; a
         ``last.ckpt`` left by an interrupted fit is resumed from."""
         t0 = time.perf_counter()
-        directory = self.run_dir / CHECKPOINT_DIR / f"val-{index}"
+        directory = self.val_checkpoints / f"val-{index}"
         pl.seed_everything(self.spec.seed, workers=True, verbose=False)
         dm = self.datamodule("val")
         model = make_model(self.spec, dm, params)
@@ -110,6 +128,7 @@ class Session:
         callbacks.append(FitCheckpoints(directory, metric, keep_last, self.checkpoint_interval))
         trainer = self._validation_trainer(logger, callbacks)
         fit(trainer, model, dm, directory, f"the validation fit {directory.name}")
+        self.data_choices = model.data_choices()
         best, last = directory / BEST, directory / LAST
         return ValFit(
             recorder.history,
@@ -167,7 +186,7 @@ class Session:
     ) -> tuple[str, list[Path], list[int], Logger | None, int | None]:
         """What a :class:`StackRecorder` of points ``indices`` records, where, and the
         patience that stops each point."""
-        checkpoints = self.run_dir / CHECKPOINT_DIR
+        checkpoints = self.val_checkpoints
         folders = [checkpoints / f"val-{i}" for i in indices]
         search = self.spec.model.search
         return search.metric, folders, indices, logger, search.patience
@@ -182,13 +201,15 @@ class Session:
     ) -> dict[int, ValFit]:
         """One fit of ``module`` serving grid points ``indices`` (validated every epoch, the
         fit's ``last.ckpt`` in ``val-<i>-<j>...``); every point's history from ``recorder``."""
-        checkpoints = self.run_dir / CHECKPOINT_DIR
+        checkpoints = self.val_checkpoints
         directory = checkpoints / ("val-" + "-".join(map(str, indices)))
         saver = FitCheckpoints(directory, None, True, self.checkpoint_interval, recorder.flush)
         trainer = self._validation_trainer(False, [recorder, RngState(), saver])
         points_text = ", ".join(str(i) for i in indices)
         what = f"the {kind} validation fit of grid points {points_text}"
         fit(trainer, module, self.datamodule("val"), directory, what)
+        if isinstance(module, ZSLModule):
+            self.data_choices = module.data_choices()
         seconds = (time.perf_counter() - t0) / len(indices)
         out = {}
         for g, index in enumerate(indices):
@@ -224,6 +245,7 @@ class Session:
             root_dir=self.run_dir,
         )
         fit(trainer, model, dm, directory, "the final trainval fit")
+        self.data_choices = model.data_choices()
         interruptible(
             trainer, lambda: trainer.test(model, dm, verbose=False), "the test evaluation"
         )

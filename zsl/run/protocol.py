@@ -17,7 +17,7 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,31 +32,19 @@ from zsl.heap import retain_freed_memory
 from zsl.reporting import tracking
 from zsl.reporting.provenance import provenance
 from zsl.reporting.report import write_reports
-from zsl.run.callbacks import (
-    SelectionLogger,
-)
 from zsl.run.config import to_container
 from zsl.run.fitting import Session
-from zsl.run.progress import GridProgress
 from zsl.run.selection import (
     Selection,
-    Trial,
-    ValFit,
-    choose,
-    make_trial,
-    selection_warnings,
     transfer_epochs,
 )
 from zsl.run.spec import RunSpec
-from zsl.run.stacked import can_stack, shared_groups
 from zsl.run.store import (
     CHECKPOINT_DIR,
-    TRIALS_DIR,
     TrainingInterrupted,
     interrupt_guard,
-    load_trial,
-    save_trial,
 )
+from zsl.run.validation import select_on_validation
 
 #: the run's config with the selected values filled in (see :func:`selected_config`)
 SELECTED_CONFIG = "config_selected.yaml"
@@ -75,101 +63,6 @@ class RunResult:
     files: list[Path] = field(default_factory=list)
 
 
-def select_on_validation(session: Session, logger: Logger) -> Selection:
-    """Fit every grid point on the val protocol (points recorded in ``trials/`` are reused)
-    and choose the point, its epoch count and its gamma on validation classes."""
-    spec, run_dir = session.spec, session.run_dir
-    select = spec.selection
-    points = spec.model.grid_points(select.grid)
-    metric = spec.model.search.metric
-    trials_dir = run_dir / TRIALS_DIR
-    _announce(session, len(points))
-    progress = GridProgress(
-        len(points), list(spec.model.search.grid) if select.grid else [], metric
-    )
-    trials: list[Trial] = []
-    recorded = [load_trial(trials_dir, index, params) for index, params in enumerate(points)]
-    pending = [index for index, trial in enumerate(recorded) if trial is None]
-    stacked: dict[int, ValFit] = {}
-    if select.stack_grid and can_stack(session.model_cls, len(pending), spec.trainer):
-        for index in pending:
-            progress.started(index, points[index])
-        stacked = session.fit_stacked(pending, points, logger)
-    elif select.stack_grid:
-        for group in shared_groups(session.model_cls, pending, points, spec.trainer):
-            for index in group:
-                progress.started(index, points[index])
-            stacked.update(session.fit_shared(group, points, logger))
-    joint: dict[int, Trial] = {}  # recorded as soon as their joint fit ends
-    for index, fitted_jointly in stacked.items():
-        joint[index] = make_trial(points[index], fitted_jointly, metric, select.select_epochs)
-        if dist.is_global_zero():  # DDP: one writer
-            save_trial(trials_dir, index, joint[index])
-    for index, params in enumerate(points):
-        trial = recorded[index]
-        fitted: ValFit | None = stacked.get(index)
-        if trial is not None and dist.is_global_zero():
-            print(f"grid point {index}: already validated ({trials_dir}/{index}.json), skipped")
-        if trial is None and fitted is not None:
-            trial = joint[index]
-        if trial is None:
-            progress.started(index, params)
-            # with a single point the val fit is the run itself in the val protocol: log it
-            log = logger if (spec.data.protocol == "val" and len(points) == 1) else False
-            fitted = session.fit_validation(index, params, log, SelectionLogger(logger, index))
-            trial = make_trial(params, fitted, metric, select.select_epochs)
-            if dist.is_global_zero():  # DDP: one writer
-                save_trial(trials_dir, index, trial)
-        progress.finished(index, params, trial.metrics[metric], trial.seconds, fitted is None)
-        trials.append(trial)
-    selection = choose(trials, metric)
-    selection.warnings = selection_warnings(selection, spec.model.name)
-    for text in selection.warnings:  # one plain line each (also in selection.json)
-        if dist.is_global_zero():
-            print(f"warning: {text}", file=sys.stderr, flush=True)
-    _record(session, selection, logger)
-    return selection
-
-
-def _announce(session: Session, n_points: int) -> None:
-    """Say what selection is about to do, and what the val protocol removed."""
-    spec = session.spec
-    removed = dict(session.data("val").removed_test_images)
-    note = ""
-    if removed:
-        note = "; test images removed from the val protocol: " + ", ".join(
-            f"{n} from {key}" for key, n in removed.items()
-        )
-    if dist.is_global_zero():
-        print(
-            f"selection: {n_points} grid point(s) of {spec.model.name} on {spec.data.name} "
-            f"validation classes{note}",
-            flush=True,
-        )
-
-
-def _record(session: Session, selection: Selection, logger: Logger) -> None:
-    """``selection.json``, the validation table and the chosen checkpoint in the logger."""
-    run_dir, best = session.run_dir, selection.best
-    if best.checkpoint is not None:
-        tracking.log_checkpoint(
-            logger,
-            run_dir / best.checkpoint,
-            ["val-best"],
-            {"params": best.params, "epochs": best.epochs, "validation": best.metrics},
-        )
-    cols, rows = selection.rows()
-    tracking.log_table(logger, "selection/validation", cols, rows)
-    record = {
-        "metric": selection.metric,
-        "best": asdict(best),
-        "warnings": selection.warnings,
-        "removed_test_images": dict(session.data("val").removed_test_images),
-        "trials": [asdict(t) for t in selection.trials],
-    }
-    dist.write_text(run_dir / "selection.json", json.dumps(record, indent=2, default=float))
-
-
 def refit_and_test(
     session: Session, selection: Selection, logger: Logger
 ) -> tuple[Evaluation, int, list[Path]]:
@@ -180,7 +73,7 @@ def refit_and_test(
     rule = spec.model.search.transfer
     if rule != "epochs" and not session.model_cls.closed_form:  # only steps needs the sizes
         batches = (
-            len(session.datamodule("val").train_dataloader()),
+            len(session.selection_session.datamodule("val").train_dataloader()),
             len(session.datamodule("test").train_dataloader()),
         )
         final_epochs = transfer_epochs(best.epochs, *batches, rule)
@@ -297,6 +190,7 @@ def _stages(session: Session, logger: Logger, start: tuple[float, float]) -> Run
         selected_epochs=best.epochs,
         final_epochs=final_epochs,
         selection_metric=selection.metric,
+        selection_folds=selection.folds,
         selection_warnings=selection.warnings,
         val_removed_test_images=dict(session.data("val").removed_test_images),
         synthetic_features=session.data("val").synthetic_features,
@@ -306,6 +200,8 @@ def _stages(session: Session, logger: Logger, start: tuple[float, float]) -> Run
         # CPU seconds of every thread of this process during the run (not start-up, imports)
         cpu_time_s=time.process_time() - start[1],
     )
+    if session.data_choices:  # of the final fit (val protocol: of the last validation fit)
+        metrics["data_choices"] = session.data_choices
     if evaluation is not None:
         metrics["per_class_accuracy"] = per_class_record(evaluation, session.class_space("test"))
     metrics["provenance"] = provenance(spec.seed)

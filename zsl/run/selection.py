@@ -51,6 +51,8 @@ class Selection:
     trials: list[Trial]
     metric: str
     warnings: list[str] = field(default_factory=list)
+    #: class-wise validation folds averaged (1: the files' validation split)
+    folds: int = 1
 
     def rows(self) -> tuple[list[str], list[list[Any]]]:
         keys = sorted({k for t in self.trials for k in t.params})

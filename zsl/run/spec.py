@@ -93,6 +93,10 @@ class SearchSpec:
     patience: int | None = None
     #: ``dotted parameter -> values``; the grid is their product
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    #: class-wise folds of the seen classes that selection averages over (1: the files' one
+    #: validation split; ``auto``: :data:`AUTO_FOLDS` folds when that split is small, see
+    #: :mod:`zsl.run.folds`)
+    folds: int | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,9 @@ class RunSpec:
         model = dict(raw.pop("model"))
         search = dict(model.get("search") or {})
         search["grid"] = dict(search.get("grid") or {})  # null or {}: no grid
+        folds = search.get("folds")
+        if isinstance(folds, str) and folds.strip().isdigit():  # a count typed beside "auto"
+            search["folds"] = int(folds)
         model["search"] = _build(SearchSpec, "model.search", search, ignored)
         model["params"] = dict(model.get("params") or {})
         selection = dict(raw.pop("selection", None) or {})

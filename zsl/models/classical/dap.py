@@ -43,13 +43,26 @@ def dap_log_posterior(logits: Tensor, class_attributes: Tensor, prior: Tensor) -
     )
 
 
-class AttributePosteriorModel(ZSLModule):
-    """Scores classes by the DAP posterior of their binary attribute signatures.
+SIGNATURES = ("binary", "soft")
 
-    Continuous class attributes are binarised per attribute at their mean over the seen
-    classes (``threshold``, a buffer set when the fit starts, from seen classes only); the
-    attribute priors are the fraction of seen classes that have each attribute. Subclasses
-    give ``attribute_log_probs(features, class_semantics) -> (log p(a=1|x), log p(a=0|x))``.
+
+def check_signature(signature: str) -> None:
+    """Refuse a ``signature`` other than ``binary`` (the paper) or ``soft``."""
+    if signature not in SIGNATURES:
+        raise ValueError(f"signature must be binary or soft, got {signature!r}")
+
+
+class AttributePosteriorModel(ZSLModule):
+    """Scores classes by the DAP posterior of their attribute signatures.
+
+    ``signature="binary"`` (the paper): continuous class attributes are binarised per
+    attribute at their mean over the seen classes (``threshold``, a buffer set when the fit
+    starts, from seen classes only). ``signature="soft"``: each attribute is min-max scaled to
+    [0, 1] over the seen classes (clipped for unseen ones), and the posterior weighs
+    log p(a_m = 1 | x) and log p(a_m = 0 | x) by that degree: with few attributes many classes
+    share a binary signature, and thresholding discards how strongly a class has an attribute.
+    The attribute priors are the seen classes' mean signature. Subclasses give
+    ``attribute_log_probs(features, class_semantics) -> (log p(a=1|x), log p(a=0|x))``.
     """
 
     threshold: Tensor
@@ -65,7 +78,13 @@ class AttributePosteriorModel(ZSLModule):
         self.prior.copy_(self.binarize(seen).mean(dim=0).clamp(PRIOR_FLOOR, 1.0 - PRIOR_FLOOR))
 
     def binarize(self, class_semantics: Tensor) -> Tensor:
-        """Binary attribute signatures [C, A] (1 where above the seen-class threshold)."""
+        """Attribute signatures [C, A]: binary (1 where above the seen-class threshold), or with
+        ``signature="soft"`` each attribute scaled to [0, 1] by its seen-class range."""
+        if self.hp.get("signature", "binary") == "soft":
+            seen = self.seen_semantics()
+            low, high = seen.min(dim=0).values, seen.max(dim=0).values
+            span = (high - low).clamp_min(1e-12)
+            return ((class_semantics - low) / span).clamp(0.0, 1.0)
         return (class_semantics > self.threshold).to(class_semantics.dtype)
 
     def attribute_log_probs(
@@ -85,7 +104,8 @@ class DAP(AttributePosteriorModel):
     """Direct Attribute Prediction (Lampert et al., TPAMI 2014).
 
     The per-attribute logistic regressions are one linear layer trained jointly with binary
-    cross-entropy against the seen classes' binary signatures.
+    cross-entropy against the seen classes' signatures (binary, or with ``signature="soft"``
+    their degrees in [0, 1] as soft targets).
     """
 
     def __init__(
@@ -95,7 +115,9 @@ class DAP(AttributePosteriorModel):
         n_classes: int,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        signature: str = "binary",
     ) -> None:
+        check_signature(signature)
         super().__init__(feature_dim, n_attributes, n_classes)
 
     def configure_models(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from zsl.models.classical.components import SeenSoftmax
-from zsl.models.classical.dap import AttributePosteriorModel
+from zsl.models.classical.dap import AttributePosteriorModel, check_signature
 
 
 def iap_attribute_probs(seen_probs: Tensor, seen_signatures: Tensor, eps: float) -> Tensor:
@@ -29,6 +29,8 @@ class IAP(SeenSoftmax, AttributePosteriorModel):
     SVMs with probability outputs; a softmax trained with cross-entropy gives the same kind
     of posterior). ``eps`` bounds the attribute probabilities away from 0 and 1: an attribute
     that no probable seen class has would otherwise veto every class that has it.
+    ``signature``: binary (the paper) or soft signatures, as in
+    :class:`~zsl.models.classical.dap.AttributePosteriorModel`.
     """
 
     def __init__(
@@ -39,9 +41,11 @@ class IAP(SeenSoftmax, AttributePosteriorModel):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         eps: float = 1e-3,
+        signature: str = "binary",
     ) -> None:
         if not 0.0 < eps < 0.5:
             raise ValueError(f"IAP: eps must lie in (0, 0.5), got {eps}")
+        check_signature(signature)
         super().__init__(feature_dim, n_attributes, n_classes)
 
     def configure_models(self) -> None:

@@ -20,13 +20,12 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, final
 
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from zsl.data.types import ZSLBatch
 from zsl.models.base import ZSLModule
 from zsl.models.generative.losses import linear_warmup
-from zsl.models.generative.nets import GeneratorNet, ema_update
+from zsl.models.generative.nets import GeneratorNet, ema_update, feature_kind
 from zsl.models.generative.second_stage import (
     SecondStage,
     add_residuals,
@@ -75,15 +74,13 @@ class GenerativeZSL(ZSLModule, ABC):
         super().__init__(feature_dim, n_attributes, n_classes)  # calls configure_models
         if self.feature_generator() is not None:
             self._register_generator_state()
+        #: what the model decided from its data (:meth:`data_choices`)
+        self._adaptation: dict[str, Any] = {}
         rank, dim = self.second_stage.cls_pca, self.classifier_dim()
         if rank is not None and rank >= dim:
             # as many components as dimensions is a rotation, not a restriction: the paper's
-            # classifier on the inputs themselves (the CPU default of 256 on small features)
-            rank_zero_warn(
-                f"{type(self).__name__}: second_stage.cls_pca={rank} is not below the {dim}-d "
-                f"{self.example_space} its classifier sees; the classifier uses them whole "
-                "(cls_pca=null)"
-            )
+            # classifier on the inputs themselves (e.g. cls_pca 256 on 64-d features)
+            self._adaptation["cls_pca"] = {"set": int(rank), "inputs": dim, "used": None}
             self.second_stage = dataclasses.replace(self.second_stage, cls_pca=None)
             self.hparams["second_stage"] = dataclasses.asdict(self.second_stage)
         if self.second_stage.synth_residual is not None and self.example_space != "features":
@@ -196,27 +193,33 @@ class GenerativeZSL(ZSLModule, ABC):
             for name in self.averaged:
                 ema_update(getattr(self, f"{name}_ema"), getattr(self, name), decay)
 
-    def _start_generator(self, generator: GeneratorNet, features: Tensor) -> None:
-        """Check the training ``features`` against the generator
-        (:meth:`GeneratorNet.check_training_features`) and on the first fit only (the
-        ``generator_initialised`` buffer, saved in checkpoints) start its outputs at the mean
-        training feature and copy the networks into their ``gen_ema`` averages."""
-        generator.check_training_features(features, type(self).__name__)
-        if not bool(self.generator_initialised):
-            generator.init_output_bias(features.mean(dim=0))
+    def _start_generator(self, generator: GeneratorNet, features: Tensor) -> dict[str, Any]:
+        """Adapt the generator's output to the training ``features`` (:meth:`GeneratorNet.adapt`)
+        on the first fit (``generator_initialised``; a resumed fit checks the saved choice),
+        copy the networks into their ``gen_ema`` averages, and return the choice."""
+        first = not bool(self.generator_initialised)
+        choice = generator.adapt(features, type(self).__name__, first)
+        if first:
             for name in self.averaged:
                 average = getattr(self, f"{name}_ema", None)
                 if average is not None:
                     average.load_state_dict(getattr(self, name).state_dict())
             self.generator_initialised.fill_(True)
+        return {**choice, "noise_dim": generator.noise_dim}
+
+    def data_choices(self) -> dict[str, Any]:
+        """The features' kind, the generator's output and noise size, and a ``cls_pca`` not
+        below the classifier's inputs (used whole): ``data_choices`` in ``metrics.json``."""
+        return dict(self._adaptation)
 
     @final
     def on_fit_start(self) -> None:
         """Start the generator (:meth:`feature_generator`), then :meth:`prepare_training`."""
         x, y = self.seen_training_data()
+        self._adaptation.update(feature_kind(x))
         generator = self.feature_generator()
         if generator is not None:
-            self._start_generator(generator, x)
+            self._adaptation.update(self._start_generator(generator, x))
         self.prepare_training(x, y)
 
     @final

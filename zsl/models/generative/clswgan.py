@@ -36,7 +36,14 @@ from torch import Tensor, nn
 from zsl.data.types import ZSLBatch
 from zsl.models.generative.base import GenerativeZSL
 from zsl.models.generative.losses import critic_loss, gradient_penalty
-from zsl.models.generative.nets import FeatureCritic, FeatureGenerator, GeneratorNet, randn
+from zsl.models.generative.nets import (
+    FeatureCritic,
+    FeatureGenerator,
+    GeneratorNet,
+    check_condition_norm,
+    default_noise_dim,
+    randn,
+)
 from zsl.models.generative.second_stage import SecondStage, fit_softmax_classifier
 from zsl.models.hparams import check_positive
 
@@ -101,6 +108,8 @@ class CLSWGAN(GenerativeZSL):
 
     ``gen_ema`` in [0, 1): per-step decay of the generator's weight average that synthesises
     features (``generator_ema``; null = synthesise from the trained generator itself).
+    ``condition_norm`` (null = the paper): the attributes enter the generator at that multiple
+    of the noise's norm (see :class:`~zsl.models.generative.nets.FeedbackGenerator`).
     """
 
     default_second_stage = SecondStage(n_synth=300, cls_epochs=25, cls_lr=1e-3, cls_batch_size=64)
@@ -119,6 +128,7 @@ class CLSWGAN(GenerativeZSL):
         gp_weight: float = 10.0,
         cls_weight: float = 0.01,
         gen_ema: float | None = None,
+        condition_norm: float | None = None,
         pretrain_epochs: int = 50,
         pretrain_lr: float = 1e-3,
         second_stage: SecondStage | Mapping[str, Any] | None = None,
@@ -128,14 +138,15 @@ class CLSWGAN(GenerativeZSL):
             critic_hidden=critic_hidden,
             n_critic=n_critic,
         )
+        check_condition_norm(condition_norm)
         super().__init__(feature_dim, n_attributes, n_classes, second_stage)
         self.automatic_optimization = False
 
     def configure_models(self) -> None:
         hp = self.hp
-        noise_dim = int(hp.noise_dim or self.n_attributes)
+        noise_dim = default_noise_dim(hp.noise_dim, self.n_attributes, self.feature_dim)
         self.generator = FeatureGenerator(
-            self.n_attributes, noise_dim, hp.gen_hidden, self.feature_dim
+            self.n_attributes, noise_dim, hp.gen_hidden, self.feature_dim, hp.get("condition_norm")
         )
         self.critic = FeatureCritic(self.feature_dim, self.n_attributes, hp.critic_hidden)
         # softmax classifier over global ids, used on the seen columns only; pre-trained in
@@ -222,4 +233,4 @@ class CLSWGAN(GenerativeZSL):
         self, attributes: Tensor, n: int, generator: torch.Generator | None = None
     ) -> Tensor:
         """``n`` features per attribute vector from :meth:`sampler`."""
-        return self.sampler().sample(attributes, n, generator)[0]
+        return self.sampler().sample(attributes, n, generator)

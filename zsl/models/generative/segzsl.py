@@ -36,6 +36,7 @@ from zsl.models.generative.nets import (
     init_normal,
     randn,
     reparameterize,
+    unit_norm_setting,
 )
 from zsl.models.generative.second_stage import SecondStage
 from zsl.models.hparams import check_nonnegative, check_positive
@@ -97,7 +98,7 @@ class SEGZSL(GenerativeZSL):
         regressor_synth_weight: float = 0.1,
         condition_norm: float | None = None,
         gen_ema: float | None = None,
-        unit_norm_output: bool = False,
+        unit_norm_output: bool | str = False,
         second_stage: SecondStage | Mapping[str, Any] | None = None,
     ) -> None:
         check_positive(hidden=hidden, latent_dim=latent_dim, regressor_hidden=regressor_hidden)
@@ -121,7 +122,7 @@ class SEGZSL(GenerativeZSL):
             hp.hidden,
             self.feature_dim,
             hp.get("condition_norm"),
-            bool(hp.get("unit_norm_output", False)),
+            unit_norm_setting(hp.get("unit_norm_output", False)),
         )
         self.regressor = AttributeRegressor(
             self.feature_dim, hp.regressor_hidden, self.n_attributes

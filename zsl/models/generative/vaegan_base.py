@@ -29,9 +29,11 @@ from zsl.models.generative.nets import (
     GeneratorNet,
     check_condition_norm,
     class_noise,
+    default_noise_dim,
     init_normal,
     randn,
     reparameterize,
+    unit_norm_setting,
 )
 from zsl.models.generative.second_stage import SecondStage
 from zsl.models.hparams import check_nonnegative, check_positive
@@ -81,7 +83,7 @@ class VAEGANBase(GenerativeZSL):
         condition_norm: float | None = None,
         gen_ema: float | None = None,
         encoded_noise: bool = False,
-        unit_norm_output: bool = False,
+        unit_norm_output: bool | str = False,
         second_stage: SecondStage | Mapping[str, Any] | None = None,
     ) -> None:
         check_positive(hidden=hidden, critic_hidden=critic_hidden, n_critic=n_critic)
@@ -92,7 +94,7 @@ class VAEGANBase(GenerativeZSL):
 
     # -- networks -----------------------------------------------------------------------
     def noise_dim(self) -> int:
-        return int(self.hp.noise_dim or self.n_attributes)
+        return default_noise_dim(self.hp.noise_dim, self.n_attributes, self.feature_dim)
 
     def configure_models(self) -> None:
         hp = self.hp
@@ -104,7 +106,7 @@ class VAEGANBase(GenerativeZSL):
             hp.hidden,
             self.feature_dim,
             hp.get("condition_norm"),
-            bool(hp.get("unit_norm_output", False)),
+            unit_norm_setting(hp.get("unit_norm_output", False)),
         )
         self.critic = FeatureCritic(self.feature_dim, self.n_attributes, hp.critic_hidden)
         self.critic_d2: nn.Module | None = None
