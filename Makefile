@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # override with `make TORCH_PIN="torch torchvision" ...` elsewhere.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
+# test processes (pytest-xdist); each runs single-threaded, so 2 suit a 2-core machine
+TEST_WORKERS ?= 2
 
 .PHONY: venv train test lint typecheck check clean
 
@@ -22,7 +24,7 @@ train: venv
 	$(PY) train.py $(ARGS)
 
 test: venv
-	$(PY) -m pytest -q -ra $(ARGS)
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 lint: venv
 	$(PY) -m ruff check zsl tests experiments train.py

@@ -17,9 +17,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-import pytest
-import scipy.io
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per test process: `make test` runs TEST_WORKERS of them side by side, and
+    # more threads than cores spin in OpenMP (set before NumPy and torch read it)
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import scipy.io  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

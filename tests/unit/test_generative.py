@@ -348,6 +348,24 @@ def test_principal_basis_finds_the_high_variance_directions() -> None:
         principal_basis(x, 7)
 
 
+def test_randomised_principal_basis_holds_the_top_variance_and_repeats() -> None:
+    """k small against the dimension (4 (k + 64) <= E): the randomised subspace iteration, whose
+    directions hold (nearly) the variance of the exact top k, the same on every call."""
+    gen = torch.Generator().manual_seed(0)
+    spectrum = torch.logspace(0, -2, 600)  # a decaying spectrum, as CNN features have
+    x = torch.randn(2000, 600, generator=gen) * spectrum + 1.0
+    k = 40  # 4 * (40 + 64) = 416 <= 600
+    mean, basis = principal_basis(x, k)
+    centred = x - mean
+    _, exact = torch.linalg.eigh(centred.T @ centred)
+    held = centred.matmul(basis).pow(2).sum() / centred.matmul(exact[:, -k:]).pow(2).sum()
+    assert held > 0.999
+    torch.testing.assert_close(basis.T @ basis, torch.eye(k), atol=1e-5, rtol=0)
+    variances = centred.matmul(basis).pow(2).sum(0)
+    assert bool((variances[:-1] >= variances[1:] - 1e-3).all())  # descending
+    assert torch.equal(principal_basis(x, k)[1], basis)
+
+
 # ------------------------------------------------------------------------ plots
 
 

@@ -31,6 +31,12 @@ GRIDS = {
         "model.params.second_stage.cls_pca=null",
         "model.min_steps_per_epoch=2",
     ],
+    # CADA-VAE's unseen_spread only widens synthetic latents: its 3 x 2 grid is one fit
+    "cadavae": [
+        "model.params.feature_hidden=[32,32]",
+        "model.params.attribute_hidden=[32,16]",
+        "model.min_steps_per_epoch=2",
+    ],
     "tfvaegan": [
         "+model.search.grid.kl_weight=[0.5,1.0]",
         "model.params.hidden=32",
@@ -159,6 +165,7 @@ def test_stacked_best_checkpoint_loads_as_the_model(tiny: TinyXlsa17, tmp_path: 
 
 def test_points_share_a_fit_only_when_training_agrees_and_weights_stay_float32() -> None:
     from zsl.models.classical.ale import ALE
+    from zsl.models.generative.cadavae import CADAVAE
     from zsl.models.generative.segzsl import SEGZSL
 
     def point(ratio: float, lr: float = 1e-3, seed: int = 0) -> dict[str, Any]:
@@ -174,6 +181,15 @@ def test_points_share_a_fit_only_when_training_agrees_and_weights_stay_float32()
     ]
     assert shared_groups(SEGZSL, [0, 1, 4], points, TrainerSpec(precision="bf16-true")) == []
     assert shared_groups(ALE, [0, 1, 4], points, fp32) == []  # every parameter trains
+    spread = [
+        {"unseen_spread": s, "lr": 1e-3, "second_stage": {"cls_epochs": e}}
+        for s in (0, 1)
+        for e in (2, 3)
+    ]
+    assert shared_groups(CADAVAE, [0, 1, 2, 3], spread, fp32) == [[0, 1, 2, 3]]
+    assert shared_groups(CADAVAE, [0, 1, 2, 3], [*spread[:3], {**spread[3], "lr": 3e-3}], fp32) == [
+        [0, 1, 2]
+    ]
 
 
 def test_only_stackable_models_without_clipping_stack() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from zsl.errors import ConfigError
-from zsl.run.spec import TRANSFER_RULES, ModelSpec, RunSpec
+from zsl.run.spec import TRANSFER_RULES, ModelSpec, RunSpec, check_folds
 
 __all__ = [
     "ConfigError",
@@ -119,9 +119,7 @@ def _check_search(model: ModelSpec) -> None:
         raise ConfigError(
             f"model.search.patience must be an integer >= 1 or null, got {patience!r}"
         )
-    folds = search.folds
-    if folds != "auto" and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 1):
-        raise ConfigError(f"model.search.folds must be auto or an integer >= 1, got {folds!r}")
+    check_folds(search.folds)
     for key, values in search.grid.items():
         default = _lookup(model.params, key)
         if default is _MISSING:

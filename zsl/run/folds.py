@@ -23,6 +23,7 @@ import numpy as np
 
 from zsl.data.types import ZSLData
 from zsl.errors import ConfigError
+from zsl.run.spec import check_folds
 
 __all__ = [
     "AUTO_FOLDS",
@@ -72,12 +73,11 @@ def plan_folds(setting: int | str, data: ZSLData) -> FoldPlan:
     n_classes = int(np.unique(data.labels[_pool(data)]).size)
     size = f"{classes.size} validation classes, a median {per_class:g} images per class"
     small = classes.size < SMALL_CLASSES or per_class < SMALL_IMAGES
-    if setting == "auto":  # as many folds as leave 2 training classes, at most AUTO_FOLDS
+    checked = check_folds(setting)
+    if checked == "auto":  # as many folds as leave 2 training classes, at most AUTO_FOLDS
         folds = max(1, min(AUTO_FOLDS, n_classes - 2)) if small else 1
-    elif isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1:
-        folds = setting
     else:
-        raise ConfigError(f"model.search.folds must be auto or an integer >= 1, got {setting!r}")
+        folds = int(checked)
     if folds > 1 and n_classes < folds + 2:
         raise ConfigError(
             f"model.search.folds={folds}: the val protocol has {n_classes} classes, too few for "

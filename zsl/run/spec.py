@@ -50,6 +50,15 @@ _T = TypeVar("_T")
 TRANSFER_RULES = ("epochs", "steps")
 
 
+def check_folds(folds: object) -> int | str:
+    """``model.search.folds``: ``auto`` or an integer >= 1, else a :class:`ConfigError`."""
+    if folds == "auto":
+        return "auto"
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
+        raise ConfigError(f"model.search.folds must be auto or an integer >= 1, got {folds!r}")
+    return folds
+
+
 def _build(
     cls: type[_T], section: str, values: Mapping[str, Any] | None, ignored: list[str] | None
 ) -> _T:

@@ -71,19 +71,24 @@ class AttributePosteriorModel(ZSLModule):
     def configure_models(self) -> None:
         self.register_buffer("threshold", torch.zeros(self.n_attributes))
         self.register_buffer("prior", torch.full((self.n_attributes,), 0.5))
+        #: (low, span) of every attribute over the seen classes, for soft signatures
+        self._soft_range: tuple[Tensor, Tensor] | None = None
 
     def on_fit_start(self) -> None:
         seen = self.seen_semantics()
         self.threshold.copy_(seen.mean(dim=0))
+        self._soft_range = None  # the fit's seen classes
         self.prior.copy_(self.binarize(seen).mean(dim=0).clamp(PRIOR_FLOOR, 1.0 - PRIOR_FLOOR))
 
     def binarize(self, class_semantics: Tensor) -> Tensor:
         """Attribute signatures [C, A]: binary (1 where above the seen-class threshold), or with
         ``signature="soft"`` each attribute scaled to [0, 1] by its seen-class range."""
         if self.hp.get("signature", "binary") == "soft":
-            seen = self.seen_semantics()
-            low, high = seen.min(dim=0).values, seen.max(dim=0).values
-            span = (high - low).clamp_min(1e-12)
+            if self._soft_range is None:  # once per fit (or per loaded model)
+                seen = self.seen_semantics()
+                low, high = seen.min(dim=0).values, seen.max(dim=0).values
+                self._soft_range = (low, (high - low).clamp_min(1e-12))
+            low, span = self._soft_range
             return ((class_semantics - low) / span).clamp(0.0, 1.0)
         return (class_semantics > self.threshold).to(class_semantics.dtype)
 

@@ -36,6 +36,9 @@ from zsl.models.generative.second_stage import (
 
 __all__ = ["GenerativeZSL", "SecondStage", "linear_warmup"]
 
+#: the last ``cls_pca`` basis any model computed: (key, mean, basis)
+_LAST_BASIS: list[tuple[tuple[Any, ...], Tensor, Tensor]] = []
+
 
 class GenerativeZSL(ZSLModule, ABC):
     """Base of feature-generating models: a softmax classifier on real seen + generated unseen
@@ -56,6 +59,9 @@ class GenerativeZSL(ZSLModule, ABC):
     averaged: ClassVar[tuple[str, ...]] = ("generator",)
     #: set when :meth:`feature_generator` names a network (the start happens once per model)
     generator_initialised: Tensor
+    #: hyper-parameters that only synthesis reads (never a training step): grid points that
+    #: differ only in these and the second stage share one generator fit
+    synthesis_params: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def option_groups(cls) -> dict[str, list[str]]:
@@ -97,10 +103,10 @@ class GenerativeZSL(ZSLModule, ABC):
 
     @classmethod
     def training_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Everything but the second stage, which only evaluation reads (its ``eval_seed``
-        also seeds f-CLSWGAN's pre-trained classifier, so it stays): grid points over the
-        second stage share one generator's training."""
-        out = dict(params)
+        """Everything but the second stage and :attr:`synthesis_params`, which only evaluation
+        reads (the second stage's ``eval_seed`` also seeds f-CLSWGAN's pre-trained classifier,
+        so it stays): grid points over them share one generator's training."""
+        out = {k: v for k, v in params.items() if k not in cls.synthesis_params}
         stage = out.get("second_stage")
         if isinstance(stage, Mapping):
             out["second_stage"] = {"eval_seed": stage.get("eval_seed")}
@@ -193,12 +199,14 @@ class GenerativeZSL(ZSLModule, ABC):
             for name in self.averaged:
                 ema_update(getattr(self, f"{name}_ema"), getattr(self, name), decay)
 
-    def _start_generator(self, generator: GeneratorNet, features: Tensor) -> dict[str, Any]:
+    def _start_generator(
+        self, generator: GeneratorNet, features: Tensor, kind: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Adapt the generator's output to the training ``features`` (:meth:`GeneratorNet.adapt`)
         on the first fit (``generator_initialised``; a resumed fit checks the saved choice),
         copy the networks into their ``gen_ema`` averages, and return the choice."""
         first = not bool(self.generator_initialised)
-        choice = generator.adapt(features, type(self).__name__, first)
+        choice = generator.adapt(features, type(self).__name__, first, kind)
         if first:
             for name in self.averaged:
                 average = getattr(self, f"{name}_ema", None)
@@ -216,10 +224,11 @@ class GenerativeZSL(ZSLModule, ABC):
     def on_fit_start(self) -> None:
         """Start the generator (:meth:`feature_generator`), then :meth:`prepare_training`."""
         x, y = self.seen_training_data()
-        self._adaptation.update(feature_kind(x))
+        kind = feature_kind(x)
+        self._adaptation.update(kind)
         generator = self.feature_generator()
         if generator is not None:
-            self._adaptation.update(self._start_generator(generator, x))
+            self._adaptation.update(self._start_generator(generator, x, kind))
         self.prepare_training(x, y)
 
     @final
@@ -360,11 +369,27 @@ class GenerativeZSL(ZSLModule, ABC):
 
     def classifier_basis(self, real: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Mean and top-``k`` principal directions of the real seen classifier inputs (cached
-        while the inputs and ``k`` stay the same)."""
-        key = (tuple(real.shape), k, float(real.sum()), float(real.pow(2).sum()))
-        if self._basis_cache is None or self._basis_cache[0] != key:
-            self._basis_cache = (key, *principal_basis(real, k))
-        return self._basis_cache[1], self._basis_cache[2]
+        while the inputs and ``k`` stay the same; the last basis computed by any model is
+        reused too, so the grid points of a shared fit, which embed the same real examples
+        at the same epoch, compute it once)."""
+        key = (
+            tuple(real.shape),
+            str(real.dtype),
+            str(real.device),
+            k,
+            float(real.sum()),
+            float(real.pow(2).sum()),
+            float(real[0].sum()),
+        )
+        cached = self._basis_cache
+        if cached is None or cached[0] != key:
+            last = _LAST_BASIS[0] if _LAST_BASIS else None
+            cached = (
+                last if last is not None and last[0] == key else (key, *principal_basis(real, k))
+            )
+            self._basis_cache = cached
+            _LAST_BASIS[:] = [cached]
+        return cached[1], cached[2]
 
     def n_synth_per_class(self, n_real_seen: int) -> int:
         """Synthetic examples per unseen class (:meth:`SecondStage.n_unseen_examples`)."""

@@ -52,6 +52,7 @@ from zsl.models.generative.nets import (
 )
 from zsl.models.generative.second_stage import SecondStage
 from zsl.models.hparams import check_positive
+from zsl.models.optim import adam
 
 
 def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
@@ -126,6 +127,9 @@ class CADAVAE(GenerativeZSL):
         )
         super().__init__(feature_dim, n_attributes, n_classes, second_stage)
 
+    #: widens the synthetic unseen latents only: points over it share one VAE fit
+    synthesis_params = ("unseen_spread",)
+
     def classifier_dim(self) -> int:
         """The classifier sees latent codes."""
         return int(self.hp.latent_dim)
@@ -150,9 +154,7 @@ class CADAVAE(GenerativeZSL):
         self.register_buffer("latent_within_std", torch.zeros(latent))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(
-            self.parameters(), lr=float(self.hp.lr), betas=(0.9, 0.999), amsgrad=True
-        )
+        return adam(self.parameters(), float(self.hp.lr), (0.9, 0.999), amsgrad=True)
 
     def feature_generator(self) -> GeneratorNet | None:
         """None: the feature decoder ends in a linear layer and needs no start."""

@@ -46,6 +46,7 @@ from zsl.models.generative.nets import (
 )
 from zsl.models.generative.second_stage import SecondStage, fit_softmax_classifier
 from zsl.models.hparams import check_positive
+from zsl.models.optim import adam
 
 __all__ = ["CLSWGAN", "clswgan_iteration", "critic_loss", "gradient_penalty"]
 
@@ -160,8 +161,8 @@ class CLSWGAN(GenerativeZSL):
         betas = (float(self.hp.beta1), 0.999)
         lr = float(self.hp.lr)
         return [
-            torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas),
-            torch.optim.Adam(self.critic.parameters(), lr=lr, betas=betas),
+            adam(self.generator.parameters(), lr, betas),
+            adam(self.critic.parameters(), lr, betas),
         ]
 
     def feature_generator(self) -> GeneratorNet:

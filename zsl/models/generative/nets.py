@@ -148,7 +148,13 @@ class GeneratorNet(nn.Module):
         self.output.bias.copy_(feature_mean)
 
     @torch.no_grad()
-    def adapt(self, features: Tensor, owner: str, first: bool = True) -> dict[str, Any]:
+    def adapt(
+        self,
+        features: Tensor,
+        owner: str,
+        first: bool = True,
+        kind: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Fit the output to the real training ``features`` [N, D] and return the choice.
 
         On the ``first`` fit: ReLU with its bias at the mean feature when every feature is
@@ -157,8 +163,9 @@ class GeneratorNet(nn.Module):
         when every training feature has norm 1 (within 1e-3). Later fits (a resumed run) keep the
         saved choice and check it still fits. ``unit_norm`` true with features that are not
         unit-norm, and a ReLU output with negative features, are refused. ``owner`` names the
-        model in the messages."""
-        kind = feature_kind(features)
+        model in the messages; ``kind`` is :func:`feature_kind` of ``features`` when the caller
+        has it already."""
+        kind = feature_kind(features) if kind is None else kind
         is_unit, nonnegative = kind["unit_norm_features"], kind["features"] == "non-negative"
         if self.unit_norm_setting is True and not is_unit:
             raise ValueError(

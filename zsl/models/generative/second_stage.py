@@ -70,12 +70,12 @@ the class space and the seen training features the model was bound to.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -223,23 +223,58 @@ def fit_softmax_classifier(
     """
     n, dim = x.shape
     scale = 1.0 / float(x.abs().sum(dim=1).mean().clamp_min(1e-12))
-    weight = torch.zeros(dim, n_out, device=x.device, dtype=x.dtype, requires_grad=True)
-    bias = torch.zeros(n_out, device=x.device, dtype=x.dtype, requires_grad=True)
-    opt = torch.optim.Adam([weight, bias], lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
+    weight = torch.zeros(dim, n_out, device=x.device, dtype=x.dtype)
+    bias = torch.zeros(n_out, device=x.device, dtype=x.dtype)
+    step = _AdamStep([weight, bias], lr, (0.5, 0.999), weight_decay)
+    grads = [torch.zeros_like(weight), torch.zeros_like(bias)]
     device = generator.device if generator is not None else x.device
     steps = epochs * -(-n // batch_size) if max_steps is None else max_steps
     steps = max(steps, min_steps or 0)
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.no_grad():
         while steps > 0:
             order = torch.randperm(n, generator=generator, device=device).to(x.device)
             for idx in order.split(batch_size)[:steps]:
-                logits = torch.addmm(bias, x[idx] * scale, weight)
-                loss = F.cross_entropy(logits, y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                # the gradient of the batch's mean cross-entropy, without autograd's
+                # bookkeeping: d/dlogits = (softmax - one-hot) / batch
+                inputs = x[idx].mul_(scale)
+                grad = torch.softmax(torch.addmm(bias, inputs, weight), dim=1)
+                grad[torch.arange(idx.numel(), device=x.device), y[idx]] -= 1.0
+                grad.div_(idx.numel())
+                torch.mm(inputs.T, grad, out=grads[0])
+                torch.sum(grad, dim=0, out=grads[1])
+                step(grads)
                 steps -= 1
-    return weight.detach() * scale, bias.detach()
+    return weight * scale, bias
+
+
+class _AdamStep:
+    """Adam's update (Kingma & Ba, ICLR 2015; PyTorch's formula, L2 ``weight_decay`` added to
+    the gradient) applied in place to a few small tensors. The classifier takes hundreds of
+    steps of a [D, C] weight per evaluation, where ``torch.optim.Adam``'s per-step
+    bookkeeping costs more than the update itself."""
+
+    def __init__(
+        self, params: list[Tensor], lr: float, betas: tuple[float, float], weight_decay: float
+    ) -> None:
+        self.params, self.lr, self.betas, self.weight_decay = params, lr, betas, weight_decay
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.count = 0
+
+    def __call__(self, grads: list[Tensor]) -> None:
+        beta1, beta2 = self.betas
+        self.count += 1
+        correction1 = 1.0 - beta1**self.count
+        root_correction2 = math.sqrt(1.0 - beta2**self.count)
+        for param, grad, m, v in zip(
+            self.params, grads, self.exp_avg, self.exp_avg_sq, strict=True
+        ):
+            if self.weight_decay:
+                grad = grad.add(param, alpha=self.weight_decay)
+            m.lerp_(grad, 1.0 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+            denom = v.sqrt().div_(root_correction2).add_(1e-8)
+            param.addcdiv_(m, denom, value=-self.lr / correction1)
 
 
 def within_class_residuals(x: Tensor, y: Tensor) -> Tensor:
@@ -250,9 +285,24 @@ def within_class_residuals(x: Tensor, y: Tensor) -> Tensor:
     return x - (sums / counts[:, None])[index]
 
 
+#: extra random directions and power iterations of the randomised principal basis
+BASIS_OVERSAMPLE = 64
+BASIS_POWER_ITERATIONS = 4
+
+
 def principal_basis(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Mean [E] and the ``k`` leading principal directions [E, k] (orthonormal columns,
-    descending variance) of the rows of ``x`` [N, E], from the eigenvectors of the covariance."""
+    descending variance) of the rows of ``x`` [N, E].
+
+    When ``k`` is small against the dimension (``4 (k + 64) <= E``, e.g. 256 of CUB's 4096
+    VGG dimensions) the directions come from a randomised subspace iteration (Halko, Martinsson
+    & Tropp, "Finding Structure with Randomness", SIAM Review 2011): ``k + 64`` seeded random
+    directions, :data:`BASIS_POWER_ITERATIONS` passes of ``X^T X`` with re-orthonormalisation,
+    then the exact eigenvectors within that subspace. That is a few products of ``x`` with an
+    [E, k + 64] matrix instead of the E x E covariance and its eigendecomposition. On CUB VGG
+    trainval features (one thread) the top 256 take 1.9 s instead of 10.5 s, and hold 99.97 %
+    of the variance the exact top 256 hold. Otherwise the covariance's eigenvectors, exactly.
+    """
     if not 0 < k <= x.shape[1]:
         raise ValueError(
             f"cls_pca={k} principal components asked of {x.shape[1]}-d classifier inputs; "
@@ -260,5 +310,15 @@ def principal_basis(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
         )
     mean = x.mean(dim=0)
     centred = x - mean
+    n, dim = centred.shape
+    width = k + BASIS_OVERSAMPLE
+    if 4 * width <= dim and width <= n:
+        seeded = torch.Generator(device=x.device).manual_seed(0)
+        q = torch.randn(dim, width, generator=seeded, device=x.device, dtype=x.dtype)
+        for _ in range(BASIS_POWER_ITERATIONS):
+            q = torch.linalg.qr(centred.T @ (centred @ q))[0]
+        projected = centred @ q
+        _, within = torch.linalg.eigh(projected.T @ projected)  # ascending eigenvalues
+        return mean, (q @ within[:, -k:].flip(1)).contiguous()
     _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
     return mean, vectors[:, -k:].flip(1).contiguous()

@@ -40,6 +40,7 @@ from zsl.models.generative.nets import (
 )
 from zsl.models.generative.second_stage import SecondStage
 from zsl.models.hparams import check_nonnegative, check_positive
+from zsl.models.optim import adam
 
 
 class FeatureEncoder(nn.Module):
@@ -131,8 +132,8 @@ class SEGZSL(GenerativeZSL):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         lr = float(self.hp.lr)
         return [
-            torch.optim.Adam([*self.encoder.parameters(), *self.generator.parameters()], lr),
-            torch.optim.Adam(self.regressor.parameters(), lr),
+            adam([*self.encoder.parameters(), *self.generator.parameters()], lr),
+            adam(self.regressor.parameters(), lr),
         ]
 
     def feature_generator(self) -> GeneratorNet:

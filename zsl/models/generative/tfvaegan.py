@@ -28,6 +28,7 @@ from zsl.models.generative.losses import semantic_loss
 from zsl.models.generative.nets import init_normal
 from zsl.models.generative.vaegan_base import VAEGANBase
 from zsl.models.hparams import check_nonnegative, check_positive
+from zsl.models.optim import adam
 
 __all__ = ["Feedback", "SemanticDecoder", "TFVAEGAN", "semantic_loss"]
 
@@ -111,8 +112,8 @@ class TFVAEGAN(VAEGANBase):
         betas = (float(self.hp.beta1), 0.999)
         return [
             *super().configure_optimizers(),
-            torch.optim.Adam(self.decoder.parameters(), float(self.hp.decoder_lr), betas),
-            torch.optim.Adam(self.feedback_module.parameters(), float(self.hp.feedback_lr), betas),
+            adam(self.decoder.parameters(), float(self.hp.decoder_lr), betas),
+            adam(self.feedback_module.parameters(), float(self.hp.feedback_lr), betas),
         ]
 
     def generator_optimizers(self) -> list[Any]:

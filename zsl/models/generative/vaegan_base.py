@@ -37,6 +37,7 @@ from zsl.models.generative.nets import (
 )
 from zsl.models.generative.second_stage import SecondStage
 from zsl.models.hparams import check_nonnegative, check_positive
+from zsl.models.optim import adam
 
 __all__ = ["ConditionalEncoder", "VAEGANBase"]
 
@@ -125,8 +126,8 @@ class VAEGANBase(GenerativeZSL):
         if self.critic_d2 is not None:
             critics += [*self.critic_d2.parameters()]
         return [
-            torch.optim.Adam([*self.encoder.parameters(), *self.generator.parameters()], lr, betas),
-            torch.optim.Adam(critics, lr, betas),
+            adam([*self.encoder.parameters(), *self.generator.parameters()], lr, betas),
+            adam(critics, lr, betas),
         ]
 
     def feature_generator(self) -> GeneratorNet:
