@@ -1,7 +1,7 @@
 """SIGTERM in the middle of an epoch, then ``python train.py resume=<run dir>``: the resumed run
 ends with exactly the metrics of an uninterrupted one.
 
-Four cases on a small synthetic benchmark (batch size 4, so an epoch has 120-180 steps and a
+The cases run on a small synthetic benchmark (batch size 4, so an epoch has 120-180 steps and a
 SIGTERM sent 0.2 s after an epoch-end checkpoint appears lands inside the next epoch):
 
 - ``ale``, a two-point grid, stopped in the second point's validation fit: the finished point
@@ -10,6 +10,9 @@ SIGTERM sent 0.2 s after an epoch-end checkpoint appears lands inside the next e
   resumes from ``checkpoints/val-0-1/last.ckpt`` with both points' histories;
 - ``segzsl_shared``, SE-GZSL's two second-stage grid points sharing one generator fit, stopped
   in its second epoch: it resumes from ``checkpoints/val-0-1/last.ckpt`` with both histories;
+- ``clswgan_shared``, f-CLSWGAN's grid (``cls_pca`` x ``gen_ema``) as one shared fit whose
+  views keep their own generator averages (saved with the fit's checkpoint), stopped in its
+  second epoch;
 - ``cadavae`` (noise in every training step), stopped in the final trainval fit: only an
   exact restore of the RNG states reproduces its numbers.
 
@@ -89,6 +92,18 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (overrides, fit directory
         ],
         "checkpoints/val-0-1",
     ),
+    "clswgan_shared": (  # gen_ema x cls_pca: one fit, each view with its own weight average
+        [
+            "model=clswgan",
+            "trainer.max_epochs=2",
+            "model.params.gen_hidden=32",
+            "model.params.critic_hidden=32",
+            "model.params.pretrain_epochs=2",
+            "model.params.second_stage.cls_min_steps=50",
+            "model.search.folds=1",
+        ],
+        "checkpoints/val-0-1-2-3",
+    ),
     "cadavae": (
         [
             "model=cadavae",
@@ -111,6 +126,7 @@ TRIALS_LEFT = {
     "ale_folds": ["trials/fold0", "trials/fold0/0.json"],  # the first fold finished
     "ale_stacked": [],
     "segzsl_shared": [],
+    "clswgan_shared": [],
     "cadavae": ["trials/0.json"],
 }
 #: cases that cannot run because of a bug in zsl/; none today

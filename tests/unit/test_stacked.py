@@ -31,6 +31,14 @@ GRIDS = {
         "model.params.second_stage.cls_pca=null",
         "model.min_steps_per_epoch=2",
     ],
+    # f-CLSWGAN's grid (cls_pca 128/256, used whole on 16-d features, x gen_ema 0.995/0.998)
+    # is one fit: each view keeps its own generator average
+    "clswgan": [
+        "model.params.gen_hidden=32",
+        "model.params.critic_hidden=32",
+        "model.params.pretrain_epochs=2",
+        "model.min_steps_per_epoch=2",
+    ],
     # CADA-VAE's unseen_spread only widens synthetic latents: its 3 x 2 grid is one fit
     "cadavae": [
         "model.params.feature_hidden=[32,32]",

@@ -197,6 +197,18 @@ class ZSLModule(pl.LightningModule, ClassSpaceMixin):
         share one fit, :mod:`zsl.run.stacked`). All of them by default."""
         return dict(params)
 
+    def follow_shared_fit(self, host: ZSLModule, start: bool) -> None:
+        """Called on a view of a shared fit (:class:`zsl.run.stacked.SharedFit`) when its
+        ``host`` starts training (``start``) and after every training batch of the host: what
+        the view tracks of the training for itself (nothing by default; a generator's weight
+        average with its own decay)."""
+
+    def own_shared_state(self, host: ZSLModule) -> dict[str, Tensor]:
+        """The entries of this view's ``state_dict`` it keeps when it takes the ``host``'s
+        weights before an evaluation (none by default; what :meth:`follow_shared_fit`
+        tracks)."""
+        return {}
+
     def training_step(self, batch: ZSLBatch, batch_idx: int) -> Tensor | None:
         if self.closed_form:  # one fit on the whole training set, whatever the batches are
             examples = self.training_examples()

@@ -282,6 +282,11 @@ class SharedFit(StackRecorder):
     ) -> None:
         super().__init__(metric, directories, indices, logger, patience)
         self.views = views
+        #: the training module, set when the fit starts
+        self._host: ZSLModule | None = None
+        #: the views' own state from a resumed fit's checkpoint (until the fit starts)
+        self._saved_views: list[dict[str, Tensor]] | None = None
+        self._restored = False
 
     @property
     def state_key(self) -> str:
@@ -292,15 +297,54 @@ class SharedFit(StackRecorder):
         source = getattr(trainer, "datamodule", None)
         if not isinstance(source, ZSLDataSource):
             raise TypeError("a shared fit needs a ZSLDataModule (trainer.fit(model, dm))")
+        assert isinstance(pl_module, ZSLModule)
+        self._host = pl_module
         for view in self.views:
             view.trainer = trainer  # the epoch of its evaluation RNG, the device
             view.to(pl_module.device)
             view.bind(source)
+        if self._saved_views is not None:  # resumed: each view's own state as it was saved
+            for view, own in zip(self.views, self._saved_views, strict=True):
+                if own:
+                    view.load_state_dict({**view.state_dict(), **own})
+            self._restored, self._saved_views = True, None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after the host's on_fit_start (a generator's output start); a resumed fit has its
+        # views' own state back from the checkpoint instead
+        assert isinstance(pl_module, ZSLModule)
+        if not self._restored:
+            for view in self.views:
+                view.follow_shared_fit(pl_module, start=True)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        assert isinstance(pl_module, ZSLModule)
+        for view in self.views:  # stopped ones too: cheap, and their state is not read again
+            view.follow_shared_fit(pl_module, start=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        host = self._host
+        if host is not None:
+            state["views"] = [view.own_shared_state(host) for view in self.views]
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._saved_views = state_dict.get("views")
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert isinstance(pl_module, ZSLModule)
         state = pl_module.state_dict()
         for view in self._active_views():
-            view.load_state_dict(state)
+            view.load_state_dict({**state, **view.own_shared_state(pl_module)})
             view.eval()
             view._start_eval()
 

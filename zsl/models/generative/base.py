@@ -107,6 +107,10 @@ class GenerativeZSL(ZSLModule, ABC):
         reads (the second stage's ``eval_seed`` also seeds f-CLSWGAN's pre-trained classifier,
         so it stays): grid points over them share one generator's training."""
         out = {k: v for k, v in params.items() if k not in cls.synthesis_params}
+        if out.get("gen_ema") is not None:
+            # the average only follows the trained weights: points that differ in its decay
+            # share a fit, each view keeping its own average (follow_shared_fit)
+            out["gen_ema"] = "averaged"
         stage = out.get("second_stage")
         if isinstance(stage, Mapping):
             out["second_stage"] = {"eval_seed": stage.get("eval_seed")}
@@ -198,6 +202,34 @@ class GenerativeZSL(ZSLModule, ABC):
             decay = float(self.hp.gen_ema)
             for name in self.averaged:
                 ema_update(getattr(self, f"{name}_ema"), getattr(self, name), decay)
+
+    def _own_average(self, host: ZSLModule) -> bool:
+        """A view whose ``gen_ema`` decay differs from its host's keeps its own averages."""
+        mine = self.hp.get("gen_ema")
+        return mine is not None and mine != host.hparams.get("gen_ema")
+
+    def follow_shared_fit(self, host: ZSLModule, start: bool) -> None:
+        """With its own ``gen_ema`` decay: start the averages at the host's networks (as the
+        host's own start does) and update them from the host's weights after every batch,
+        exactly as this point's own fit would."""
+        if not self._own_average(host):
+            return
+        for name in self.averaged:
+            average, trained = getattr(self, f"{name}_ema"), getattr(host, name)
+            if start:
+                average.load_state_dict(trained.state_dict())
+            else:
+                ema_update(average, trained, float(self.hp.gen_ema))
+
+    def own_shared_state(self, host: ZSLModule) -> dict[str, Tensor]:
+        """The ``<name>_ema`` entries when this view keeps its own averages."""
+        if not self._own_average(host):
+            return {}
+        return {
+            k: v.detach().clone()
+            for k, v in self.state_dict().items()
+            if k.split(".", 1)[0] in {f"{name}_ema" for name in self.averaged}
+        }
 
     def _start_generator(
         self, generator: GeneratorNet, features: Tensor, kind: dict[str, Any] | None = None
