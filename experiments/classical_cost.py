@@ -1,4 +1,5 @@
-"""Cost of full classical runs against the machine's arithmetic limit.
+"""Cost of full runs against the machine's arithmetic limit (written for the classical models;
+``--models`` takes any model, e.g. ``cadavae,clswgan`` for the generators).
 
 For each model, two fresh processes run the whole protocol (selection on validation classes,
 the final trainval fit and the single test evaluation) on the same data:
@@ -7,6 +8,13 @@ the final trainval fit and the single test evaluation) on the same data:
    wall time (``metrics.json``: everything after start-up and imports) and ZSL T1;
 2. counted: the same run under ``torch.utils.flop_counter.FlopCounterMode``, which counts the
    floating-point operations of every matrix product (elementwise work is not counted).
+
+With ``--numpy-reference DIR`` (a checkout of github.com/mvp18/Popular-ZSL-Algorithms, whose
+``ALE/ale.py``, ``SJE/sje.py`` and ``DeViSE/devise.py`` need SciPy and scikit-learn), each
+model's NumPy script also runs, one thread, beside it: one setting (the checkout's own CUB
+choice), trained on ``train_loc`` with early stopping on ``val_loc``, then ZSL T1 on the unseen
+test classes. It is a reference for arithmetic efficiency, not the same protocol: no grid, no
+final trainval fit, no GZSL evaluation.
 
 The machine's matmul rate is measured here too (a 4096 x 4096 x 312 product, as large as the
 fits' own), before and after the runs (the higher of the two is reported), as GFLOP/s of wall
@@ -39,8 +47,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-#: CPU seconds per full CUB VGG run of an earlier NumPy implementation of the same protocol
-NUMPY_REFERENCE_CPU_S = {"ale": 515.0, "sje": 648.0, "devise": 424.0}
+#: the NumPy reference scripts (``--numpy-reference``) and the settings their checkout chose on
+#: CUB's validation classes
+NUMPY_REFERENCE = {
+    "ale": ("ALE/ale.py", ["-norm", "L2", "-lr", "0.3"]),
+    "sje": ("SJE/sje.py", ["-norm", "std", "-lr", "0.1", "-mr", "4.0"]),
+    "devise": ("DeViSE/devise.py", ["-norm", "L2", "-lr", "1.0", "-mr", "1.0"]),
+}
 
 
 #: dtype of the matrix products under each ``trainer.precision`` this benchmark runs
@@ -100,16 +113,51 @@ def count_flops(argv: list[str]) -> None:
 def timed(argv: list[str], threads: int) -> dict[str, float]:
     """A fresh process running ``train.py argv`` with ``threads`` torch threads: wall and CPU
     seconds."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return run_timed([sys.executable, str(REPO / "train.py"), *argv], threads)[0]
+
+
+def run_timed(
+    command: list[str], threads: int, cwd: Path | None = None
+) -> tuple[dict[str, float], str]:
+    """Run ``command`` with ``threads`` OpenMP/BLAS threads: wall and CPU seconds (the child's
+    user + system time), and its standard output."""
+    env = {
+        **os.environ,
+        **{k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+    }
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *argv], check=True, capture_output=True, env=env
-    )
+    done = subprocess.run(command, check=True, capture_output=True, env=env, cwd=cwd, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu}
+    return {"wall_s": wall, "cpu_s": cpu}, done.stdout
+
+
+def numpy_reference(
+    model: str, checkout: Path, args: argparse.Namespace, tmp: Path
+) -> dict[str, float] | None:
+    """One-thread run of the NumPy script of ``model`` in ``checkout`` on ``args.data``'s
+    xlsa17 files (laid out as the script reads them: ``../xlsa17/data/<NAME>/res101.mat``,
+    here a link to ``--feature-file``): wall and CPU seconds, ZSL T1 (%); None if the
+    checkout has no script for the model."""
+    if model not in NUMPY_REFERENCE:
+        return None
+    script, settings = NUMPY_REFERENCE[model]
+    name = args.data.upper()
+    data = tmp / "numpy_reference" / "xlsa17" / "data" / name
+    data.mkdir(parents=True, exist_ok=True)
+    for link, target in (("res101.mat", args.feature_file), ("att_splits.mat", "att_splits.mat")):
+        if not (data / link).exists():
+            (data / link).symlink_to(Path(args.root) / name / target)
+    cwd = data.parent.parent.parent / "run"
+    cwd.mkdir(exist_ok=True)
+    row, out = run_timed([sys.executable, str(checkout / script), "-data", name, *settings], 1, cwd)
+    accuracy = [line for line in out.splitlines() if line.startswith("Test Acc:")]
+    if not accuracy:
+        raise RuntimeError(f"{checkout / script} printed no 'Test Acc:' line")
+    row["zsl_t1"] = 100.0 * float(accuracy[-1].split(":", 1)[1])
+    return row
 
 
 def measure(
@@ -159,6 +207,11 @@ def main(argv: list[str] | None = None) -> None:
         default="32-true,bf16-mixed",
         help=f"trainer.precision of the timed runs, of {sorted(PRODUCT_DTYPE)}",
     )
+    p.add_argument(
+        "--numpy-reference",
+        default=None,
+        help="a checkout of mvp18/Popular-ZSL-Algorithms: also run its NumPy scripts, one thread",
+    )
     p.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = p.parse_args(argv)
     root_given = args.root  # as typed, for the results file's command line
@@ -174,8 +227,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{dtype} matmul rate: {wall_rate:.0f} GFLOP/s wall, {cpu_rate:.0f} GFLOP/CPU s")
     print(f"float32 through PyTorch's BLAS: {blas[0]:.0f} GFLOP/s wall, {blas[1]:.0f} GFLOP/CPU s")
     rows: list[tuple[str, str, int, float, int, dict[str, float]]] = []
+    references: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
+            if args.numpy_reference is not None:
+                ref = numpy_reference(model, Path(args.numpy_reference).resolve(), args, Path(tmp))
+                if ref is not None:
+                    references[model] = ref
+                    print(
+                        f"{model} NumPy reference (1 thread): {ref['cpu_s']:.1f} CPU s, "
+                        f"{ref['wall_s']:.1f} s wall, ZSL T1 {ref['zsl_t1']:.2f}",
+                        flush=True,
+                    )
             total, counted_epochs = flops(model, args, Path(tmp))
             for precision in precisions:
                 for n in threads:
@@ -194,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         again = matmul_rate(dtype)
         rates[dtype] = (max(wall, again[0]), max(cpu, again[1]))
     lines = [
-        f"# Classical cost: full runs on {args.data} ({args.feature_file})",
+        f"# Cost of full runs on {args.data} ({args.feature_file})",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores"
         f"{_cpu_features()}. Matmul rates measured here with {_threads()} threads "
@@ -208,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{blas[1]:.0f} per CPU second.",
         "",
         "A full run = selection over the model's grid on validation classes (every epoch "
-        "validated; the grid points of these models are fitted together in one stacked pass) "
+        "validated; grid points are fitted together in one stacked pass, or in one shared fit "
+        "where they train identically) "
         "+ the final trainval fit + one test evaluation + reports, in a fresh process. FLOPs are "
         "every matrix product's, counted by `torch.utils.flop_counter.FlopCounterMode` on the "
         "same run; *arithmetic time* is FLOPs at the wall-time matmul rate of the run's "
@@ -216,28 +280,35 @@ def main(argv: list[str] | None = None) -> None:
         "the run's own figures (`metrics.json`: after interpreter start-up and imports); "
         "*process* columns include them. FLOPs are counted on the float32 run; *epochs* are "
         "the selected epoch counts of the timed run and of the counted one (they can differ "
-        "between precisions, and the FLOPs with them).",
+        "between precisions, and the FLOPs with them). The *NumPy reference* is the "
+        "model's script in github.com/mvp18/Popular-ZSL-Algorithms, run one thread in a fresh "
+        "process the same hour (process CPU s and its ZSL T1): one setting, trained on the "
+        "train classes with early stopping on validation, ZSL test only; its ratio divides "
+        "this run's process CPU s by the reference's, so it compares a whole protocol (grid, "
+        "final trainval fit, GZSL test) against one fit.",
         "",
         "| model | precision | threads | TFLOP | arithmetic (s) | run wall (s) | run / arithmetic "
-        "| process wall (s) | run CPU s | process CPU s | NumPy reference CPU s | run CPU s / "
-        "reference | ZSL T1 | epochs |",
+        "| process wall (s) | run CPU s | process CPU s | NumPy reference: CPU s, 1 thread "
+        "(ZSL T1) | process CPU s / reference | ZSL T1 | epochs |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for model, precision, n, total, counted_epochs, r in rows:
         arithmetic = total / (rates[PRODUCT_DTYPE[precision]][0] * 1e9)
-        ref = NUMPY_REFERENCE_CPU_S.get(model)
-        ratio = f"1/{ref / r['run_cpu_s']:.1f}" if ref else "–"
+        ref = references.get(model)
+        reference = f"{ref['cpu_s']:.0f} ({ref['zsl_t1']:.1f})" if ref else "–"
+        ratio = f"{r['cpu_s'] / ref['cpu_s']:.2f}" if ref else "–"
         lines.append(
             f"| {model} | {precision} | {n} | {total / 1e12:.2f} | {arithmetic:.1f} | "
             f"{r['run_wall_s']:.1f} | {r['run_wall_s'] / arithmetic:.1f}x | {r['wall_s']:.1f} | "
-            f"{r['run_cpu_s']:.1f} | {r['cpu_s']:.1f} | {f'{ref:.0f}' if ref else '–'} | "
-            f"{ratio} | {r['zsl_t1']:.2f} | {int(r['epochs'])} / {counted_epochs} |"
+            f"{r['run_cpu_s']:.1f} | {r['cpu_s']:.1f} | {reference} | {ratio} | "
+            f"{r['zsl_t1']:.2f} | {int(r['epochs'])} / {counted_epochs} |"
         )
     lines += [
         "",
         f"Command: `python experiments/classical_cost.py --data {args.data} --root {root_given} "
         f"--feature-file {args.feature_file} --models {args.models} --threads {args.threads} "
         f"--precisions {args.precisions} --name {args.name}"
+        f"{' --numpy-reference <checkout>' if args.numpy_reference else ''}"
         f"{''.join(' ' + x for x in args.extra)}`.",
     ]
     out = Path(args.results_dir) / f"{args.name}.md"
