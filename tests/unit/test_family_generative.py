@@ -603,13 +603,14 @@ def test_cls_pca_restricts_the_classifier_to_the_real_seen_span(
     real = model.embed_seen(dm.train_x, dm.train_y, model._eval_generator())[0]
     again = model.embed_seen(dm.train_x, dm.train_y, model._eval_generator())[0]
     if torch.equal(real, again):  # fixed real classifier inputs: their PCA is computed once
-        assert model._basis_cache is not None
-        key = model._basis_cache[0]
-        basis_before = model._basis_cache[2]
+        assert model._basis.entry is not None
+        key = model._basis.entry[0]
+        basis_before = model._basis.entry[2]
         model.fit_classifier()
-        assert model._basis_cache[0] == key and model._basis_cache[2] is basis_before
+        assert model._basis.entry[0] == key and model._basis.entry[2] is basis_before
         weight, bias, _ = model._classifier
-    basis = model._basis_cache[2]
+    assert model._basis.entry is not None
+    basis = model._basis.entry[2]
     assert basis.shape == (real.shape[1], 2)
     # the folded weight lives in the span of the two principal directions: rank 2, and
     # moving an input orthogonally to that span changes no score

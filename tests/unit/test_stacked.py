@@ -15,6 +15,9 @@ from conftest import TinyXlsa17
 
 from zsl.cli.train import run as train_main
 from zsl.models.classical.ale import ALE
+from zsl.models.generative import base
+from zsl.models.generative.cadavae import CADAVAE
+from zsl.models.generative.clswgan import CLSWGAN
 from zsl.run.spec import TrainerSpec
 from zsl.run.stacked import GridStack, can_stack, shared_groups
 
@@ -127,6 +130,48 @@ def test_stacked_selection_equals_separate_fits(
             )
 
 
+@pytest.mark.parametrize(
+    ("model", "weights_per_pass", "draws_per_pass"),
+    # CADA-VAE: 6 points with the host's weights, 3 distinct unseen_spread; f-CLSWGAN: 4
+    # points, two generator averages (gen_ema), cls_pca used whole on the tiny features
+    [("cadavae", 1, 3), ("clswgan", 2, 2)],
+)
+def test_a_shared_fit_embeds_and_draws_once_per_weights_and_settings(
+    tiny: TinyXlsa17,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    model: str,
+    weights_per_pass: int,
+    draws_per_pass: int,
+) -> None:
+    """In a validation pass of a shared fit, the points with the same weights embed the real
+    seen examples once, and those with the same synthesis settings draw their synthetic
+    examples once (every point still trains its own classifier); the equality of the results
+    with separate fits is the test above."""
+    calls = {"fit": 0, "real": 0, "draw": 0}
+
+    def counted(name: str, original: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(base, "fit_softmax_classifier", counted("fit", base.fit_softmax_classifier))
+    model_cls = {"cadavae": CADAVAE, "clswgan": CLSWGAN}[model]
+    monkeypatch.setattr(model_cls, "embed_seen", counted("real", model_cls.embed_seen))
+    monkeypatch.setattr(
+        model_cls, "_synthetic_examples", counted("draw", model_cls._synthetic_examples)
+    )
+    run(tiny, tmp_path / "run", model, True)
+    points = len(json.loads((tmp_path / "run" / "selection.json").read_text())["trials"])
+    # every pass but the test's (one point) fits one classifier per point
+    passes, rest = divmod(calls["fit"] - 1, points)
+    assert passes > 0 and rest == 0
+    assert calls["real"] == weights_per_pass * passes + 1
+    assert calls["draw"] == draws_per_pass * passes + 1
+
+
 def stopped_history(history: list[dict[str, Any]], metric: str, patience: int) -> list[Any]:
     """The prefix of a full-budget ``history`` that early stopping keeps: up to the first
     epoch that is ``patience`` epochs past the best so far (strict improvements)."""
@@ -172,8 +217,6 @@ def test_stacked_best_checkpoint_loads_as_the_model(tiny: TinyXlsa17, tmp_path: 
 
 
 def test_points_share_a_fit_only_when_training_agrees_and_weights_stay_float32() -> None:
-    from zsl.models.classical.ale import ALE
-    from zsl.models.generative.cadavae import CADAVAE
     from zsl.models.generative.segzsl import SEGZSL
 
     def point(ratio: float, lr: float = 1e-3, seed: int = 0) -> dict[str, Any]:

@@ -30,6 +30,8 @@ from zsl.models.classes import ClassSpaceMixin
 from zsl.models.hparams import NON_NEGATIVE_HPARAMS, POSITIVE_HPARAMS, check_common_hparams
 
 __all__ = [
+    "BATCH_MEMO",
+    "MEMO_POINTS",
     "NON_NEGATIVE_HPARAMS",
     "POSITIVE_HPARAMS",
     "LeakageError",
@@ -40,6 +42,10 @@ __all__ = [
 
 #: most scores (rows x classes) an evaluation step holds at once: 2^22 floats, 16 MiB
 SCORE_CHUNK = 1 << 22
+#: the entry of :attr:`ZSLModule.shared_memo` that holds for one validation batch only
+BATCH_MEMO = "batch"
+#: the entry of :attr:`ZSLModule.shared_memo` that lists the points sharing it
+MEMO_POINTS = "points"
 
 
 class ZSLModule(pl.LightningModule, ClassSpaceMixin):
@@ -96,6 +102,11 @@ class ZSLModule(pl.LightningModule, ClassSpaceMixin):
         self.preprocess: str | None = None
         # metric states of the running validation/test pass (outside the module tree)
         self.evaluator: ZSLEvaluator | None = None
+        #: during a validation pass of a shared fit, a dict common to the grid points whose
+        #: weights are the same (:class:`zsl.run.stacked.SharedFit`): work that depends only
+        #: on the weights, the data and the evaluation RNG is done once for all of them (what
+        #: a generative model's second stage embeds and draws, :mod:`zsl.models.generative.base`)
+        self.shared_memo: dict[str, Any] | None = None
         if self.closed_form:
             # the fit happens in training_step with no optimizer and no loss to return, which
             # Lightning accepts under DDP only with manual optimisation

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from zsl.data.types import ZSLBatch, ZSLDataSource
 from zsl.evaluation import Evaluation
-from zsl.models.base import ZSLModule
+from zsl.models.base import BATCH_MEMO, MEMO_POINTS, ZSLModule
 from zsl.run.callbacks import BEST, cloned, evaluation_result
 from zsl.run.selection import improves, patience_spent
 from zsl.run.spec import TrainerSpec
@@ -239,6 +239,18 @@ class StackRecorder(Callback):
 SHARED_PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
 
 
+def _memo_of(
+    own: dict[str, Tensor], memos: list[tuple[dict[str, Tensor], dict[str, Any]]]
+) -> dict[str, Any]:
+    """The memo of the weights ``own`` (a view's own state; empty: the host's), added to
+    ``memos`` if no earlier point has exactly these."""
+    for state, memo in memos:
+        if state.keys() == own.keys() and all(torch.equal(state[k], own[k]) for k in own):
+            return memo
+    memos.append((own, {MEMO_POINTS: []}))
+    return memos[-1][1]
+
+
 def shared_groups(
     model_cls: type[ZSLModule],
     indices: list[int],
@@ -341,12 +353,37 @@ class SharedFit(StackRecorder):
         self._saved_views = state_dict.get("views")
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # (Lightning runs this before the host's own hook: the views' second stages come
+        # first, and with them whatever they leave in the memo for the host)
         assert isinstance(pl_module, ZSLModule)
         state = pl_module.state_dict()
-        for view in self._active_views():
-            view.load_state_dict({**state, **view.own_shared_state(pl_module)})
+        # one memo per distinct set of weights: the host's, and each own state of the views
+        # (f-CLSWGAN's points with the same average decay have the same averages)
+        memos: list[tuple[dict[str, Tensor], dict[str, Any]]] = [({}, {MEMO_POINTS: [pl_module]})]
+        pl_module.shared_memo = memos[0][1]
+        views = self._active_views()
+        for view in views:
+            own = view.own_shared_state(pl_module)
+            view.load_state_dict({**state, **own})
+            view.shared_memo = _memo_of(own, memos)
+            view.shared_memo[MEMO_POINTS].append(view)
+        for view in views:
             view.eval()
             view._start_eval()
+
+    def on_validation_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # what was memoised of the previous batch does not hold for this one
+        for module in (pl_module, *self.views):
+            memo = getattr(module, "shared_memo", None)
+            if memo is not None:
+                memo.pop(BATCH_MEMO, None)
 
     def _active_views(self) -> list[ZSLModule]:
         return [v for v, active in zip(self.views, self.active()[1:], strict=True) if active]
@@ -365,9 +402,11 @@ class SharedFit(StackRecorder):
                 view._eval_step(batch)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert isinstance(pl_module, ZSLModule)
+        for module in (pl_module, *self.views):
+            module.shared_memo = None
         if trainer.sanity_checking:
             return
-        assert isinstance(pl_module, ZSLModule)
         active = self.active()
         evaluations = [evaluation_result(pl_module) if active[0] else None]
         for view, on in zip(self.views, active[1:], strict=True):

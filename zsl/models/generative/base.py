@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, final
 
 import torch
@@ -27,17 +27,15 @@ from zsl.models.base import ZSLModule
 from zsl.models.generative.losses import linear_warmup
 from zsl.models.generative.nets import GeneratorNet, ema_update, feature_kind
 from zsl.models.generative.second_stage import (
+    BasisCache,
     SecondStage,
     add_residuals,
     fit_softmax_classifier,
-    principal_basis,
     within_class_residuals,
 )
+from zsl.models.generative.sharing import other_points, shared_batch_result, shared_result
 
 __all__ = ["GenerativeZSL", "SecondStage", "linear_warmup"]
-
-#: the last ``cls_pca`` basis any model computed: (key, mean, basis)
-_LAST_BASIS: list[tuple[tuple[Any, ...], Tensor, Tensor]] = []
 
 
 class GenerativeZSL(ZSLModule, ABC):
@@ -97,9 +95,9 @@ class GenerativeZSL(ZSLModule, ABC):
             )
         # (weight [E, U], bias [U], universe ids [U]); outside the module tree on purpose
         self._classifier: tuple[Tensor, Tensor, Tensor] | None = None
-        # (key, mean, basis) of the last cls_pca basis: the real seen features of f-CLSWGAN are
-        # the same at every evaluation, so their PCA is computed once
-        self._basis_cache: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
+        # the cls_pca basis: the real seen features of f-CLSWGAN are the same at every
+        # evaluation, so their PCA is computed once
+        self._basis = BasisCache()
 
     @classmethod
     def training_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -214,12 +212,18 @@ class GenerativeZSL(ZSLModule, ABC):
         exactly as this point's own fit would."""
         if not self._own_average(host):
             return
+        if start:
+            self._start_averages(host)
+            return
         for name in self.averaged:
-            average, trained = getattr(self, f"{name}_ema"), getattr(host, name)
-            if start:
-                average.load_state_dict(trained.state_dict())
-            else:
-                ema_update(average, trained, float(self.hp.gen_ema))
+            ema_update(getattr(self, f"{name}_ema"), getattr(host, name), float(self.hp.gen_ema))
+
+    def _start_averages(self, source: nn.Module) -> None:
+        """Set every ``<name>_ema`` average (where there is one) to ``source``'s network."""
+        for name in self.averaged:
+            average = getattr(self, f"{name}_ema", None)
+            if average is not None:
+                average.load_state_dict(getattr(source, name).state_dict())
 
     def own_shared_state(self, host: ZSLModule) -> dict[str, Tensor]:
         """The ``<name>_ema`` entries when this view keeps its own averages."""
@@ -240,10 +244,7 @@ class GenerativeZSL(ZSLModule, ABC):
         first = not bool(self.generator_initialised)
         choice = generator.adapt(features, type(self).__name__, first, kind)
         if first:
-            for name in self.averaged:
-                average = getattr(self, f"{name}_ema", None)
-                if average is not None:
-                    average.load_state_dict(getattr(self, name).state_dict())
+            self._start_averages(self)
             self.generator_initialised.fill_(True)
         return {**choice, "noise_dim": generator.noise_dim}
 
@@ -278,16 +279,30 @@ class GenerativeZSL(ZSLModule, ABC):
         """Train the GZSL softmax classifier on the real seen training examples (from the
         datamodule, through :meth:`embed_seen`) + synthetic unseen ones."""
         gen = self._eval_generator()
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            x, y = self.seen_training_data()
-            real, real_y = self.embed_seen(x, y, gen)
-            residuals = None
-            if self.second_stage.synth_residual is not None:
-                residuals = within_class_residuals(x, y)
-        self.train(was_training)
-        self.train_classifier(real, real_y, gen, residuals, bool((x >= 0).all()))
+        real, real_y, residuals, nonnegative = self._real_examples(gen)
+        self.train_classifier(real, real_y, gen, residuals, nonnegative)
+
+    def _real_examples(self, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+        """The classifier's real seen examples and labels (:meth:`embed_seen`, in eval mode),
+        the features' within-class residuals (with ``synth_residual``) and whether the
+        features are non-negative; once for the points with the same weights in a validation
+        pass of a shared fit (:mod:`zsl.models.generative.sharing`)."""
+
+        def compute() -> tuple[Tensor, Tensor, Tensor | None, bool]:
+            was_training = self.training
+            self.eval()
+            with torch.no_grad():
+                x, y = self.seen_training_data()
+                real, real_y = self.embed_seen(x, y, gen)
+                residuals = None
+                if self.second_stage.synth_residual is not None:
+                    residuals = within_class_residuals(x, y)
+            self.train(was_training)
+            return real, real_y, residuals, bool((x >= 0).all())
+
+        memo = self.shared_memo
+        others = other_points(memo, self, lambda _: True) if memo is not None else 0
+        return shared_result(memo, "real examples", self, gen, compute, others)
 
     @torch.inference_mode(False)
     def train_classifier(
@@ -305,16 +320,20 @@ class GenerativeZSL(ZSLModule, ABC):
         ``residuals`` [N', D] added, kept non-negative if the real features are
         (``nonnegative``), see :meth:`synthesize_unseen`)."""
         stage = self.second_stage
-        synth, synth_y = self._synthetic_examples(real.shape[0], generator, residuals, nonnegative)
+        synth, synth_y = self._shared_synthesis(
+            real.shape[0],
+            generator,
+            lambda: self._synthetic_examples(real.shape[0], generator, residuals, nonnegative),
+        )
         universe = torch.nonzero(self.universe_mask()).squeeze(1)
-        self.check_finite(synth, "synthetic examples")
-        inputs = torch.cat([real, synth]).detach()  # new: the caller's are left as they are
-        del synth
         targets = torch.searchsorted(universe, torch.cat([real_y, synth_y]))
         rank = stage.cls_pca
-        if rank is not None:
+        if rank is None:
+            inputs = torch.cat([real, synth]).detach()  # new: the caller's are left as they are
+        else:  # (x - mean) @ basis, without a centred copy of the examples
             mean, basis = self.classifier_basis(real, int(rank))
-            inputs = (inputs - mean) @ basis
+            inputs = torch.cat([real.detach() @ basis, synth @ basis]).sub_(mean @ basis)
+        del synth
         weight, bias = fit_softmax_classifier(
             inputs,
             targets,
@@ -331,6 +350,44 @@ class GenerativeZSL(ZSLModule, ABC):
             weight = basis @ weight
             bias = bias - mean @ weight
         self._classifier = (weight, bias, universe)
+
+    def _shared_synthesis(
+        self, n_real: int, generator: torch.Generator, draw: Callable[[], tuple[Tensor, Tensor]]
+    ) -> tuple[Tensor, Tensor]:
+        """The synthetic examples ``draw`` returns (from ``generator``, for ``n_real`` real
+        ones), checked finite; once for the points with the same weights and
+        :meth:`synthesis_settings` in a validation pass of a shared fit
+        (:mod:`zsl.models.generative.sharing`)."""
+
+        def compute() -> tuple[Tensor, Tensor]:
+            synth, synth_y = draw()
+            self.check_finite(synth, "synthetic examples")
+            return synth, synth_y
+
+        memo = self.shared_memo
+        mine = self.synthesis_settings()
+        others = 0
+        if memo is not None:
+            others = other_points(
+                memo,
+                self,
+                lambda p: isinstance(p, GenerativeZSL) and p.synthesis_settings() == mine,
+            )
+        key = repr(("synthetic examples", n_real, mine))
+        return shared_result(memo, key, self, generator, compute, others)
+
+    def synthesis_settings(self) -> tuple[Any, ...]:
+        """What the classifier's synthetic examples depend on besides the weights, the data
+        and the RNG: the second stage's counts and residuals, and the
+        :attr:`synthesis_params`."""
+        stage = self.second_stage
+        return (
+            stage.n_synth,
+            stage.synth_ratio,
+            stage.synth_seen,
+            stage.synth_residual,
+            tuple(repr(self.hp.get(name)) for name in self.synthesis_params),
+        )
 
     def _synthetic_examples(
         self,
@@ -400,28 +457,10 @@ class GenerativeZSL(ZSLModule, ABC):
         return self.embed(add_residuals(features, residuals, k, generator, nonnegative))
 
     def classifier_basis(self, real: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """Mean and top-``k`` principal directions of the real seen classifier inputs (cached
-        while the inputs and ``k`` stay the same; the last basis computed by any model is
-        reused too, so the grid points of a shared fit, which embed the same real examples
-        at the same epoch, compute it once)."""
-        key = (
-            tuple(real.shape),
-            str(real.dtype),
-            str(real.device),
-            k,
-            float(real.sum()),
-            float(real.pow(2).sum()),
-            float(real[0].sum()),
-        )
-        cached = self._basis_cache
-        if cached is None or cached[0] != key:
-            last = _LAST_BASIS[0] if _LAST_BASIS else None
-            cached = (
-                last if last is not None and last[0] == key else (key, *principal_basis(real, k))
-            )
-            self._basis_cache = cached
-            _LAST_BASIS[:] = [cached]
-        return cached[1], cached[2]
+        """Mean and top-``k`` principal directions of the real seen classifier inputs
+        (:class:`~zsl.models.generative.second_stage.BasisCache`: computed once while the
+        inputs and ``k`` stay the same, and once for the grid points of a shared fit)."""
+        return self._basis.get(real, k)
 
     def n_synth_per_class(self, n_real_seen: int) -> int:
         """Synthetic examples per unseen class (:meth:`SecondStage.n_unseen_examples`)."""
@@ -450,7 +489,12 @@ class GenerativeZSL(ZSLModule, ABC):
                 f"{tuple(self.semantics.shape)}, got semantics {tuple(class_semantics.shape)}"
             )
         weight, bias, universe = self._classifier
-        logp = torch.log_softmax(torch.addmm(bias, self.embed(features), weight), dim=1)
+        logp = torch.log_softmax(torch.addmm(bias, self._embedded(features), weight), dim=1)
         out = logp.new_full((features.shape[0], self.n_classes), float("-inf"))
         out[:, universe] = logp
         return out
+
+    def _embedded(self, features: Tensor) -> Tensor:
+        """:meth:`embed` of evaluation ``features``; in a validation pass of a shared fit, once
+        per batch for the points with the same weights."""
+        return shared_batch_result(self.shared_memo, features, self.embed)

@@ -1,0 +1,86 @@
+"""Evaluation work shared by the grid points of one shared fit (:class:`zsl.run.stacked.SharedFit`).
+
+In a validation pass of a shared fit, every point takes the host's weights (and its own
+generator averages, if it keeps any) and trains its own second-stage classifier. What the
+classifier is trained on is often the same for several of them: points with the same weights
+embed the same real seen examples and the same evaluation batches, and those that also agree on
+the synthetic counts and the model's synthesis parameters draw the same synthetic examples from
+the same evaluation RNG. The points with the same weights share one dict,
+:attr:`zsl.models.base.ZSLModule.shared_memo`, for the pass; the first point to need a result
+computes it and leaves it there, with the RNG state and the buffers the computation left, and
+the others take all three, so that each point's classifier -- and history -- is exactly the one
+it would have computed alone (``tests/unit/test_stacked.py`` compares them float for float).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from zsl.models.base import BATCH_MEMO, MEMO_POINTS
+
+__all__ = ["other_points", "shared_batch_result", "shared_result"]
+
+T = TypeVar("T")
+
+
+def other_points(memo: dict[str, Any], module: nn.Module, alike: Callable[[Any], bool]) -> int:
+    """How many points of ``memo`` besides ``module`` satisfy ``alike``."""
+    return sum(1 for point in memo.get(MEMO_POINTS, ()) if point is not module and alike(point))
+
+
+def shared_result(
+    memo: dict[str, Any] | None,
+    key: str,
+    module: nn.Module,
+    generator: torch.Generator,
+    compute: Callable[[], T],
+    others: int,
+) -> T:
+    """``compute()``, which draws from ``generator`` and may set ``module``'s buffers. With a
+    ``memo``: the first call leaves the result there for ``others`` more points, which take
+    it with the generator state and buffers it left (the last of them removes it)."""
+    if memo is None:
+        return compute()
+    saved = memo.get(key)
+    if saved is None:
+        value = compute()
+        if others > 0:
+            buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+            memo[key] = (value, generator.get_state(), buffers, others)
+        return value
+    value, state, buffers, left = saved
+    generator.set_state(state)
+    for name, buffer in module.named_buffers():
+        buffer.copy_(buffers[name])
+    if left > 1:
+        memo[key] = (value, state, buffers, left - 1)
+    else:
+        del memo[key]
+    return value  # type: ignore[no-any-return]
+
+
+def shared_batch_result(
+    memo: dict[str, Any] | None, rows: Tensor, compute: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """``compute(rows)`` of rows of the current evaluation batch, once per ``memo`` (each
+    point's pass splits the batch anew, so the rows are matched by their memory; holding
+    them keeps that memory theirs until the next batch clears the entry)."""
+    if memo is None:
+        return compute(rows)
+    done: list[tuple[Tensor, Tensor]] = memo.setdefault(BATCH_MEMO, [])
+    for seen, result in done:
+        if (
+            seen.data_ptr() == rows.data_ptr()
+            and seen.shape == rows.shape
+            and seen.stride() == rows.stride()
+            and seen.dtype == rows.dtype
+            and seen.device == rows.device
+        ):
+            return result
+    result = compute(rows)
+    done.append((rows, result))
+    return result
