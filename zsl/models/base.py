@@ -304,7 +304,10 @@ class ZSLModule(pl.LightningModule, ClassSpaceMixin):
         result = self.evaluator.compute(gamma, choose_gamma=stage == "val")
         for key, value in result.metrics.items():
             if not math.isnan(value):
-                self.log(f"{stage}/{key}", value, prog_bar=key in ("zsl_t1", "gzsl_h"))
+                # one value per pass: batch_size only spares Lightning inferring it
+                self.log(
+                    f"{stage}/{key}", value, prog_bar=key in ("zsl_t1", "gzsl_h"), batch_size=1
+                )
         return result
 
     def on_validation_epoch_start(self) -> None:

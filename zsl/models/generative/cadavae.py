@@ -216,7 +216,10 @@ class CADAVAE(GenerativeZSL):
             + w["distance"] * terms["distance"]
         )
         self.log_dict(
-            {f"train/{k}": v.detach() for k, v in terms.items()}, on_step=False, on_epoch=True
+            {f"train/{k}": v.detach() for k, v in terms.items()},
+            on_step=False,
+            on_epoch=True,
+            batch_size=int(batch.labels.numel()),  # not inferred by walking the batch
         )
         return loss
 

@@ -219,6 +219,7 @@ class CLSWGAN(GenerativeZSL):
             {f"train/{k}": v for k, v in losses.items() if k != "generator_loss"},
             on_step=False,
             on_epoch=True,
+            batch_size=int(batch.labels.numel()),  # not inferred by walking the batch
         )
         return losses["generator_loss"]
 

@@ -39,8 +39,11 @@ def gradient_penalty(
     (``create_graph=True``), so it can be back-propagated as part of the critic loss."""
     if alpha is None:
         alpha = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype)
-    interpolates = (alpha * real + (1.0 - alpha) * fake).detach().requires_grad_(True)
+    leaf = (alpha * real + (1.0 - alpha) * fake).detach().requires_grad_(True)
     with torch.enable_grad():
+        # the gradient is taken at a view of the leaf: the same numbers, and it also runs
+        # under torch.utils.flop_counter.FlopCounterMode, which refuses a leaf here
+        interpolates = leaf.view_as(leaf)
         out = critic(interpolates, semantics)
         (grad,) = torch.autograd.grad(out.sum(), interpolates, create_graph=True)
     return ((grad.norm(2, dim=1) - 1.0) ** 2).mean()

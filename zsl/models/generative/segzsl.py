@@ -207,5 +207,6 @@ class SEGZSL(GenerativeZSL):
             },
             on_step=False,
             on_epoch=True,
+            batch_size=int(batch.labels.numel()),  # not inferred by walking the batch
         )
         return loss.detach()

@@ -257,6 +257,7 @@ class VAEGANBase(GenerativeZSL):
             },
             on_step=False,
             on_epoch=True,
+            batch_size=int(batch.labels.numel()),  # not inferred by walking the batch
         )
         return loss.detach()
 
