@@ -459,8 +459,15 @@ class GenerativeZSL(ZSLModule, ABC):
     def classifier_basis(self, real: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Mean and top-``k`` principal directions of the real seen classifier inputs
         (:class:`~zsl.models.generative.second_stage.BasisCache`: computed once while the
-        inputs and ``k`` stay the same, and once for the grid points of a shared fit)."""
-        return self._basis.get(real, k)
+        inputs and ``k`` stay the same); in a validation pass of a shared fit, once for the
+        points with the same weights, which share their real examples too."""
+        memo = self.shared_memo
+        if memo is None:
+            return self._basis.get(real, k)
+        basis: tuple[Tensor, Tensor] | None = memo.get(f"basis {k}")
+        if basis is None:
+            basis = memo[f"basis {k}"] = self._basis.get(real, k)
+        return basis
 
     def n_synth_per_class(self, n_real_seen: int) -> int:
         """Synthetic examples per unseen class (:meth:`SecondStage.n_unseen_examples`)."""

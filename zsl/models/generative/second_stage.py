@@ -73,7 +73,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -326,11 +326,7 @@ def principal_basis(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 class BasisCache:
     """:func:`principal_basis` of classifier inputs, computed again only when the inputs or
-    ``k`` change (a fingerprint of shape, dtype, device and sums). The last basis of any cache
-    is also kept for the class: the grid points of a shared fit embed the same real examples
-    at the same epoch, so one computes it and the others reuse it."""
-
-    _last: ClassVar[list[tuple[tuple[Any, ...], Tensor, Tensor]]] = []
+    ``k`` change (a fingerprint of shape, dtype, device and sums)."""
 
     def __init__(self) -> None:
         #: (key, mean, basis) of this cache's last basis
@@ -352,10 +348,6 @@ class BasisCache:
     def get(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Mean [E] and top-``k`` principal directions [E, k] of the rows of ``x``."""
         key = self.key(x, k)
-        entry = self.entry
-        if entry is None or entry[0] != key:
-            last = self._last[0] if self._last else None
-            entry = last if last is not None and last[0] == key else (key, *principal_basis(x, k))
-            self.entry = entry
-            BasisCache._last[:] = [entry]
-        return entry[1], entry[2]
+        if self.entry is None or self.entry[0] != key:
+            self.entry = (key, *principal_basis(x, k))
+        return self.entry[1], self.entry[2]
