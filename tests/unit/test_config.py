@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
@@ -195,10 +197,12 @@ def test_trainer_max_epochs_follows_model() -> None:
         ("+model.search.transfer=batches", "model.search.transfer must be 'epochs' or 'steps'"),
         ("++model.search.patience=0", "model.search.patience must be an integer >= 1 or null"),
         ("++model.search.patience=2.5", "model.search.patience: expected an integer"),
+        ("++model.search.validate_from=1.0", "validate_from must be a number in [0, 1)"),
+        ("++model.search.validate_from=-0.1", "validate_from must be a number in [0, 1)"),
     ],
 )
 def test_bad_values_fail(override: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         compose_spec([override])
 
 

@@ -8,6 +8,7 @@ contracts every generator shares are in ``test_family_generative.py``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from families import (
 )
 from torch.func import functional_call
 
+from zsl.data.types import ZSLBatch
 from zsl.models import get_model_class
 from zsl.models.generative.cadavae import CADAVAE, gaussian_kl, gaussian_w2, within_class_std
 from zsl.models.generative.clswgan import CLSWGAN
@@ -38,10 +40,12 @@ from zsl.models.generative.nets import (
     ema_update,
 )
 from zsl.models.generative.second_stage import (
+    SoftmaxFit,
     fit_softmax_classifier,
     principal_basis,
     within_class_residuals,
 )
+from zsl.models.generative.sharing import shared_fit
 from zsl.reporting.plots import plot_feature_projection, plot_seen_unseen_curve
 
 GENERATORS = generative_models()
@@ -310,6 +314,69 @@ def test_fit_softmax_classifier_max_steps_counts_updates() -> None:
             model_class(name)(4, 3, 5, **tiny_params(name, cls_steps=0))
 
 
+def test_a_softmax_fit_continues_as_one_longer_fit() -> None:
+    """SoftmaxFit's updates do not depend on how many are taken: 10 then 13 updates (across a
+    pass boundary of ceil(90 / 16) = 6) are the 23 of one fit, and a copy continues
+    independently of the fit it was copied from."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(90, 5, generator=gen) + torch.arange(3).repeat_interleave(30)[:, None]
+    y = torch.arange(3).repeat_interleave(30)
+
+    def new_fit() -> SoftmaxFit:
+        return SoftmaxFit(x, y, 3, 0.1, 16, 0.01, torch.Generator().manual_seed(1))
+
+    whole = new_fit()
+    whole.run(23)
+    parts = new_fit()
+    parts.run(10)
+    assert parts.generator is not None
+    state = parts.generator.get_state()
+    branch = parts.copy(torch.Generator().manual_seed(5))
+    assert branch.generator is not None
+    branch.generator.set_state(state)
+    parts.run(13)
+    branch.run(13)
+    for fit in (parts, branch):
+        assert fit.done == 23
+        assert all(torch.equal(a, b) for a, b in zip(fit.result(), whole.result(), strict=True))
+    w, b = fit_softmax_classifier(x, y, 3, 99, 0.1, 16, 0.01, torch.Generator().manual_seed(1), 23)
+    assert torch.equal(w, whole.result()[0]) and torch.equal(b, whole.result()[1])
+    shorter = new_fit()
+    shorter.run(22)
+    assert not torch.equal(shorter.result()[0], whole.result()[0])
+
+
+def test_points_sharing_a_classifier_fit_get_their_own_in_any_order() -> None:
+    """shared_fit (the classifiers of a shared fit's points that differ only in their number
+    of updates): longer, equal and shorter points in any order each get the classifier and
+    the generator state of their own separate fit, from one fit, and nothing is left behind."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(90, 5, generator=gen) + torch.arange(3).repeat_interleave(30)[:, None]
+    y = torch.arange(3).repeat_interleave(30)
+    counts = [9, 4, 13, 4]  # a longer one first, then a shorter, a longer, an equal one
+    memo: dict[str, Any] = {}
+    fitted: set[int] = set()
+    started = []
+    for i, steps in enumerate(counts):
+        point_gen = torch.Generator().manual_seed(1)
+        fitted.add(i)
+
+        def new_fit(g: torch.Generator = point_gen) -> SoftmaxFit:
+            started.append(1)
+            return SoftmaxFit(x, y, 3, 0.1, 16, 0.01, g)
+
+        def pending() -> list[int]:
+            return [c for j, c in enumerate(counts) if j not in fitted]
+
+        w, b = shared_fit(memo, "classifier", steps, point_gen, new_fit, pending)
+        alone = SoftmaxFit(x, y, 3, 0.1, 16, 0.01, torch.Generator().manual_seed(1))
+        alone.run(steps)
+        assert torch.equal(w, alone.result()[0]) and torch.equal(b, alone.result()[1])
+        assert alone.generator is not None
+        assert torch.equal(point_gen.get_state(), alone.generator.get_state())
+    assert len(started) == 1 and memo == {}
+
+
 def test_within_class_residuals_match_numpy() -> None:
     rng = np.random.default_rng(0)
     labels = np.array([7, 3, 7, 9, 3, 3, 9])
@@ -403,6 +470,39 @@ def test_loss_helpers_match_closed_forms() -> None:
     torch.testing.assert_close(gaussian_w2(mu1, lv1, mu2, lv2), w2)
     assert linear_warmup(5, 6, 22) == 0.0 and linear_warmup(14, 6, 22) == 0.5
     assert linear_warmup(30, 6, 22) == 1.0
+
+
+def test_cadavae_leaves_out_the_cross_term_exactly_while_its_weight_is_zero(tiny) -> None:
+    """Before the cross-reconstruction warm-up starts, training_loss skips the term (a second
+    feature-decoder pass): the loss and every gradient are those of the full sum with the
+    term at weight 0, bit for bit."""
+    dm = datamodule(tiny, batch_size=16)
+    model = build("cadavae", dm)
+    x, labels = dm.train_x[:16], dm.train_y[:16]
+    local = torch.searchsorted(model.seen_ids, labels)
+    seen = model.seen_semantics()
+    w = model.loss_weights(0)
+    assert w["cross"] == 0.0 and w["beta"] == 0.0
+
+    def gradients(loss: torch.Tensor) -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    torch.manual_seed(3)
+    terms = model.vae_losses(x * model.feature_scale, seen[local] * model.semantic_scale)
+    full = terms["recon"] + w["beta"] * terms["kl"] + w["cross"] * terms["cross"]
+    full = full + w["distance"] * terms["distance"]
+    torch.manual_seed(3)
+    calls: list[int] = []
+    hook = model.feature_decoder.register_forward_hook(lambda *_: calls.append(1))
+    skipped = model.training_loss(ZSLBatch(x, labels), local, seen)
+    hook.remove()
+    assert len(calls) == 1  # the cross term's decoder pass is left out
+    assert torch.equal(full.detach(), skipped.detach())
+    expected, got = gradients(full), gradients(skipped)
+    assert len(expected) == len(got) > 0
+    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
 
 
 def test_model_classes_are_registered() -> None:

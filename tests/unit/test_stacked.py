@@ -131,10 +131,12 @@ def test_stacked_selection_equals_separate_fits(
 
 
 @pytest.mark.parametrize(
-    ("model", "weights_per_pass", "draws_per_pass"),
-    # CADA-VAE: 6 points with the host's weights, 3 distinct unseen_spread; f-CLSWGAN: 4
-    # points, two generator averages (gen_ema), cls_pca used whole on the tiny features
-    [("cadavae", 1, 3), ("clswgan", 2, 2)],
+    ("model", "weights_per_pass", "draws_per_pass", "classifiers_per_pass"),
+    # CADA-VAE: 6 points with the host's weights, 3 distinct unseen_spread, each with a 2- and
+    # a 3-epoch classifier (one sequence of updates); f-CLSWGAN: 4 points, two generator
+    # averages (gen_ema), two cls_pca that are both "use the features whole" on the tiny
+    # features (one classifier per average)
+    [("cadavae", 1, 3, 3), ("clswgan", 2, 2, 2)],
 )
 def test_a_shared_fit_embeds_and_draws_once_per_weights_and_settings(
     tiny: TinyXlsa17,
@@ -143,11 +145,12 @@ def test_a_shared_fit_embeds_and_draws_once_per_weights_and_settings(
     model: str,
     weights_per_pass: int,
     draws_per_pass: int,
+    classifiers_per_pass: int,
 ) -> None:
     """In a validation pass of a shared fit, the points with the same weights embed the real
-    seen examples once, and those with the same synthesis settings draw their synthetic
-    examples once (every point still trains its own classifier); the equality of the results
-    with separate fits is the test above."""
+    seen examples once, those with the same synthesis settings draw their synthetic examples
+    once, and classifiers that differ only in their number of updates are one sequence of
+    updates; the equality of the results with separate fits is the test above."""
     calls = {"fit": 0, "real": 0, "draw": 0}
 
     def counted(name: str, original: Any) -> Any:
@@ -157,17 +160,19 @@ def test_a_shared_fit_embeds_and_draws_once_per_weights_and_settings(
 
         return wrapper
 
-    monkeypatch.setattr(base, "fit_softmax_classifier", counted("fit", base.fit_softmax_classifier))
+    # the second stage's classifiers (f-CLSWGAN's pre-trained one is not counted)
+    monkeypatch.setattr(base, "SoftmaxFit", counted("fit", base.SoftmaxFit))
     model_cls = {"cadavae": CADAVAE, "clswgan": CLSWGAN}[model]
     monkeypatch.setattr(model_cls, "embed_seen", counted("real", model_cls.embed_seen))
     monkeypatch.setattr(
         model_cls, "_synthetic_examples", counted("draw", model_cls._synthetic_examples)
     )
     run(tiny, tmp_path / "run", model, True)
-    points = len(json.loads((tmp_path / "run" / "selection.json").read_text())["trials"])
-    # every pass but the test's (one point) fits one classifier per point
-    passes, rest = divmod(calls["fit"] - 1, points)
-    assert passes > 0 and rest == 0
+    trials = json.loads((tmp_path / "run" / "selection.json").read_text())["trials"]
+    passes = len(trials[0]["history"])
+    assert passes > 0 and all(len(t["history"]) == passes for t in trials)
+    # every validation pass, then the test's (one point)
+    assert calls["fit"] == classifiers_per_pass * passes + 1
     assert calls["real"] == weights_per_pass * passes + 1
     assert calls["draw"] == draws_per_pass * passes + 1
 
@@ -294,3 +299,28 @@ def test_a_fit_resumed_after_its_early_stop_trains_no_further(
     for metrics in (first, again):
         metrics.pop("wall_time_s"), metrics.pop("cpu_time_s"), metrics.pop("provenance")
     assert again == first
+
+
+@pytest.mark.parametrize(("model", "stack"), [("ale", True), ("cadavae", True), ("segzsl", False)])
+def test_validation_from_skips_early_epochs_and_trains_the_same(
+    tiny: TinyXlsa17, tmp_path: Path, model: str, stack: bool
+) -> None:
+    """``model.search.validate_from`` only removes the early validation passes: every point's
+    history is the every-epoch history from the first validated epoch on (training does not
+    depend on evaluation), for separate, stacked and shared fits."""
+    epochs = 4
+    whole_budget, start = "++model.search.patience=null", "++model.search.validate_from"
+    full = run(tiny, tmp_path / "full", model, stack, f"{start}=0", whole_budget)
+    late = run(tiny, tmp_path / "late", model, stack, f"{start}=0.4", whole_budget)
+    sel = {
+        name: without_times(json.loads((tmp_path / name / "selection.json").read_text()))
+        for name in ("full", "late")
+    }
+    first = 2  # ceil(0.4 * 4)
+    for whole, later in zip(sel["full"]["trials"], sel["late"]["trials"], strict=True):
+        assert [e["epoch"] for e in later["history"]] == list(range(first, epochs + 1))
+        assert later["history"] == [e for e in whole["history"] if e["epoch"] >= first]
+    if sel["full"]["best"]["epochs"] >= first:  # the same choice: the same final fit and test
+        for metrics in (full, late):
+            metrics.pop("wall_time_s"), metrics.pop("cpu_time_s"), metrics.pop("provenance")
+        assert full == late

@@ -66,6 +66,33 @@ class EvaluationRecorder(Callback):
         self.history = [dict(entry) for entry in state_dict.get("history", [])]
 
 
+class ValidationStart(Callback):
+    """No validation pass before epoch ``first_epoch`` (1-based; ``model.search.validate_from``):
+    a generator's evaluation synthesises and fits a classifier, and its early epochs are never
+    the selected ones.
+
+    Training is the same as with every epoch validated, so the histories are the every-epoch
+    ones from ``first_epoch`` on: evaluation draws from its own seeded RNG, and the one number
+    a validation pass takes from the global RNG (the base seed of its DataLoader iterator) is
+    drawn at the end of each skipped epoch as well."""
+
+    #: a validation interval no epoch number reaches (Lightning validates when it divides)
+    _NEVER = 2**31 - 1
+
+    def __init__(self, first_epoch: int) -> None:
+        self.first_epoch = int(first_epoch)
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        return trainer.current_epoch + 1 >= self.first_epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.check_val_every_n_epoch = 1 if self._due(trainer) else self._NEVER
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._due(trainer):
+            torch.empty((), dtype=torch.int64).random_()  # the skipped pass's base seed
+
+
 class EarlyStop(Callback):
     """Stops a validation fit once ``val/<metric>`` has not strictly improved for ``patience``
     validation epochs (``model.search.patience``); the history up to there is the fit's. A

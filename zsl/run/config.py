@@ -104,7 +104,8 @@ def validate(spec: RunSpec) -> None:
 
 
 def _check_search(model: ModelSpec) -> None:
-    """``model.search``: metric, transfer rule, patience and the grid's keys and values."""
+    """``model.search``: metric, transfer rule, patience, validation start and the grid's keys
+    and values."""
     search = model.search
     if search.metric not in ("zsl_t1", "gzsl_h", "gzsl_h_cal"):
         raise ConfigError("model.search.metric must be zsl_t1, gzsl_h or gzsl_h_cal")
@@ -119,6 +120,9 @@ def _check_search(model: ModelSpec) -> None:
         raise ConfigError(
             f"model.search.patience must be an integer >= 1 or null, got {patience!r}"
         )
+    start = search.validate_from
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start < 1:
+        raise ConfigError(f"model.search.validate_from must be a number in [0, 1), got {start!r}")
     check_folds(search.folds)
     for key, values in search.grid.items():
         default = _lookup(model.params, key)

@@ -38,9 +38,10 @@ from zsl.run.callbacks import (
     FitCheckpoints,
     ProjectionPlot,
     RngState,
+    ValidationStart,
 )
 from zsl.run.folds import fold_data
-from zsl.run.selection import ValFit
+from zsl.run.selection import ValFit, first_validated_epoch
 from zsl.run.spec import RunSpec
 from zsl.run.stacked import GridStack, SharedFit, StackRecorder
 from zsl.run.store import (
@@ -138,8 +139,12 @@ class Session:
         )
 
     def _validation_trainer(self, logger: Logger | bool, callbacks: list[Callback]) -> pl.Trainer:
-        """A trainer for a fit on the val protocol: the configured epochs, validated each."""
+        """A trainer for a fit on the val protocol: the configured epochs, each validated from
+        the first of ``model.search.validate_from`` on."""
         max_epochs = int(self.spec.trainer.max_epochs)
+        start = first_validated_epoch(self.spec.model.search.validate_from, max_epochs)
+        if start > 1:
+            callbacks = [*callbacks, ValidationStart(start)]
         return make_trainer(
             self.spec.trainer,
             self.model_cls,

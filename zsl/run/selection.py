@@ -11,6 +11,7 @@ validation histories here; the run store (:mod:`zsl.run.store`) records them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,15 @@ def patience_spent(wait: int, patience: int | None) -> bool:
     return patience is not None and wait >= patience
 
 
+def first_validated_epoch(validate_from: float, max_epochs: int) -> int:
+    """The first epoch (1-based) a validation fit of ``max_epochs`` evaluates under
+    ``model.search.validate_from``: ``ceil(validate_from * max_epochs)``, at least 1 and at
+    most ``max_epochs`` (the last epoch is always evaluated)."""
+    if not 0.0 <= validate_from < 1.0:
+        raise ValueError(f"validate_from must be in [0, 1), got {validate_from!r}")
+    return min(max(1, math.ceil(validate_from * max_epochs)), max(1, max_epochs))
+
+
 def transfer_epochs(epochs: int, val_batches: int, trainval_batches: int, rule: str) -> int:
     """Epochs of the final trainval fit for ``epochs`` selected on the val protocol.
 
@@ -134,7 +144,7 @@ def make_trial(
         fit.history,
         fit.seconds,
         checkpoint,
-        epoch_cap=select_epochs and several and epochs == len(values),
+        epoch_cap=select_epochs and several and epochs == int(fit.history[-1]["epoch"]),
         flat=several and max(values) == min(values),
     )
 

@@ -100,6 +100,9 @@ class SearchSpec:
     transfer: str = "epochs"
     #: validation epochs without a strict improvement after which a point stops (None: never)
     patience: int | None = None
+    #: the share of ``max_epochs`` trained before the first validation pass (0: validate every
+    #: epoch); earlier epochs are neither evaluated nor selectable (:func:`first_validated_epoch`)
+    validate_from: float = 0.0
     #: ``dotted parameter -> values``; the grid is their product
     grid: dict[str, list[Any]] = field(default_factory=dict)
     #: class-wise folds of the seen classes that selection averages over (1: the files' one

@@ -23,17 +23,23 @@ import torch
 from torch import Tensor, nn
 
 from zsl.data.types import ZSLBatch
-from zsl.models.base import ZSLModule
+from zsl.models.base import MEMO_POINTS, ZSLModule
 from zsl.models.generative.losses import linear_warmup
 from zsl.models.generative.nets import GeneratorNet, ema_update, feature_kind
 from zsl.models.generative.second_stage import (
     BasisCache,
     SecondStage,
+    SoftmaxFit,
     add_residuals,
-    fit_softmax_classifier,
+    classifier_steps,
     within_class_residuals,
 )
-from zsl.models.generative.sharing import other_points, shared_batch_result, shared_result
+from zsl.models.generative.sharing import (
+    other_points,
+    shared_batch_result,
+    shared_fit,
+    shared_result,
+)
 
 __all__ = ["GenerativeZSL", "SecondStage", "linear_warmup"]
 
@@ -334,22 +340,70 @@ class GenerativeZSL(ZSLModule, ABC):
             mean, basis = self.classifier_basis(real, int(rank))
             inputs = torch.cat([real.detach() @ basis, synth @ basis]).sub_(mean @ basis)
         del synth
-        weight, bias = fit_softmax_classifier(
-            inputs,
-            targets,
-            universe.numel(),
-            stage.cls_epochs,
-            stage.cls_lr,
-            stage.cls_batch_size,
-            stage.cls_weight_decay,
-            generator,
-            stage.cls_steps,
-            stage.cls_min_steps,
-        )
+        weight, bias = self._shared_classifier(inputs, targets, universe.numel(), generator)
         if rank is not None:  # fold the projection in: (x - mean) @ basis @ w + b
             weight = basis @ weight
             bias = bias - mean @ weight
         self._classifier = (weight, bias, universe)
+
+    def _shared_classifier(
+        self, inputs: Tensor, targets: Tensor, n_out: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """The softmax classifier (:func:`fit_softmax_classifier`) on ``inputs``. In a
+        validation pass of a shared fit, points whose classifiers differ at most in their
+        number of updates train one sequence of updates (:func:`shared_fit`; CADA-VAE's
+        ``cls_epochs`` grid)."""
+        stage, n = self.second_stage, inputs.shape[0]
+        steps, mine = self.classifier_steps(n), self.classifier_settings()
+        memo = self.shared_memo
+        key = repr(("classifier", mine))
+        fitted: set[int] = memo.setdefault(f"{key} fitted", set()) if memo is not None else set()
+        fitted.add(id(self))
+
+        def pending() -> list[int]:  # the update counts of the points still to come
+            if memo is None:
+                return []
+            return [
+                p.classifier_steps(n)
+                for p in memo.get(MEMO_POINTS, ())
+                if isinstance(p, GenerativeZSL)
+                and id(p) not in fitted
+                and p.classifier_settings() == mine
+            ]
+
+        def new_fit() -> SoftmaxFit:
+            return SoftmaxFit(
+                inputs,
+                targets,
+                n_out,
+                stage.cls_lr,
+                stage.cls_batch_size,
+                stage.cls_weight_decay,
+                generator,
+            )
+
+        return shared_fit(memo, key, steps, generator, new_fit, pending)
+
+    def classifier_settings(self) -> tuple[Any, ...]:
+        """What the classifier's updates depend on besides their number (the examples: the
+        :meth:`synthesis_settings` and the projection; the optimiser; the evaluation seed)."""
+        stage = self.second_stage
+        return (
+            self.synthesis_settings(),
+            stage.cls_pca,
+            stage.cls_lr,
+            stage.cls_batch_size,
+            stage.cls_weight_decay,
+            stage.eval_seed,
+        )
+
+    def classifier_steps(self, n: int) -> int:
+        """The classifier's updates on ``n`` examples (``cls_epochs``, ``cls_steps``,
+        ``cls_min_steps``)."""
+        stage = self.second_stage
+        return classifier_steps(
+            n, stage.cls_epochs, stage.cls_batch_size, stage.cls_steps, stage.cls_min_steps
+        )
 
     def _shared_synthesis(
         self, n_real: int, generator: torch.Generator, draw: Callable[[], tuple[Tensor, Tensor]]

@@ -182,39 +182,44 @@ class CADAVAE(GenerativeZSL):
             "distance": ramp(hp.distance_factor, hp.distance_warmup),
         }
 
-    def vae_losses(self, features: Tensor, semantics: Tensor) -> dict[str, Tensor]:
-        """The batch means of every CADA-VAE term (unweighted); inputs already scaled."""
+    def vae_losses(
+        self, features: Tensor, semantics: Tensor, with_cross: bool = True
+    ) -> dict[str, Tensor]:
+        """The batch means of every CADA-VAE term (unweighted); inputs already scaled.
+        ``with_cross=False`` leaves out the cross-reconstruction (``cross``), which costs a
+        second pass through the feature decoder."""
         mu_x, logvar_x = self.feature_encoder(features)
         mu_a, logvar_a = self.attribute_encoder(semantics)
         z_x, z_a = reparameterize(mu_x, logvar_x), reparameterize(mu_a, logvar_a)
         recon = l1_rows(self.feature_decoder(z_x), features) + l1_rows(
             self.attribute_decoder(z_a), semantics
         )
-        cross = l1_rows(self.feature_decoder(z_a), features) + l1_rows(
-            self.attribute_decoder(z_x), semantics
-        )
         kl = gaussian_kl(mu_x, logvar_x) + gaussian_kl(mu_a, logvar_a)
         distance = gaussian_w2(mu_x, logvar_x, mu_a, logvar_a)
-        return {
-            "recon": recon.mean(),
-            "kl": kl.mean(),
-            "cross": cross.mean(),
-            "distance": distance.mean(),
-        }
+        terms = {"recon": recon.mean(), "kl": kl.mean(), "distance": distance.mean()}
+        if with_cross:
+            cross = l1_rows(self.feature_decoder(z_a), features) + l1_rows(
+                self.attribute_decoder(z_x), semantics
+            )
+            terms["cross"] = cross.mean()
+        return terms
 
     def training_loss(
         self, batch: ZSLBatch, local_labels: Tensor, seen_semantics: Tensor
     ) -> Tensor:
-        terms = self.vae_losses(
-            batch.features * self.feature_scale, seen_semantics[local_labels] * self.semantic_scale
-        )
+        """The weighted sum of :meth:`vae_losses` at the epoch's warm-up weights. While the
+        cross-reconstruction weight is still 0 (the first ``cross_warmup[0] * warmup_scale``
+        epochs) the term is not computed: it would add exact zeros to the loss and gradients."""
         w = self.loss_weights(self.current_epoch)
-        loss = (
-            terms["recon"]
-            + w["beta"] * terms["kl"]
-            + w["cross"] * terms["cross"]
-            + w["distance"] * terms["distance"]
+        terms = self.vae_losses(
+            batch.features * self.feature_scale,
+            seen_semantics[local_labels] * self.semantic_scale,
+            with_cross=w["cross"] != 0.0,
         )
+        loss = terms["recon"] + w["beta"] * terms["kl"]
+        if "cross" in terms:
+            loss = loss + w["cross"] * terms["cross"]
+        loss = loss + w["distance"] * terms["distance"]
         self.log_dict(
             {f"train/{k}": v.detach() for k, v in terms.items()},
             on_step=False,

@@ -69,6 +69,7 @@ the class space and the seen training features the model was bound to.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Mapping
@@ -221,30 +222,83 @@ def fit_softmax_classifier(
     at every pass), so the training budget does not grow with the size of the training set;
     ``min_steps`` (optional) is a floor on the number of updates (more passes over a small set).
     """
-    n, dim = x.shape
-    scale = 1.0 / float(x.abs().sum(dim=1).mean().clamp_min(1e-12))
-    weight = torch.zeros(dim, n_out, device=x.device, dtype=x.dtype)
-    bias = torch.zeros(n_out, device=x.device, dtype=x.dtype)
-    step = _AdamStep([weight, bias], lr, (0.5, 0.999), weight_decay)
-    grads = [torch.zeros_like(weight), torch.zeros_like(bias)]
-    device = generator.device if generator is not None else x.device
+    fit = SoftmaxFit(x, y, n_out, lr, batch_size, weight_decay, generator)
+    fit.run(classifier_steps(x.shape[0], epochs, batch_size, max_steps, min_steps))
+    return fit.result()
+
+
+def classifier_steps(
+    n: int, epochs: int, batch_size: int, max_steps: int | None, min_steps: int | None
+) -> int:
+    """The updates :func:`fit_softmax_classifier` takes on ``n`` examples."""
     steps = epochs * -(-n // batch_size) if max_steps is None else max_steps
-    steps = max(steps, min_steps or 0)
-    with torch.no_grad():
-        while steps > 0:
-            order = torch.randperm(n, generator=generator, device=device).to(x.device)
-            for idx in order.split(batch_size)[:steps]:
-                # the gradient of the batch's mean cross-entropy, without autograd's
-                # bookkeeping: d/dlogits = (softmax - one-hot) / batch
-                inputs = x[idx].mul_(scale)
-                grad = torch.softmax(torch.addmm(bias, inputs, weight), dim=1)
+    return max(steps, min_steps or 0)
+
+
+class SoftmaxFit:
+    """The state of a :func:`fit_softmax_classifier` fit, which :meth:`run` advances by a
+    number of updates. The updates are a sequence that does not depend on how many are
+    taken: ``run(a)`` then ``run(b)`` is ``run(a + b)``, so a classifier trained for more
+    steps on the same examples can continue a shorter one (:meth:`copy` keeps the shorter
+    one's state)."""
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        n_out: int,
+        lr: float,
+        batch_size: int,
+        weight_decay: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.x, self.y, self.batch_size, self.generator = x, y, int(batch_size), generator
+        dim = x.shape[1]
+        self.scale = 1.0 / float(x.abs().sum(dim=1).mean().clamp_min(1e-12))
+        self.weight = torch.zeros(dim, n_out, device=x.device, dtype=x.dtype)
+        self.bias = torch.zeros(n_out, device=x.device, dtype=x.dtype)
+        self.step = _AdamStep([self.weight, self.bias], lr, (0.5, 0.999), weight_decay)
+        self.grads = [torch.zeros_like(self.weight), torch.zeros_like(self.bias)]
+        #: the batches left of the current pass over the examples
+        self.pending: list[Tensor] = []
+        #: updates taken so far
+        self.done = 0
+
+    def run(self, steps: int) -> None:
+        """Take ``steps`` more updates: the mean cross-entropy gradient of each shuffled
+        mini-batch (without autograd's bookkeeping: d/dlogits = (softmax - one-hot) / batch),
+        a new shuffle at the start of every pass."""
+        x, y = self.x, self.y
+        device = self.generator.device if self.generator is not None else x.device
+        with torch.no_grad():
+            for _ in range(steps):
+                if not self.pending:
+                    order = torch.randperm(x.shape[0], generator=self.generator, device=device)
+                    self.pending = list(order.to(x.device).split(self.batch_size))[::-1]
+                idx = self.pending.pop()
+                inputs = x[idx].mul_(self.scale)
+                grad = torch.softmax(torch.addmm(self.bias, inputs, self.weight), dim=1)
                 grad[torch.arange(idx.numel(), device=x.device), y[idx]] -= 1.0
                 grad.div_(idx.numel())
-                torch.mm(inputs.T, grad, out=grads[0])
-                torch.sum(grad, dim=0, out=grads[1])
-                step(grads)
-                steps -= 1
-    return weight * scale, bias
+                torch.mm(inputs.T, grad, out=self.grads[0])
+                torch.sum(grad, dim=0, out=self.grads[1])
+                self.step(self.grads)
+                self.done += 1
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        """(weight, bias) for the unscaled inputs, detached from the state."""
+        return self.weight * self.scale, self.bias.clone()
+
+    def copy(self, generator: torch.Generator | None) -> SoftmaxFit:
+        """An independent copy of the state that continues with ``generator`` (which the
+        caller sets to the state this fit's generator had)."""
+        other = copy.copy(self)
+        other.generator = generator
+        other.weight, other.bias = self.weight.clone(), self.bias.clone()
+        other.step = self.step.copy([other.weight, other.bias])
+        other.grads = [torch.zeros_like(g) for g in self.grads]
+        other.pending = list(self.pending)
+        return other
 
 
 class _AdamStep:
@@ -260,6 +314,14 @@ class _AdamStep:
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         self.count = 0
+
+    def copy(self, params: list[Tensor]) -> _AdamStep:
+        """The same optimiser state for ``params`` (copies of this one's parameters)."""
+        other = _AdamStep(params, self.lr, self.betas, self.weight_decay)
+        other.exp_avg = [m.clone() for m in self.exp_avg]
+        other.exp_avg_sq = [v.clone() for v in self.exp_avg_sq]
+        other.count = self.count
+        return other
 
     def __call__(self, grads: list[Tensor]) -> None:
         beta1, beta2 = self.betas

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from zsl.models.base import BATCH_MEMO, MEMO_POINTS
+from zsl.models.generative.second_stage import SoftmaxFit
 
-__all__ = ["other_points", "shared_batch_result", "shared_result"]
+__all__ = ["other_points", "shared_batch_result", "shared_fit", "shared_result"]
 
 T = TypeVar("T")
 
@@ -61,6 +62,65 @@ def shared_result(
     else:
         del memo[key]
     return value  # type: ignore[no-any-return]
+
+
+def shared_fit(
+    memo: dict[str, Any] | None,
+    key: str,
+    steps: int,
+    generator: torch.Generator,
+    new_fit: Callable[[], SoftmaxFit],
+    pending: Callable[[], list[int]],
+) -> tuple[Tensor, Tensor]:
+    """The (weight, bias) of a classifier fit (``new_fit()``, drawing from ``generator``)
+    after ``steps`` updates.
+
+    With a ``memo``, the fits of one ``key`` are one sequence of updates shared by the points
+    of the pass (a point's updates do not depend on their number, :class:`SoftmaxFit`), so
+    every point's classifier is the one it would train alone. ``pending()`` gives the update
+    counts of the points of the same ``key`` still to come. On its way to ``steps`` a fit
+    leaves the result at each smaller pending count (with the generator state there); at the
+    end it leaves itself for the pending points with as many updates or more, which take the
+    result or continue the fit instead of starting again."""
+    if memo is None:
+        fit = new_fit()
+        fit.run(steps)
+        return fit.result()
+    done = _take(memo, f"{key} at {steps}", generator)
+    if done is not None:
+        return done  # type: ignore[no-any-return]
+    saved = memo.get(f"{key} fit")
+    if saved is not None and saved[0].done <= steps:
+        fit = _take(memo, f"{key} fit", generator)
+        fit = fit.copy(generator) if f"{key} fit" in memo else fit
+        fit.generator = generator
+    else:
+        fit = new_fit()
+    counts = pending()
+    for k in sorted(set(counts)):
+        if fit.done < k < steps:
+            fit.run(k - fit.done)
+            memo[f"{key} at {k}"] = (fit.result(), generator.get_state(), counts.count(k))
+    fit.run(steps - fit.done)
+    later = sum(1 for k in counts if k >= steps)
+    if later > 0:
+        memo[f"{key} fit"] = (fit, generator.get_state(), later)
+    return fit.result()
+
+
+def _take(memo: dict[str, Any], key: str, generator: torch.Generator) -> Any:
+    """The value left under ``key`` (None if none), with the generator state it was left
+    with; the entry goes when the last of the points it was left for has taken it."""
+    saved = memo.get(key)
+    if saved is None:
+        return None
+    value, state, left = saved
+    generator.set_state(state)
+    if left > 1:
+        memo[key] = (value, state, left - 1)
+    else:
+        del memo[key]
+    return value
 
 
 def shared_batch_result(
