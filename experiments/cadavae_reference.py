@@ -243,9 +243,20 @@ def main(argv: list[str] | None = None) -> None:
     report(args, official_row, zsl_row)
 
 
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (Linux; else the platform's processor string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return " ".join(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def report(args: argparse.Namespace, official: dict[str, Any], zsl: dict[str, Any]) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()} {platform.processor() or ''}".strip()
+    machine = f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores"
     record = {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()}}
     record.update(official=official, zsl=zsl)
     (args.out_dir / f"{args.name}.json").write_text(json.dumps(record, indent=2))
