@@ -472,11 +472,18 @@ def test_synth_seen_adds_synthetic_examples_of_every_seen_class(
     assert model.n_synth_seen_per_class(1) == 1
     captured: dict[str, torch.Tensor] = {}
 
-    def capture(x, y, n_out, *args, **kwargs):
-        captured["x"], captured["y"] = x.clone(), y.clone()
-        return torch.zeros(x.shape[1], n_out), torch.zeros(n_out)
+    class Capture:  # the classifier fit: records its training data
+        def __init__(self, x, y, n_out, *args, **kwargs) -> None:
+            captured["x"], captured["y"] = x.clone(), y.clone()
+            self.shape, self.done = (x.shape[1], n_out), 0
 
-    monkeypatch.setattr(base, "fit_softmax_classifier", capture)
+        def run(self, steps: int) -> None:
+            self.done += steps
+
+        def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.zeros(self.shape), torch.zeros(self.shape[1])
+
+    monkeypatch.setattr(base, "SoftmaxFit", Capture)
     x, y = model.seen_training_data()
     real, real_y = model.embed_seen(x, y, torch.Generator().manual_seed(4))
     model.train_classifier(real, real_y, torch.Generator().manual_seed(4))

@@ -143,8 +143,8 @@ class Session:
         the first of ``model.search.validate_from`` on."""
         max_epochs = int(self.spec.trainer.max_epochs)
         start = first_validated_epoch(self.spec.model.search.validate_from, max_epochs)
-        if start > 1:
-            callbacks = [*callbacks, ValidationStart(start)]
+        if start > 1:  # first: a skipped pass's RNG draw precedes the epoch-end checkpoint
+            callbacks = [ValidationStart(start), *callbacks]
         return make_trainer(
             self.spec.trainer,
             self.model_cls,
