@@ -46,21 +46,16 @@ def shared_result(
     it with the generator state and buffers it left (the last of them removes it)."""
     if memo is None:
         return compute()
-    saved = memo.get(key)
+    saved = _take(memo, key, generator)
     if saved is None:
         value = compute()
         if others > 0:
             buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
-            memo[key] = (value, generator.get_state(), buffers, others)
+            _leave(memo, key, (value, buffers), generator, others)
         return value
-    value, state, buffers, left = saved
-    generator.set_state(state)
+    value, buffers = saved
     for name, buffer in module.named_buffers():
         buffer.copy_(buffers[name])
-    if left > 1:
-        memo[key] = (value, state, buffers, left - 1)
-    else:
-        del memo[key]
     return value  # type: ignore[no-any-return]
 
 
@@ -100,12 +95,19 @@ def shared_fit(
     for k in sorted(set(counts)):
         if fit.done < k < steps:
             fit.run(k - fit.done)
-            memo[f"{key} at {k}"] = (fit.result(), generator.get_state(), counts.count(k))
+            _leave(memo, f"{key} at {k}", fit.result(), generator, counts.count(k))
     fit.run(steps - fit.done)
-    later = sum(1 for k in counts if k >= steps)
-    if later > 0:
-        memo[f"{key} fit"] = (fit, generator.get_state(), later)
+    _leave(memo, f"{key} fit", fit, generator, sum(1 for k in counts if k >= steps))
     return fit.result()
+
+
+def _leave(
+    memo: dict[str, Any], key: str, value: Any, generator: torch.Generator, points: int
+) -> None:
+    """Leave ``value`` under ``key`` for ``points`` more points (none: nothing is left), with
+    ``generator``'s state now."""
+    if points > 0:
+        memo[key] = (value, generator.get_state(), points)
 
 
 def _take(memo: dict[str, Any], key: str, generator: torch.Generator) -> Any:
