@@ -461,7 +461,7 @@ def test_synth_seen_adds_synthetic_examples_of_every_seen_class(
     """With ``synth_seen = r`` the classifier's data hold, after the real seen and synthetic
     unseen examples, ``round(r * n_real / n_seen)`` synthetic examples of each seen class: the
     generator's examples for the seen semantics, drawn after the unseen ones."""
-    import zsl.models.generative.base as base
+    import zsl.models.generative.stage as stage
 
     dm = datamodule(tiny)
     model = build(name, dm, n_synth=5)
@@ -483,7 +483,7 @@ def test_synth_seen_adds_synthetic_examples_of_every_seen_class(
         def result(self) -> tuple[torch.Tensor, torch.Tensor]:
             return torch.zeros(self.shape), torch.zeros(self.shape[1])
 
-    monkeypatch.setattr(base, "SoftmaxFit", Capture)
+    monkeypatch.setattr(stage, "SoftmaxFit", Capture)
     x, y = model.seen_training_data()
     real, real_y = model.embed_seen(x, y, torch.Generator().manual_seed(4))
     model.train_classifier(real, real_y, torch.Generator().manual_seed(4))

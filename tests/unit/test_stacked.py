@@ -15,7 +15,7 @@ from conftest import TinyXlsa17
 
 from zsl.cli.train import run as train_main
 from zsl.models.classical.ale import ALE
-from zsl.models.generative import base
+from zsl.models.generative import stage
 from zsl.models.generative.cadavae import CADAVAE
 from zsl.models.generative.clswgan import CLSWGAN
 from zsl.run.spec import TrainerSpec
@@ -161,7 +161,7 @@ def test_a_shared_fit_embeds_and_draws_once_per_weights_and_settings(
         return wrapper
 
     # the second stage's classifiers (f-CLSWGAN's pre-trained one is not counted)
-    monkeypatch.setattr(base, "SoftmaxFit", counted("fit", base.SoftmaxFit))
+    monkeypatch.setattr(stage, "SoftmaxFit", counted("fit", stage.SoftmaxFit))
     model_cls = {"cadavae": CADAVAE, "clswgan": CLSWGAN}[model]
     monkeypatch.setattr(model_cls, "embed_seen", counted("real", model_cls.embed_seen))
     monkeypatch.setattr(

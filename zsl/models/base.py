@@ -105,7 +105,7 @@ class ZSLModule(pl.LightningModule, ClassSpaceMixin):
         #: during a validation pass of a shared fit, a dict common to the grid points whose
         #: weights are the same (:class:`zsl.run.stacked.SharedFit`): work that depends only
         #: on the weights, the data and the evaluation RNG is done once for all of them (what
-        #: a generative model's second stage embeds and draws, :mod:`zsl.models.generative.base`)
+        #: a generative model's second stage embeds and draws, :mod:`zsl.models.generative.stage`)
         self.shared_memo: dict[str, Any] | None = None
         if self.closed_form:
             # the fit happens in training_step with no optimizer and no loss to return, which

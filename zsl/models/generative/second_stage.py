@@ -2,7 +2,7 @@
 
 A generative model learns, on seen classes only, to produce examples of a class from its
 semantic vector. Before every validation/test pass
-(:meth:`~zsl.models.generative.base.GenerativeZSL.on_eval_start`) it synthesises examples of
+(:meth:`~zsl.models.generative.stage.ClassifierStage.on_eval_start`) it synthesises examples of
 the unseen classes and trains a fresh softmax classifier over the protocol's universe (seen +
 unseen, global class ids) on real seen + synthetic unseen examples; ``scores`` returns that
 classifier's log-probabilities, so GZSL needs no calibration trick to reach unseen classes.
