@@ -392,6 +392,26 @@ def test_unit_norm_output_puts_generated_features_on_the_sphere(
         torch.testing.assert_close(value, before[key], equal_nan=True)
 
 
+def _check_unit_norm_choice(
+    name: str, tmp_path: Path, setting: str, cases: list[tuple[ZSLDataModule, bool]]
+) -> None:
+    """For every (datamodule, unit) case: a model with ``unit_norm_output=setting`` fitted on
+    it records ``unit``, generates unit-norm features exactly when ``unit``, and a copy built
+    from its state dict makes the same choice."""
+    for dm, unit in cases:
+        pl.seed_everything(0, verbose=False)
+        model = build(name, dm, unit_norm_output=setting)
+        trainer(tmp_path, 1, limit_train_batches=2).fit(model, dm)
+        assert model.data_choices()["unit_norm_output"] is unit
+        sem = dm.class_space.semantics[:3]
+        with torch.no_grad():
+            norms = model.generate_features(sem, 4, torch.Generator()).norm(dim=1)
+        assert bool(torch.allclose(norms, torch.ones(12), atol=1e-5)) is unit
+        copy = build(name, dm, unit_norm_output=setting)
+        copy.load_state_dict(model.state_dict())
+        assert copy.feature_generator().unit_norm is unit
+
+
 @pytest.mark.parametrize("name", with_params(GENERATORS, "unit_norm_output"))
 def test_unit_norm_output_auto_follows_the_training_features(
     tiny, tmp_path: Path, name: str
@@ -401,21 +421,29 @@ def test_unit_norm_output_auto_follows_the_training_features(
     checkpoint; any other value is refused when the model is built."""
     l2 = ZSLDataModule(tiny.name, str(tiny.root), "res101.mat", "test", preprocess="l2")
     l2.setup()
-    raw = datamodule(tiny)
-    sem = l2.class_space.semantics[:3]
-    for dm, unit in ((l2, True), (raw, False)):
-        pl.seed_everything(0, verbose=False)
-        model = build(name, dm, unit_norm_output="auto")
-        trainer(tmp_path, 1, limit_train_batches=2).fit(model, dm)
-        assert model.data_choices()["unit_norm_output"] is unit
-        with torch.no_grad():
-            norms = model.generate_features(sem, 4, torch.Generator()).norm(dim=1)
-        assert bool(torch.allclose(norms, torch.ones(12), atol=1e-5)) is unit
-        copy = build(name, dm, unit_norm_output="auto")
-        copy.load_state_dict(model.state_dict())
-        assert copy.feature_generator().unit_norm is unit
-    with pytest.raises(ValueError, match="unit_norm_output must be true, false or auto"):
+    _check_unit_norm_choice(name, tmp_path, "auto", [(l2, True), (datamodule(tiny), False)])
+    with pytest.raises(ValueError, match="unit_norm_output must be true, false, auto or signed"):
         build(name, l2, unit_norm_output="yes")
+
+
+@pytest.mark.parametrize("name", with_params(GENERATORS, "unit_norm_output"))
+def test_unit_norm_output_signed_normalises_only_signed_unit_norm_features(
+    tiny, tmp_path: Path, name: str
+) -> None:
+    """unit_norm_output=signed: unit-norm outputs on L2-normalised signed features (a linear
+    output), plain ones on L2-normalised non-negative features (a ReLU output) and on signed
+    features that are not unit-norm; the choice is recorded and survives a checkpoint."""
+
+    def centre(splits: dict[str, Any], feats: dict[str, Any]) -> None:
+        feats["features"] = feats["features"] - feats["features"].mean(1, keepdims=True)
+
+    signed = write_xlsa17(tmp_path / "signed", edit=centre)
+    signed_l2 = ZSLDataModule(signed.name, str(signed.root), "res101.mat", "test", preprocess="l2")
+    signed_l2.setup()
+    plain_l2 = ZSLDataModule(tiny.name, str(tiny.root), "res101.mat", "test", preprocess="l2")
+    plain_l2.setup()
+    cases = [(signed_l2, True), (plain_l2, False), (datamodule(signed), False)]
+    _check_unit_norm_choice(name, tmp_path, "signed", cases)
 
 
 @pytest.mark.parametrize("name", with_params(GENERATORS, "condition_norm"))

@@ -43,9 +43,9 @@ def check_common_hparams(model: str, hparams: dict[str, Any]) -> None:
         if isinstance(value, (int, float)) and not 0.0 <= value < 1.0:
             raise ValueError(f"{model}: {name} must be in [0, 1) or null, got {value}")
     unit_norm = hparams.get("unit_norm_output", False)
-    if not (isinstance(unit_norm, bool) or unit_norm == "auto"):
+    if not (isinstance(unit_norm, bool) or unit_norm in ("auto", "signed")):
         raise ValueError(
-            f"{model}: unit_norm_output must be true, false or auto, got {unit_norm!r}"
+            f"{model}: unit_norm_output must be true, false, auto or signed, got {unit_norm!r}"
         )
 
 

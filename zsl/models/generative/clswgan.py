@@ -43,6 +43,7 @@ from zsl.models.generative.nets import (
     check_condition_norm,
     default_noise_dim,
     randn,
+    unit_norm_setting,
 )
 from zsl.models.generative.second_stage import SecondStage, fit_softmax_classifier
 from zsl.models.hparams import check_positive
@@ -111,6 +112,8 @@ class CLSWGAN(GenerativeZSL):
     features (``generator_ema``; null = synthesise from the trained generator itself).
     ``condition_norm`` (null = the paper): the attributes enter the generator at that multiple
     of the noise's norm (see :class:`~zsl.models.generative.nets.FeedbackGenerator`).
+    ``unit_norm_output`` (false = the paper; ``"auto"``: when the training features are
+    unit-norm): every generated feature is L2-normalised, as the real ones are.
     """
 
     default_second_stage = SecondStage(n_synth=300, cls_epochs=25, cls_lr=1e-3, cls_batch_size=64)
@@ -130,6 +133,7 @@ class CLSWGAN(GenerativeZSL):
         cls_weight: float = 0.01,
         gen_ema: float | None = None,
         condition_norm: float | None = None,
+        unit_norm_output: bool | str = False,
         pretrain_epochs: int = 50,
         pretrain_lr: float = 1e-3,
         second_stage: SecondStage | Mapping[str, Any] | None = None,
@@ -147,7 +151,12 @@ class CLSWGAN(GenerativeZSL):
         hp = self.hp
         noise_dim = default_noise_dim(hp.noise_dim, self.n_attributes, self.feature_dim)
         self.generator = FeatureGenerator(
-            self.n_attributes, noise_dim, hp.gen_hidden, self.feature_dim, hp.get("condition_norm")
+            self.n_attributes,
+            noise_dim,
+            hp.gen_hidden,
+            self.feature_dim,
+            hp.get("condition_norm"),
+            unit_norm_setting(hp.get("unit_norm_output", False)),
         )
         self.critic = FeatureCritic(self.feature_dim, self.n_attributes, hp.critic_hidden)
         # softmax classifier over global ids, used on the seen columns only; pre-trained in

@@ -56,7 +56,7 @@ def init_xavier(module: nn.Module, gain: float = 0.5) -> None:
             nn.init.zeros_(layer.bias)
 
 
-UnitNorm = bool | Literal["auto"]
+UnitNorm = bool | Literal["auto", "signed"]
 
 
 def feature_kind(features: Tensor) -> dict[str, Any]:
@@ -70,13 +70,14 @@ def feature_kind(features: Tensor) -> dict[str, Any]:
 
 
 def unit_norm_setting(value: object, owner: str = "unit_norm_output") -> UnitNorm:
-    """``true``/``false`` or ``"auto"`` (unit-norm outputs exactly when the training features are
-    unit-norm); anything else is refused."""
+    """``true``/``false``, ``"auto"`` (unit-norm outputs exactly when the training features are
+    unit-norm) or ``"signed"`` (exactly when they are unit-norm and signed: the generator has a
+    linear output); anything else is refused."""
     if isinstance(value, bool):
         return value
-    if value == "auto":
-        return "auto"
-    raise ValueError(f"{owner} must be true, false or auto, got {value!r}")
+    if value == "auto" or value == "signed":
+        return value
+    raise ValueError(f"{owner} must be true, false, auto or signed, got {value!r}")
 
 
 def default_noise_dim(noise_dim: int | None, n_attributes: int, feature_dim: int) -> int:
@@ -98,8 +99,9 @@ class GeneratorNet(nn.Module):
     * signed features (CLIP/ViT/DINO embeddings, PCA-whitened features): a linear output with
       standardised targets, ``output(h) * std + mean`` (per dimension, from the training
       features), so the layer predicts unit-scale values around zero;
-    * ``unit_norm`` (``True``, ``False`` or ``"auto"``: exactly when the training features are
-      unit-norm): every output is L2-normalised.
+    * ``unit_norm`` (``True``, ``False``, ``"auto"``: exactly when the training features are
+      unit-norm, or ``"signed"``: exactly when they are unit-norm and signed, so the output is
+      linear): every output is L2-normalised.
 
     :meth:`GenerativeZSL.on_fit_start <zsl.models.generative.base.GenerativeZSL.on_fit_start>`
     calls :meth:`adapt` with the real training features; the choice is saved in checkpoints
@@ -160,7 +162,8 @@ class GeneratorNet(nn.Module):
         On the ``first`` fit: ReLU with its bias at the mean feature when every feature is
         non-negative, else a linear output with standardised targets (shift = mean, scale = the
         per-dimension standard deviation); with ``unit_norm`` auto, unit-norm outputs exactly
-        when every training feature has norm 1 (within 1e-3). Later fits (a resumed run) keep the
+        when every training feature has norm 1 (within 1e-3), with ``signed`` when they do and
+        some are negative. Later fits (a resumed run) keep the
         saved choice and check it still fits. ``unit_norm`` true with features that are not
         unit-norm, and a ReLU output with negative features, are refused. ``owner`` names the
         model in the messages; ``kind`` is :func:`feature_kind` of ``features`` when the caller
@@ -175,7 +178,10 @@ class GeneratorNet(nn.Module):
                 "(data.preprocess=l2) or unit_norm_output=auto"
             )
         if first:
-            self.unit_norm = is_unit if self.unit_norm_setting == "auto" else self.unit_norm
+            if self.unit_norm_setting == "auto":
+                self.unit_norm = is_unit
+            elif self.unit_norm_setting == "signed":
+                self.unit_norm = is_unit and not nonnegative
             if nonnegative:
                 self.activation = "relu"
                 self.init_output_bias(features.mean(dim=0))
@@ -266,9 +272,10 @@ class FeedbackGenerator(GeneratorNet):
 
 class FeatureGenerator(FeedbackGenerator):
     """G(z, a): Gaussian noise [B, Z] and class semantics [B, A] -> features [B, D]
-    (f-CLSWGAN's generator: :class:`FeedbackGenerator` without feedback or unit-norm outputs,
-    one LeakyReLU hidden layer; a ReLU output for non-negative features as in the paper);
-    ``condition_norm`` as there. :meth:`sample_rows` also returns each feature's row."""
+    (f-CLSWGAN's generator: :class:`FeedbackGenerator` without feedback, one LeakyReLU
+    hidden layer; a ReLU output for non-negative features as in the paper);
+    ``condition_norm`` and ``unit_norm`` as there. :meth:`sample_rows` also returns each
+    feature's row."""
 
     def sample_rows(
         self, semantics: Tensor, n: int, generator: torch.Generator | None = None
