@@ -174,6 +174,26 @@ def test_override_types_that_pass() -> None:
     assert cfg.model.params.lr == 1 and cfg.data.name == "2017" and cfg.trainer.devices == "auto"
 
 
+@pytest.mark.parametrize("value", ["true", "false", "auto", "signed"])
+@pytest.mark.parametrize("model", ["segzsl", "clswgan", "fvaegan"])
+def test_unit_norm_output_takes_true_false_or_a_word_whatever_the_config_holds(
+    model: str, value: str
+) -> None:
+    """unit_norm_output is true, false, auto or signed on every generator, whether its config
+    holds a boolean (SE-GZSL) or a word (f-CLSWGAN, f-VAEGAN), on the command line and in a
+    grid; anything else is refused with the accepted values."""
+    spec = compose_spec([f"model={model}", f"model.params.unit_norm_output={value}"])
+    assert str(spec.model.params["unit_norm_output"]).lower() == value
+    grid = f"+model.search.grid.unit_norm_output=[false,{value}]"
+    assert compose_spec([f"model={model}", grid]).model.search.grid["unit_norm_output"][1] in (
+        value,
+        value == "true",
+    )
+    for bad in ("model.params.unit_norm_output=yes", "+model.search.grid.unit_norm_output=[2]"):
+        with pytest.raises(ConfigError, match="unit_norm_output must be true, false, auto or"):
+            compose_spec([f"model={model}", bad])
+
+
 def test_override_without_equals_fails() -> None:
     with pytest.raises(ConfigError, match="bad override 'model.params.lr'.*key=value"):
         compose_spec(["model.params.lr"])

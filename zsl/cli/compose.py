@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zsl.conf import GROUPS, available
 from zsl.errors import ConfigError
-from zsl.run.config import run_spec, to_container, type_problem
+from zsl.run.config import BOOL_OR_WORD_PARAMS, run_spec, to_container, type_problem
 from zsl.run.spec import DataSpec, RunSpec
 
 CONFIG_MODULE = "zsl.conf"
@@ -144,6 +144,8 @@ def _check_type(cfg: DictConfig, dotted: str, default: Any) -> None:
     fails here, not deep inside training); numbers given for a string become strings."""
     if dotted in UNTYPED_KEYS:
         return
+    if dotted.startswith("model.params.") and dotted.rpartition(".")[2] in BOOL_OR_WORD_PARAMS:
+        return  # true, false or a word: the model's parameter checks say which
     value = OmegaConf.select(cfg, dotted, default=None)
     if isinstance(default, str) and isinstance(value, int | float) and not isinstance(value, bool):
         OmegaConf.set_struct(cfg, False)

@@ -15,6 +15,7 @@ from zsl.errors import ConfigError
 from zsl.run.spec import TRANSFER_RULES, ModelSpec, RunSpec, check_folds
 
 __all__ = [
+    "BOOL_OR_WORD_PARAMS",
     "ConfigError",
     "fix_grid_axes",
     "run_spec",
@@ -26,6 +27,12 @@ __all__ = [
 #: the leading constructor arguments of every model, read from the data (never in params)
 SHAPE_ARGS = ("self", "feature_dim", "n_attributes", "n_classes")
 _MISSING = object()
+
+
+#: model parameters that take ``true``/``false`` or a word (``unit_norm_output``: auto,
+#: signed): their values are checked by :func:`zsl.models.hparams.check_common_hparams`
+#: instead of against the type of the config's value
+BOOL_OR_WORD_PARAMS = frozenset({"unit_norm_output"})
 
 
 def type_problem(default: Any, value: Any) -> str | None:
@@ -135,6 +142,8 @@ def _check_search(model: ModelSpec) -> None:
             raise ConfigError(f"model.search.grid.{key} must be a non-empty list")
         if isinstance(default, int) and not isinstance(default, bool):
             default = float(default)  # a number: an integer default takes float grid values
+        if key.rpartition(".")[2] in BOOL_OR_WORD_PARAMS:
+            continue  # true, false or a word: _check_param_values checks each
         for value in values:
             problem = type_problem(default, value)
             if problem:
@@ -184,8 +193,8 @@ def _check_param_values(model: ModelSpec) -> None:
                 raise ConfigError(f"{where}: {name} must be a finite number, got {number}")
         try:
             named = {k.split(".")[-1]: v for k, v in _numbers(values)}
-            if "unit_norm_output" in values:  # true, false or auto
-                named["unit_norm_output"] = values["unit_norm_output"]
+            for name in BOOL_OR_WORD_PARAMS & values.keys():  # true, false or a word
+                named[name] = values[name]
             check_common_hparams(MODELS[model.name].rpartition(".")[2], named)
         except ValueError as err:
             raise ConfigError(f"{where} ({model.name}): {err}") from None
