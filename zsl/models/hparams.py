@@ -6,6 +6,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+#: the words ``unit_norm_output`` takes besides true and false (the generator's output layer,
+#: :func:`zsl.models.generative.nets.unit_norm_setting`)
+UNIT_NORM_WORDS = ("auto", "signed")
+
 __all__ = [
     "LOSS_WEIGHT_SUFFIX",
     "NON_NEGATIVE_HPARAMS",
@@ -43,7 +47,7 @@ def check_common_hparams(model: str, hparams: dict[str, Any]) -> None:
         if isinstance(value, (int, float)) and not 0.0 <= value < 1.0:
             raise ValueError(f"{model}: {name} must be in [0, 1) or null, got {value}")
     unit_norm = hparams.get("unit_norm_output", False)
-    if not (isinstance(unit_norm, bool) or unit_norm in ("auto", "signed")):
+    if not (isinstance(unit_norm, bool) or unit_norm in UNIT_NORM_WORDS):
         raise ValueError(
             f"{model}: unit_norm_output must be true, false, auto or signed, got {unit_norm!r}"
         )

@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from zsl.models.hparams import UNIT_NORM_WORDS
 
 
 def init_normal(module: nn.Module, std: float = 0.02) -> None:
@@ -75,8 +77,8 @@ def unit_norm_setting(value: object, owner: str = "unit_norm_output") -> UnitNor
     linear output); anything else is refused."""
     if isinstance(value, bool):
         return value
-    if value == "auto" or value == "signed":
-        return value
+    if value in UNIT_NORM_WORDS:
+        return cast(UnitNorm, value)
     raise ValueError(f"{owner} must be true, false, auto or signed, got {value!r}")
 
 
