@@ -129,9 +129,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     chosen = int(best_epoch(inner, metric)["epoch"])
     rules = {}
+    # a model that counts a schedule in epochs (CADA-VAE's warm-ups) rescales it under the
+    # steps rule: that rule then has an outer fit of its own
+    steps_params = cfg.model.cls.steps_transfer_params(params, inner_batches / outer_batches)
+    steps_outer: list[dict[str, float]] | None = None
+    if steps_params != params:
+        steps_outer, _, _, steps_s = validation_curve(cfg, outer_data, steps_params, args.epochs)
     for rule in TRANSFER_RULES:
         epoch = min(args.epochs, transfer_epochs(chosen, inner_batches, outer_batches, rule))
-        rules[rule] = {"outer_epoch": epoch, metric: at_epoch(outer, epoch)[metric]}
+        curve = steps_outer if rule == "steps" and steps_outer is not None else outer
+        rules[rule] = {"outer_epoch": epoch, metric: at_epoch(curve, epoch)[metric]}
+    if steps_outer is not None:
+        rules["steps"]["params"] = steps_params
     oracle = best_epoch(outer, metric)
     result = {
         "model": args.model,
@@ -147,7 +156,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rules": rules,
         "outer_best_epoch": int(oracle["epoch"]),
         "outer_best_value": oracle[metric],
-        "seconds": {"inner": inner_s, "outer": outer_s},
+        "seconds": {"inner": inner_s, "outer": outer_s}
+        | ({"outer_steps": steps_s} if steps_outer is not None else {}),
+        "outer_steps_history": steps_outer,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "inner_history": inner,
         "outer_history": outer,
@@ -175,7 +186,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"Command: `python experiments/transfer_check.py --root {args.root} --dataset "
         f"{args.dataset} --feature-file {args.feature_file} --model {args.model} --epochs "
-        f"{args.epochs}{''.join(' ' + o for o in args.overrides)}`",
+        f"{args.epochs}{f' --seed {args.seed}' if args.seed else ''}"
+        f"{''.join(' ' + o for o in args.overrides)}`",
         "",
         f"Inner selection: epoch {r['inner_selected_epoch']} (val {m} "
         f"{r['inner_selected_value']:.1f}).",
@@ -194,6 +206,22 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         "| epoch | inner | outer |",
         "| --- | --- | --- |",
     ]
+    steps = r.get("outer_steps_history")
+    if steps:
+        header = lines.index(f"Validation {m} per epoch:")
+        lines[header:header] = [
+            "The steps rule's outer fit rescales the model's epoch-counted schedule to keep its "
+            f"length in updates (`{json.dumps(r['rules']['steps']['params'], sort_keys=True)}`); "
+            "its curve is the last column.",
+            "",
+        ]
+        lines[-2:] = [
+            "| epoch | inner | outer | outer, steps rule |",
+            "| --- | --- | --- | --- |",
+        ]
+        for a, b, c in zip(r["inner_history"], r["outer_history"], steps):
+            lines.append(f"| {int(a['epoch'])} | {a[m]:.1f} | {b[m]:.1f} | {c[m]:.1f} |")
+        return "\n".join(lines) + "\n"
     for a, b in zip(r["inner_history"], r["outer_history"]):
         lines.append(f"| {int(a['epoch'])} | {a[m]:.1f} | {b[m]:.1f} |")
     return "\n".join(lines) + "\n"

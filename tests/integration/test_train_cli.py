@@ -327,6 +327,38 @@ def test_steps_transfer_repeats_the_selected_number_of_updates(tmp_path: Path) -
     assert metrics["selected_epochs"] == 6 and expected < 6
 
 
+def test_steps_transfer_keeps_cadavae_warmups_in_updates(tmp_path: Path) -> None:
+    """CADA-VAE under ``search.transfer: steps``: the trainval fit's warm-ups are rescaled by
+    the batches-per-epoch ratio (``metrics.json``'s ``final_params``, the final checkpoint's
+    hyper-parameters), the selected parameters are recorded as selected."""
+    from zsl.cli.compose import compose_spec
+    from zsl.cli.train import run as main
+    from zsl.run.fitting import Session
+
+    ds = write_xlsa17(tmp_path / "data")
+    small = ["model.params.feature_hidden=[16,16]", "model.params.attribute_hidden=[16,16]"]
+    small += ["model.params.latent_dim=4", "model.params.n_seen_per_class=5"]
+    small += ["model.params.second_stage.n_synth=5", "model.params.second_stage.synth_ratio=null"]
+    small += ["model.params.second_stage.cls_min_steps=5", "model.search.validate_from=0"]
+    small += ["model.min_steps_per_epoch=0"]  # the tiny sets' own batches per epoch
+    args = cli_args(ds.root, tmp_path / "run", "model=cadavae", "data.batch_size=8", *small)
+    args += ["logger=csv", "trainer.enable_progress_bar=false", "++model.search.transfer=steps"]
+    args += ["model.search.grid={}", "selection.select_epochs=false", "trainer.max_epochs=4"]
+    metrics = main(args)
+    session = Session(compose_spec(args), tmp_path / "unused")
+    ratio = len(session.datamodule("val").train_dataloader()) / len(
+        session.datamodule("test").train_dataloader()
+    )
+    assert ratio < 1
+    selected = metrics["selected_params"]["warmup_scale"]
+    assert metrics["final_params"]["warmup_scale"] == pytest.approx(selected * ratio)
+    assert {k: v for k, v in metrics["final_params"].items() if k != "warmup_scale"} == {
+        k: v for k, v in metrics["selected_params"].items() if k != "warmup_scale"
+    }
+    final = torch.load(tmp_path / "run" / "model.ckpt", map_location="cpu", weights_only=True)
+    assert final["hyper_parameters"]["warmup_scale"] == pytest.approx(selected * ratio)
+
+
 def test_wandb_offline_run_holds_every_grid_points_validation_epochs(
     cli_runs: dict[str, CliRun],
 ) -> None:

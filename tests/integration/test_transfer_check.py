@@ -54,3 +54,29 @@ def test_transfer_check_reports_both_rules(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "out" / "tiny.json").read_text())
     assert saved["rules"] == result["rules"]
     assert "| steps |" in (tmp_path / "out" / "tiny.md").read_text()
+
+
+def test_transfer_check_gives_a_rescaled_schedule_its_own_outer_fit(tmp_path: Path) -> None:
+    """CADA-VAE counts its warm-ups in epochs: the steps rule is scored on an outer fit whose
+    warm-ups are rescaled by inner / outer batches per epoch, the epochs rule on the plain one."""
+    script = load_script()
+    ds = write_xlsa17(tmp_path / "data")
+    small = ["model.params.feature_hidden=[16,16]", "model.params.attribute_hidden=[16,16]"]
+    small += ["model.params.latent_dim=4", "model.params.n_seen_per_class=5"]
+    small += ["model.params.second_stage.n_synth=5", "model.params.second_stage.synth_ratio=null"]
+    small += ["model.params.second_stage.cls_min_steps=5", "model.min_steps_per_epoch=0"]
+    result = script.main(
+        ["--root", str(ds.root), "--dataset", "cub", "--feature-file", "res101.mat"]
+        + ["--model", "cadavae", "--epochs", "3", "--inner-fraction", "0.6"]
+        + ["--out-dir", str(tmp_path / "out"), "--name", "tiny", "data.name=TINY"]
+        + ["data.batch_size=4", *small]
+    )
+    ratio = result["inner_batches_per_epoch"] / result["outer_batches_per_epoch"]
+    assert ratio < 1
+    steps = result["rules"]["steps"]
+    assert steps["params"]["warmup_scale"] == result["params"]["warmup_scale"] * ratio
+    curve = result["outer_steps_history"]
+    assert len(curve) == 3 and curve != result["outer_history"]
+    at = next(h for h in curve if h["epoch"] == steps["outer_epoch"])
+    assert steps[result["metric"]] == at[result["metric"]]
+    assert "outer, steps rule" in (tmp_path / "out" / "tiny.md").read_text()

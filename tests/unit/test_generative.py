@@ -505,6 +505,27 @@ def test_cadavae_leaves_out_the_cross_term_exactly_while_its_weight_is_zero(tiny
     assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
 
 
+def test_cadavae_steps_transfer_keeps_its_warmups_in_updates(tiny) -> None:
+    """Under ``search.transfer: steps`` the trainval fit's epochs hold 1 / ratio times the
+    updates: CADA-VAE's rescaled warm-ups reach at epoch e the weights the selected fit had
+    at epoch e / ratio (the same update), and nothing else changes; other models keep their
+    parameters."""
+    dm = datamodule(tiny, batch_size=16)
+    params = {"warmup_scale": 0.3, "unseen_spread": 1.0, "latent_dim": 4}
+    ratio = 30 / 56  # CUB VGG: validation-protocol / trainval batches per epoch
+    moved = CADAVAE.steps_transfer_params(params, ratio)
+    assert moved == {**params, "warmup_scale": pytest.approx(0.3 * ratio)}
+    assert params["warmup_scale"] == 0.3  # the selected parameters are left alone
+    selected = build("cadavae", dm, warmup_scale=0.3)
+    final = build("cadavae", dm, warmup_scale=moved["warmup_scale"])
+    for epoch in (2, 5, 8, 11, 14):
+        before, after = selected.loss_weights(epoch / ratio), final.loss_weights(epoch)
+        assert after == pytest.approx(before), epoch
+    # sooner per epoch
+    assert final.loss_weights(8)["cross"] > selected.loss_weights(8)["cross"] > 0
+    assert CLSWGAN.steps_transfer_params({"gen_ema": 0.995}, ratio) == {"gen_ema": 0.995}
+
+
 def test_model_classes_are_registered() -> None:
     assert get_model_class("clswgan") is CLSWGAN
     assert get_model_class("cadavae") is CADAVAE

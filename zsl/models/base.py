@@ -208,6 +208,15 @@ class ZSLModule(pl.LightningModule, ClassSpaceMixin):
         share one fit, :mod:`zsl.run.stacked`). All of them by default."""
         return dict(params)
 
+    @classmethod
+    def steps_transfer_params(cls, params: Mapping[str, Any], epoch_ratio: float) -> dict[str, Any]:
+        """``params`` for the trainval fit of ``model.search.transfer: steps``, whose epochs
+        hold ``1 / epoch_ratio`` times the updates of the epochs they were selected on
+        (``epoch_ratio`` = validation-protocol batches / trainval batches per epoch). A
+        schedule the model counts in epochs is rescaled here so that it keeps its length in
+        updates, as the epoch count does. Unchanged by default."""
+        return dict(params)
+
     def follow_shared_fit(self, host: ZSLModule, start: bool) -> None:
         """Called on a view of a shared fit (:class:`zsl.run.stacked.SharedFit`) when its
         ``host`` starts training (``start``) and after every training batch of the host: what

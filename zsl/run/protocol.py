@@ -65,11 +65,13 @@ class RunResult:
 
 def refit_and_test(
     session: Session, selection: Selection, logger: Logger
-) -> tuple[Evaluation, int, list[Path]]:
+) -> tuple[Evaluation, int, dict[str, Any], list[Path]]:
     """The final trainval fit with the selected point and the single test evaluation;
-    returns it, the number of epochs trained and the report files written."""
+    returns it, the number of epochs trained, the parameters of that fit (the selected ones,
+    with an epoch-counted schedule rescaled under ``search.transfer: steps``) and the report
+    files written."""
     spec, run_dir, best = session.spec, session.run_dir, selection.best
-    final_epochs = best.epochs
+    final_epochs, params = best.epochs, dict(best.params)
     rule = spec.model.search.transfer
     if rule != "epochs" and not session.model_cls.closed_form:  # only steps needs the sizes
         batches = (
@@ -77,7 +79,8 @@ def refit_and_test(
             len(session.datamodule("test").train_dataloader()),
         )
         final_epochs = transfer_epochs(best.epochs, *batches, rule)
-    evaluation = session.fit_final(best.params, final_epochs, best.metrics["gamma"], logger)
+        params = session.model_cls.steps_transfer_params(params, batches[0] / batches[1])
+    evaluation = session.fit_final(params, final_epochs, best.metrics["gamma"], logger)
     tracking.log_checkpoint(
         logger,
         run_dir / "model.ckpt",
@@ -87,7 +90,7 @@ def refit_and_test(
     space = session.class_space("test")
     title = f"{spec.model.name} on {spec.data.name} (test protocol)"
     reports = write_reports(evaluation, space, run_dir, logger, "test", title)
-    return evaluation, final_epochs, reports
+    return evaluation, final_epochs, params, reports
 
 
 def per_class_record(evaluation: Evaluation, space: ClassSpace) -> dict[str, dict[str, Any]]:
@@ -179,8 +182,10 @@ def _stages(session: Session, logger: Logger, start: tuple[float, float]) -> Run
     if spec.data.protocol == "val":
         metrics: dict[str, Any] = dict(best.metrics)
     else:
-        evaluation, final_epochs, reports = refit_and_test(session, selection, logger)
+        evaluation, final_epochs, final_params, reports = refit_and_test(session, selection, logger)
         metrics = dict(evaluation.metrics)
+        if final_params != best.params:  # an epoch-counted schedule kept its updates
+            metrics["final_params"] = final_params
     metrics.update(
         seed=spec.seed,
         protocol=spec.data.protocol,
@@ -230,7 +235,9 @@ def selected_config(spec: RunSpec, params: dict[str, Any], epochs: int) -> str:
     OmegaConf.update(chosen, "selection.select_epochs", False)
     head = (
         "# The settings that ran in the final fit: model.params as selected on validation\n"
-        "# classes, trainer.max_epochs as trained (config.yaml holds the composed config).\n"
+        "# classes (metrics.json's final_params, where search.transfer: steps rescaled an\n"
+        "# epoch-counted schedule), trainer.max_epochs as trained (config.yaml holds the\n"
+        "# composed config).\n"
     )
     return head + OmegaConf.to_yaml(chosen)
 

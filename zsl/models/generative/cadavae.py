@@ -130,6 +130,13 @@ class CADAVAE(GenerativeZSL):
     #: widens the synthetic unseen latents only: points over it share one VAE fit
     synthesis_params = ("unseen_spread",)
 
+    @classmethod
+    def steps_transfer_params(cls, params: Mapping[str, Any], epoch_ratio: float) -> dict[str, Any]:
+        """The warm-ups keep their length in updates: ``warmup_scale`` times ``epoch_ratio``."""
+        out = dict(params)
+        out["warmup_scale"] = float(out.get("warmup_scale", 1.0)) * float(epoch_ratio)
+        return out
+
     def classifier_dim(self) -> int:
         """The classifier sees latent codes."""
         return int(self.hp.latent_dim)
