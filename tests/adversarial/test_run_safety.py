@@ -326,7 +326,7 @@ def test_zsl_generate_exits_zero_after_writing_features(tmp_path: Path) -> None:
     ds = write_xlsa17(tmp_path / "data")
     run_dir = tmp_path / "run"
     fast = ["model=clswgan", "trainer.max_epochs=1", "model.search.grid={}"]
-    fast += ["model.params.second_stage.cls_epochs=1", "model.params.pretrain_epochs=1"]
+    fast += ["model.params.second_stage.cls_steps=10", "model.params.pretrain_epochs=1"]
     run(tiny_args(ds.root, run_dir, *fast))
     np.save(tmp_path / "att.npy", np.eye(6, dtype=np.float32)[:2])
     argv = [script("zsl-generate"), "--checkpoint", str(run_dir / "model.ckpt")]

@@ -135,7 +135,7 @@ def test_a_generator_predicts_new_classes_from_its_run(tmp_path: Path) -> None:
     ds = write_xlsa17(tmp_path / "data")
     run_dir = tmp_path / "run"
     fast = ["model=clswgan", "trainer.max_epochs=2", "model.search.grid={}"]
-    fast += ["model.params.pretrain_epochs=1", "model.params.second_stage.cls_min_steps=20"]
+    fast += ["model.params.pretrain_epochs=1", "model.params.second_stage.cls_steps=20"]
     run(tiny_cli_args(ds.root, run_dir, *fast))
     rows = np.asarray(ds.splits["test_unseen_loc"]).ravel().astype(np.int64) - 1
     np.save(tmp_path / "x.npy", ds.features[rows].astype(np.float32))

@@ -99,7 +99,7 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (overrides, fit directory
             "model.params.gen_hidden=32",
             "model.params.critic_hidden=32",
             "model.params.pretrain_epochs=2",
-            "model.params.second_stage.cls_min_steps=50",
+            "model.params.second_stage.cls_steps=50",
             "model.search.folds=1",
             # the first epoch is not validated: the resumed fit must still draw its RNG number
             "model.search.validate_from=0.6",
