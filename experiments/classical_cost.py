@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         "validated; grid points are fitted together in one stacked pass, or in one shared fit "
         "where they train identically) "
         "+ the final trainval fit + one test evaluation + reports, in a fresh process. FLOPs are "
-        "every matrix product's, counted by `torch.utils.flop_counter.FlopCounterMode` on the "
+        "every matrix product's, counted by torch's flop formulas (`product_counter`) on the "
         "same run; *arithmetic time* is FLOPs at the wall-time matmul rate of the run's "
         "precision. *Run* columns are "
         "the run's own figures (`metrics.json`: after interpreter start-up and imports); "
