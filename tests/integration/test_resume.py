@@ -109,9 +109,11 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (overrides, fit directory
     "cadavae": (
         [
             "model=cadavae",
-            "trainer.max_epochs=2",
+            # the final fit has 2 epochs to stop in: 3 selected, carried by the config's steps
+            # rule (2/3 as many batches per epoch on validation), its warm-ups rescaled
+            "trainer.max_epochs=3",
             "selection.grid=false",
-            "selection.select_epochs=false",  # the final fit has 2 epochs to stop in
+            "selection.select_epochs=false",
             "model.params.latent_dim=8",
             "model.params.feature_hidden=[32,32]",
             "model.params.attribute_hidden=[32,16]",
@@ -291,6 +293,10 @@ def test_resumed_run_equals_uninterrupted_run(cases: dict[str, Case], name: str)
     assert f"from {fit_dir / 'last.ckpt'}" in resumed.stdout
     assert metrics(resumed.run_dir) == metrics(ref.run_dir)  # exact, every float
     assert selection(resumed.run_dir) == selection(ref.run_dir)
+    if name == "cadavae":  # the steps rule's rescaled warm-ups, rebuilt alike on resume
+        done = metrics(ref.run_dir)
+        assert done["final_epochs"] == 2 < done["selected_epochs"]
+        assert done["final_params"]["warmup_scale"] < done["selected_params"]["warmup_scale"]
     assert (resumed.run_dir / "model.ckpt").is_file()
     chosen = selection(resumed.run_dir)["best"]["checkpoint"]  # cadavae: last.ckpt
     if name == "ale_folds":  # averaged over the folds: no one validation model is chosen

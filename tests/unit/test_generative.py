@@ -537,6 +537,7 @@ def test_generator_output_adapts_to_the_sign_of_the_features() -> None:
     sit at the feature mean; the choice round-trips through a state dict; a state dict written
     before the output adapted loads as a ReLU generator; a ReLU generator refuses later signed
     features; the default noise size is the attribute count capped at the feature size."""
+    torch.manual_seed(0)  # the networks' initialisation, whatever ran before in this process
     gen = torch.Generator().manual_seed(0)
     signed = torch.randn(200, 12, generator=gen) * torch.linspace(0.5, 2.0, 12) + 0.3
     net = FeatureGenerator(5, 5, 16, 12)
