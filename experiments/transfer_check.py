@@ -201,29 +201,27 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"| (outer optimum, reference only) | {r['outer_best_epoch']} | "
         f"{r['outer_best_value']:.1f} |",
         "",
-        f"Validation {m} per epoch:",
-        "",
-        "| epoch | inner | outer |",
-        "| --- | --- | --- |",
     ]
-    steps = r.get("outer_steps_history")
-    if steps:
-        header = lines.index(f"Validation {m} per epoch:")
-        lines[header:header] = [
+    curves = [r["inner_history"], r["outer_history"]]
+    columns = ["inner", "outer"]
+    if r.get("outer_steps_history"):
+        curves.append(r["outer_steps_history"])
+        columns.append("outer, steps rule")
+        params = json.dumps(r["rules"]["steps"]["params"], sort_keys=True)
+        lines += [
             "The steps rule's outer fit rescales the model's epoch-counted schedule to keep its "
-            f"length in updates (`{json.dumps(r['rules']['steps']['params'], sort_keys=True)}`); "
-            "its curve is the last column.",
+            f"length in updates (`{params}`); its curve is the last column.",
             "",
         ]
-        lines[-2:] = [
-            "| epoch | inner | outer | outer, steps rule |",
-            "| --- | --- | --- | --- |",
-        ]
-        for a, b, c in zip(r["inner_history"], r["outer_history"], steps):
-            lines.append(f"| {int(a['epoch'])} | {a[m]:.1f} | {b[m]:.1f} | {c[m]:.1f} |")
-        return "\n".join(lines) + "\n"
-    for a, b in zip(r["inner_history"], r["outer_history"]):
-        lines.append(f"| {int(a['epoch'])} | {a[m]:.1f} | {b[m]:.1f} |")
+    lines += [
+        f"Validation {m} per epoch:",
+        "",
+        f"| epoch | {' | '.join(columns)} |",
+        "| --- |" + " --- |" * len(columns),
+    ]
+    for rows in zip(*curves):
+        values = " | ".join(f"{h[m]:.1f}" for h in rows)
+        lines.append(f"| {int(rows[0]['epoch'])} | {values} |")
     return "\n".join(lines) + "\n"
 
 
